@@ -1,0 +1,225 @@
+//! Behaviour of the mmap persister on a real directory and on the
+//! simulated storage: round trips, rotation, reclaim, locking, poisoning,
+//! a full disk.
+
+use slicefs_wal::sim::SimStorage;
+use slicefs_wal::{
+    ChunkIndex, Durability, FileId, FlushedMarker, Lsn, MmapPersister, Persister, RecordKind,
+    SliceId, SliceWrite, WalConfig, WalError,
+};
+
+fn cfg(durability: Durability) -> WalConfig {
+    WalConfig {
+        durability,
+        segment_bytes: 64 << 10,
+        grow_bytes: 16 << 10,
+        auto_reclaim: false,
+        ..WalConfig::default()
+    }
+}
+
+fn write(p: &dyn Persister, file: u64, chunk: u32, offset: u32, data: &[u8]) -> Lsn {
+    p.append_slice(&SliceWrite {
+        file: FileId(file),
+        chunk: ChunkIndex(chunk),
+        slice: SliceId(file * 1000 + u64::from(offset)),
+        offset,
+        data,
+    })
+    .expect("append")
+}
+
+/// (lsn, file, offset, data) of every slice record recovered.
+fn slices(p: &dyn Persister) -> Vec<(u64, u64, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut r = p.recover().expect("recover");
+    while let Some(rec) = r.next_record() {
+        let rec = rec.expect("record");
+        if let RecordKind::Slice(w) = rec.kind {
+            out.push((rec.lsn.0, w.file.0, w.offset, w.data.to_vec()));
+        }
+    }
+    out
+}
+
+#[test]
+fn records_survive_close_and_reopen_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut want = Vec::new();
+    {
+        let p = MmapPersister::open(dir.path(), cfg(Durability::Always)).unwrap();
+        assert!(p.is_enabled());
+        for i in 0..200u32 {
+            let data = vec![i as u8; 1000 + i as usize * 7];
+            let lsn = write(&p, u64::from(i % 5), 0, i * 10, &data);
+            assert_eq!(lsn, Lsn(u64::from(i) + 1));
+            want.push((lsn.0, u64::from(i % 5), i * 10, data));
+        }
+        assert_eq!(p.append_truncate(FileId(1), 77).unwrap(), Lsn(201));
+        assert_eq!(p.durable_lsn(), Lsn(201));
+        p.close().unwrap();
+        assert!(matches!(p.append_remove(FileId(1)), Err(WalError::Closed)));
+    }
+    let segments = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(
+        segments > 3,
+        "expected rotation into several segments, got {segments} files"
+    );
+    let p = MmapPersister::open(dir.path(), cfg(Durability::Always)).unwrap();
+    assert_eq!(slices(&p), want);
+    assert_eq!(p.open_stats().last_lsn, 201);
+    assert_eq!(p.open_stats().by_type, [200, 0, 1, 0]);
+    assert_eq!(p.next_lsn(), Lsn(202));
+    // Recovering twice gives the same records.
+    assert_eq!(slices(&p), want);
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _p = MmapPersister::open(dir.path(), cfg(Durability::None)).unwrap();
+    let err = MmapPersister::open(dir.path(), cfg(Durability::None))
+        .err()
+        .unwrap();
+    assert!(matches!(err, WalError::Locked { .. }), "{err}");
+}
+
+#[test]
+fn a_record_of_a_whole_chunk_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..(64u32 << 20)).map(|i| (i % 251) as u8).collect();
+    {
+        let p = MmapPersister::open(
+            dir.path(),
+            cfg(Durability::Batch {
+                max_delay: std::time::Duration::from_millis(1),
+            }),
+        )
+        .unwrap();
+        write(&p, 9, 3, 0, &big[..16 << 20]);
+        write(&p, 9, 4, 0, &big);
+        p.close().unwrap();
+    }
+    let p = MmapPersister::open(dir.path(), cfg(Durability::None)).unwrap();
+    let got = slices(&p);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].3 == big[..16 << 20]);
+    assert!(got[1].3 == big);
+}
+
+#[test]
+fn slices_crossing_the_chunk_are_refused_without_using_an_lsn() {
+    let p = MmapPersister::open_on(SimStorage::new(), cfg(Durability::None)).unwrap();
+    let err = p
+        .append_slice(&SliceWrite {
+            file: FileId(1),
+            chunk: ChunkIndex(0),
+            slice: SliceId(1),
+            offset: (64 << 20) - 2,
+            data: b"abc",
+        })
+        .unwrap_err();
+    assert!(matches!(err, WalError::InvalidArgument(_)));
+    assert_eq!(p.next_lsn(), Lsn(1));
+}
+
+#[test]
+fn a_failed_sync_poisons_the_log_until_reopened() {
+    let st = SimStorage::new();
+    let p = MmapPersister::open_on(st.clone(), cfg(Durability::None)).unwrap();
+    write(&p, 1, 0, 0, b"kept");
+    assert_eq!(p.sync().unwrap(), Lsn(1));
+    write(&p, 1, 0, 4, b"maybe");
+    st.fail_syncs(true);
+    assert!(p.sync().is_err());
+    st.fail_syncs(false);
+    // No retry: the sync that failed is not tried again, and nothing else
+    // is accepted.
+    assert!(matches!(p.sync(), Err(WalError::Poisoned { .. })));
+    assert!(matches!(
+        p.append_remove(FileId(1)),
+        Err(WalError::Poisoned { .. })
+    ));
+    assert_eq!(p.durable_lsn(), Lsn(1));
+    drop(p);
+    let p = MmapPersister::open_on(st.process_crash(), cfg(Durability::None)).unwrap();
+    assert_eq!(slices(&p).len(), 2);
+}
+
+#[test]
+fn a_full_disk_fails_the_append_and_loses_nothing() {
+    let st = SimStorage::new();
+    let p = MmapPersister::open_on(st.clone(), cfg(Durability::Always)).unwrap();
+    let data = vec![7u8; 4000];
+    let mut n = 0;
+    st.fail_allocate(true);
+    let err = loop {
+        match p.append_slice(&SliceWrite {
+            file: FileId(1),
+            chunk: ChunkIndex(0),
+            slice: SliceId(1),
+            offset: n * 4000,
+            data: &data,
+        }) {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 100, "allocation never failed");
+    };
+    assert!(err.is_disk_full(), "{err}");
+    let next = p.next_lsn();
+    assert_eq!(next, Lsn(u64::from(n) + 1));
+    st.fail_allocate(false);
+    // Space is back: appends go on where they stopped.
+    assert_eq!(write(&p, 1, 0, n * 4000, &data), next);
+    drop(p);
+    let p = MmapPersister::open_on(st.process_crash(), cfg(Durability::None)).unwrap();
+    assert_eq!(slices(&p).len(), n as usize + 1);
+}
+
+#[test]
+fn reclaim_keeps_disk_use_proportional_to_live_data() {
+    let st = SimStorage::new();
+    let p = MmapPersister::open_on(st.clone(), cfg(Durability::None)).unwrap();
+    let data = vec![1u8; 8192];
+    let mut pinned = None;
+    for round in 0..50u32 {
+        for i in 0..16u32 {
+            let lsn = write(&p, u64::from(round), 0, i * 8192, &data);
+            if round == 0 && i == 3 {
+                pinned = Some(lsn);
+            }
+        }
+        // Everything of this round is flushed except file 0's block 3.
+        let upto = p.next_lsn().0 - 1;
+        for i in 0..16u32 {
+            if round == 0 && i == 3 {
+                continue;
+            }
+            p.append_flushed(&FlushedMarker {
+                file: FileId(u64::from(round)),
+                chunk: ChunkIndex(0),
+                offset: i * 8192,
+                len: 8192,
+                upto: Lsn(upto),
+            })
+            .unwrap();
+        }
+        p.reclaim().unwrap();
+    }
+    assert_eq!(p.live_bytes(), 8192);
+    let disk = st.total_bytes();
+    assert!(
+        disk < 4 * (64 << 10),
+        "disk use {disk} not proportional to 8 KiB live"
+    );
+    p.sync().unwrap();
+    drop(p);
+    let p = MmapPersister::open_on(st.process_crash(), cfg(Durability::None)).unwrap();
+    let got = slices(&p);
+    let kept: Vec<_> = got.iter().filter(|s| s.1 == 0 && s.2 == 3 * 8192).collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].0, pinned.unwrap().0);
+    assert_eq!(kept[0].3, data);
+    assert_eq!(p.live_bytes(), 8192);
+}
