@@ -284,12 +284,20 @@ impl<S: Storage> MmapPersister<S> {
             if f.torn {
                 tracing::warn!(file = %f.file, offset = f.offset, reason = %f.reason,
                     bytes = stats.torn_bytes, "cutting the torn tail of the log");
-                drop(failed.file);
                 if keep_prefix {
                     storage
                         .truncate(&failed.name, f.offset)
                         .map_err(|e| WalError::io("truncate", &failed.name, e))?;
+                    let file = storage
+                        .open(&failed.name)
+                        .map_err(|e| WalError::io("open", &failed.name, e))?;
+                    keep.push(crate::scan::ScannedSegment {
+                        file,
+                        len: f.offset,
+                        ..failed
+                    });
                 } else {
+                    drop(failed.file);
                     storage
                         .remove(&failed.name)
                         .map_err(|e| WalError::io("remove", &failed.name, e))?;
@@ -845,7 +853,7 @@ impl<S: Storage> Shared<S> {
     fn reclaim(&self) -> Result<ReclaimStats> {
         let _one = lock(&self.reclaim_lock);
         self.check_usable()?;
-        let (group, boundary, parts, total) = {
+        let (group, boundary, parts, total, snapshot_lsn) = {
             let inner = lock(&self.inner);
             let boundary = inner.active.header.first_lsn.0;
             let group: Vec<Arc<Segment<S::File>>> = inner
@@ -868,8 +876,13 @@ impl<S: Storage> Shared<S> {
             if group.is_empty() || nothing_to_gain {
                 return Ok(ReclaimStats::default());
             }
-            (group, boundary, parts, total)
+            (group, boundary, parts, total, inner.next_lsn - 1)
         };
+        // The snapshot reflects every flushed marker, remove and truncate
+        // up to `snapshot_lsn`. Dropping the bytes they void is safe only
+        // once they are durable themselves: a compaction must never be
+        // more durable than the records that justify it.
+        self.sync_to(snapshot_lsn)?;
         let first = group[0].header.first_lsn;
         let end = Lsn(boundary);
         let name = compacted_name(first, end);

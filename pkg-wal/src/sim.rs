@@ -103,6 +103,11 @@ impl SimStorage {
         }
     }
 
+    /// Names of the files (live view).
+    pub fn list_names(&self) -> Vec<String> {
+        lock(&self.live).keys().cloned().collect()
+    }
+
     /// A copy of a file's live bytes (`None` if missing).
     pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
         lock(&self.live).get(name).map(|f| f.live_bytes())
