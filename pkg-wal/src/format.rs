@@ -193,10 +193,11 @@ pub fn encode_watermark(seed: u32, lsn: Lsn) -> [u8; WATERMARK_LEN] {
     b
 }
 
-/// Decodes the watermark slot of a header; `None` when it was never
-/// written or does not check (a torn sector): then nothing is known.
-pub fn decode_watermark(seed: u32, header: &[u8]) -> Option<Lsn> {
-    let b = header.get(WATERMARK_OFFSET..WATERMARK_OFFSET + WATERMARK_LEN)?;
+/// Decodes a watermark slot (the [`WATERMARK_LEN`] bytes at
+/// [`WATERMARK_OFFSET`] of a header); `None` when it was never written or
+/// does not check (a torn sector): then nothing is known.
+pub fn decode_watermark(seed: u32, slot: &[u8]) -> Option<Lsn> {
+    let b = slot.get(..WATERMARK_LEN)?;
     let mut h = crc32fast::Hasher::new_with_initial(seed);
     h.update(&b[0..8]);
     (h.finalize() == LE::read_u32(&b[8..12])).then(|| Lsn(LE::read_u64(&b[0..8])))
@@ -323,6 +324,19 @@ pub enum Stop {
 /// and its padded length, or why there is none. Checks length bounds, the
 /// checksum, the type, reserved bytes and payload bounds; never allocates.
 pub fn decode_record(bytes: &[u8], offset: usize, seed: u32) -> Result<(Record<'_>, usize), Stop> {
+    decode(bytes, offset, Some(seed))
+}
+
+/// [`decode_record`] without the checksum, for bytes this process already
+/// verified (the scan at open) and that nobody else can write (the log
+/// directory is locked and these bytes are never written again). Every
+/// bound is still checked, so a bad input gives `Stop::Invalid`, never a
+/// panic or an out-of-bounds read.
+pub fn decode_verified_record(bytes: &[u8], offset: usize) -> Result<(Record<'_>, usize), Stop> {
+    decode(bytes, offset, None)
+}
+
+fn decode(bytes: &[u8], offset: usize, seed: Option<u32>) -> Result<(Record<'_>, usize), Stop> {
     let Some(head) = bytes.get(offset..offset.saturating_add(RECORD_HEADER_LEN)) else {
         return if bytes.len().saturating_sub(offset) == 0
             || bytes[offset.min(bytes.len())..].iter().all(|&x| x == 0)
@@ -346,10 +360,12 @@ pub fn decode_record(bytes: &[u8], offset: usize, seed: u32) -> Result<(Record<'
             "record length {len} runs past the end of the file"
         )));
     };
-    let mut h = crc32fast::Hasher::new_with_initial(seed);
-    h.update(&rec[4..]);
-    if h.finalize() != LE::read_u32(&rec[0..4]) {
-        return Err(Stop::Invalid("record checksum mismatch".into()));
+    if let Some(seed) = seed {
+        let mut h = crc32fast::Hasher::new_with_initial(seed);
+        h.update(&rec[4..]);
+        if h.finalize() != LE::read_u32(&rec[0..4]) {
+            return Err(Stop::Invalid("record checksum mismatch".into()));
+        }
     }
     // The checksum matched: what follows is what a writer of this segment
     // wrote, so a failed check below is a bug or a hostile file.
@@ -571,13 +587,13 @@ mod tests {
     #[test]
     fn watermark_round_trips_and_torn_slot_reads_as_unknown() {
         let mut b = header().encode();
-        assert_eq!(decode_watermark(7, &b), None);
-        b[WATERMARK_OFFSET..WATERMARK_OFFSET + WATERMARK_LEN]
-            .copy_from_slice(&encode_watermark(7, Lsn(1234)));
-        assert_eq!(decode_watermark(7, &b), Some(Lsn(1234)));
-        assert_eq!(decode_watermark(8, &b), None);
+        let slot = WATERMARK_OFFSET..WATERMARK_OFFSET + WATERMARK_LEN;
+        assert_eq!(decode_watermark(7, &b[slot.clone()]), None);
+        b[slot.clone()].copy_from_slice(&encode_watermark(7, Lsn(1234)));
+        assert_eq!(decode_watermark(7, &b[slot.clone()]), Some(Lsn(1234)));
+        assert_eq!(decode_watermark(8, &b[slot.clone()]), None);
         b[WATERMARK_OFFSET] ^= 1;
-        assert_eq!(decode_watermark(7, &b), None);
+        assert_eq!(decode_watermark(7, &b[slot]), None);
         // The fixed header is unaffected by the slot.
         assert!(SegmentHeader::decode(&b).is_ok());
     }

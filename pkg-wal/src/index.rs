@@ -108,6 +108,10 @@ pub(crate) struct CopyPart {
     pub(crate) src_at: u64,
 }
 
+/// Where compaction put the live ranges of each record: per (file, chunk,
+/// LSN), the ranges and the file offset of each range's first byte.
+pub(crate) type Moved = HashMap<(FileId, ChunkIndex, Lsn), Vec<((u32, u32), u64)>>;
+
 #[derive(Default)]
 pub(crate) struct LiveIndex {
     files: HashMap<FileId, HashMap<ChunkIndex, Vec<Entry>>>,
@@ -239,12 +243,7 @@ impl LiveIndex {
     /// `new_seg`: `moved` gives, per (file, chunk, lsn), the ranges now in
     /// the new segment and their data offsets. Entries keep only what is
     /// still live now (flushes may have landed during the copy).
-    pub(crate) fn relocate(
-        &mut self,
-        boundary: u64,
-        new_seg: u64,
-        moved: &HashMap<(FileId, ChunkIndex, Lsn), Vec<((u32, u32), u64)>>,
-    ) {
+    pub(crate) fn relocate(&mut self, boundary: u64, new_seg: u64, moved: &Moved) {
         self.seg_live.retain(|&k, _| k >= boundary);
         let mut new_live = 0;
         for (&file, chunks) in self.files.iter_mut() {

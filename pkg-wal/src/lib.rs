@@ -10,11 +10,11 @@
 //! Two implementations:
 //! - [`MmapPersister`]: segment files in a directory, written through a
 //!   shared memory map, synced with `msync(MS_SYNC)` (which Linux turns into
-//!   an `fdatasync` of the range). The on-disk layout lives in [`format`]
+//!   an `fdatasync` of the range). The on-disk layout lives in [`format`](mod@format)
 //!   and in `doc/DESIGN.md`.
 //! - [`NullPersister`]: keeps nothing. For ephemeral mounts and tests.
 //!
-//! The byte layout is known only to [`format`]; the storage under the log
+//! The byte layout is known only to [`format`](mod@format); the storage under the log
 //! ([`storage::Storage`]) is a trait so that the same persister runs on
 //! real mapped files ([`storage::MmapStorage`]) and on a crash-simulating
 //! in-memory store ([`sim::SimStorage`]) in tests.

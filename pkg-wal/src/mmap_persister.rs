@@ -18,13 +18,13 @@ use crate::format::{
     EncodedRecord, FLAG_COMPACTED, HEADER_LEN, RECORD_HEADER_LEN, SLICE_PAYLOAD_LEN, SegmentHeader,
     WATERMARK_LEN, WATERMARK_OFFSET, encode_watermark, padded,
 };
-use crate::index::LiveIndex;
+use crate::index::{LiveIndex, Moved};
 use crate::recovery::{
     Corruption, Recovery, RecoveryMode, RecoveryStats, ReplaySource, ReplaySpan,
 };
 use crate::scan::{CORRUPT_SUFFIX, LogScan, TMP_SUFFIX, compacted_name, scan, segment_name};
 use crate::storage::{MmapStorage, SegmentFile, Storage};
-use crate::types::{ChunkIndex, FileId, FlushedMarker, Lsn, Record, RecordKind, SliceWrite};
+use crate::types::{FileId, FlushedMarker, Lsn, Record, RecordKind, SliceWrite};
 use crate::{Persister, Result};
 
 /// When appends become durable against power loss. Every mode keeps a
@@ -116,9 +116,6 @@ impl<F: SegmentFile> Segment<F> {
 impl<F: SegmentFile> ReplaySource for Segment<F> {
     fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
         self.file.read(offset, len)
-    }
-    fn seed(&self) -> u32 {
-        self.header.record_seed()
     }
     fn name(&self) -> &str {
         &self.name
@@ -819,11 +816,11 @@ impl<S: Storage> Shared<S> {
                 }
             }
             let next = self.next_lsn.load(Ordering::Acquire);
-            if next - 1 > self.durable.load(Ordering::Acquire) {
-                if let Err(e) = self.sync_to(next - 1) {
-                    tracing::error!(error = %e, "background sync failed");
-                    return;
-                }
+            if next - 1 > self.durable.load(Ordering::Acquire)
+                && let Err(e) = self.sync_to(next - 1)
+            {
+                tracing::error!(error = %e, "background sync failed");
+                return;
             }
         }
     }
@@ -908,7 +905,7 @@ impl<S: Storage> Shared<S> {
         file.append(&[&head]);
         let by_key: HashMap<u64, &Arc<Segment<S::File>>> =
             group.iter().map(|s| (s.header.first_lsn.0, s)).collect();
-        let mut moved: HashMap<(FileId, ChunkIndex, Lsn), Vec<((u32, u32), u64)>> = HashMap::new();
+        let mut moved = Moved::new();
         let mut live_bytes = 0;
         for p in &parts {
             let len = u64::from(p.range.1 - p.range.0);
@@ -971,10 +968,10 @@ impl<S: Storage> Shared<S> {
             inner.index.relocate(boundary, first.0, &moved);
         }
         for s in &group {
-            if s.name != name {
-                if let Err(e) = self.storage.remove(&s.name) {
-                    tracing::warn!(file = %s.name, error = %e, "could not remove a compacted segment; it is superseded and will be removed at the next open");
-                }
+            if s.name != name
+                && let Err(e) = self.storage.remove(&s.name)
+            {
+                tracing::warn!(file = %s.name, error = %e, "could not remove a compacted segment; it is superseded and will be removed at the next open");
             }
         }
         lock(&self.inner).dir_dirty = true;

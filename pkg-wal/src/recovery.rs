@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::WalError;
-use crate::format::{Stop, decode_record};
+use crate::format::{Stop, decode_verified_record};
 use crate::types::Record;
 
 /// What to do when recovery finds a bad record inside the acknowledged
@@ -68,7 +68,6 @@ pub struct RecoveryStats {
 /// validated bytes.
 pub(crate) trait ReplaySource: Send + Sync {
     fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]>;
-    fn seed(&self) -> u32;
     fn name(&self) -> &str;
 }
 
@@ -121,9 +120,10 @@ impl<'a> Recovery<'a> {
         &self.stats
     }
 
-    /// The next record, or `None` at the end. The bytes were checked at
-    /// open; they are decoded again (bounds and checksum) and an error here
-    /// means the file changed under the log, which is reported, not
+    /// The next record, or `None` at the end. The bytes were verified
+    /// (checksums included) by the scan at open and are never written
+    /// again; they are decoded again with every bound checked, and an error
+    /// here means the file changed under the log, which is reported, not
     /// skipped.
     #[allow(clippy::should_implement_trait)]
     pub fn next_record(&mut self) -> Option<Result<Record<'_>, WalError>> {
@@ -146,7 +146,7 @@ impl<'a> Recovery<'a> {
                 self.span = self.spans.len();
                 return Some(Err(corrupt("span not readable".into())));
             };
-            return match decode_record(bytes, (at - span.start) as usize, span.source.seed()) {
+            return match decode_verified_record(bytes, (at - span.start) as usize) {
                 Ok((rec, used)) => {
                     self.cursor += used as u64;
                     Some(Ok(rec))

@@ -239,10 +239,23 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
         {
             Some(b) if limit >= HEADER_LEN as u64 => b,
             _ => {
-                out.failure = Some(fail(
-                    seg.len.min(limit),
-                    format!("file ends at {} before its data end {limit}", seg.len),
-                ));
+                // The header itself is incomplete, or a compacted segment
+                // is shorter than its data end.
+                let (offset, reason) = if seg.len < HEADER_LEN as u64 {
+                    (
+                        0,
+                        format!(
+                            "file is {} bytes, shorter than the {HEADER_LEN}-byte header",
+                            seg.len
+                        ),
+                    )
+                } else {
+                    (
+                        seg.len,
+                        format!("file ends at {} before its data end {limit}", seg.len),
+                    )
+                };
+                out.failure = Some(fail(offset, reason));
                 break;
             }
         };
@@ -296,7 +309,8 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
                 }
             }
         }
-        seg.valid_end = (HEADER_LEN + at) as u64;
+        // The padding after the last record may be cut off by a crash.
+        seg.valid_end = ((HEADER_LEN + at) as u64).min(seg.len);
         if h.is_compacted() && failure.is_none() {
             expected = h.end_lsn.0;
         }

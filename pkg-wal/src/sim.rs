@@ -298,7 +298,7 @@ impl Storage for SimStorage {
 
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
         let f = self.get(name)?;
-        let mut st = lock(&f.file_state());
+        let mut st = lock(f.file_state());
         st.allocated = st.allocated.min(len);
         st.durable.truncate(len as usize);
         let p = f.published.load(Ordering::Acquire).min(len);

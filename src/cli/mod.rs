@@ -1,0 +1,133 @@
+//! The command line of the `slicefs` binary: the clap definitions, the
+//! logging set-up and the dispatch to one module per command group.
+//!
+//! Each command group is a variant of [`Command`] with its own module
+//! (`wal` today; `mount`, `umount` and `status` slot in beside it as
+//! further variants). Commands return the process exit code; errors they
+//! cannot express as an exit code go up as [`anyhow::Error`] and end the
+//! process with [`EXIT_ERROR`].
+
+mod wal;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for an error that stopped a command (a missing directory, a
+/// directory that is not a log, an I/O error).
+pub const EXIT_ERROR: u8 = 3;
+/// Exit code for a command line that does not parse (clap's own 2 would
+/// collide with `wal verify`'s "corruption").
+pub const EXIT_USAGE: u8 = 64;
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0   success
+  1   `wal verify`: the log ends in a torn tail
+  2   `wal verify`: the log is corrupt
+  3   error (missing directory, not a log, I/O error, ...)
+  64  bad command line";
+
+/// `slicefs`: a POSIX file system over an object store, with a crash-safe
+/// write-back cache.
+#[derive(Debug, Parser)]
+#[command(name = "slicefs", version, about, after_help = EXIT_STATUS_HELP)]
+pub struct Cli {
+    /// Least severe log messages to print (to stderr). The `RUST_LOG`
+    /// environment variable, when set, overrides this with full
+    /// `tracing` filter directives.
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Warn)]
+    pub log_level: LogLevel,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The command groups.
+///
+/// Later milestones add `Mount(MountArgs)`, `Umount(UmountArgs)` and
+/// `Status(StatusArgs)` here, each with its own module under `src/cli/`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read-only tools for a write-ahead log directory.
+    #[command(subcommand)]
+    Wal(wal::WalCommand),
+}
+
+/// Log levels accepted by `--log-level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Nothing.
+    Off,
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Also progress information.
+    Info,
+    /// Also debugging detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Sends `tracing` events to stderr, filtered by `RUST_LOG` when it is set
+/// and valid, else by `level`.
+pub fn init_tracing(level: LogLevel) {
+    let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(s) if !s.trim().is_empty() => {
+            EnvFilter::try_new(&s).unwrap_or_else(|_| EnvFilter::new(level.directive()))
+        }
+        _ => EnvFilter::new(level.directive()),
+    };
+    // A subscriber set already (by a test harness) is left in place.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the parsed command and returns the process exit code.
+///
+/// # Errors
+/// Whatever stopped the command, with context for the user.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Wal(cmd) => wal::run(cmd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn log_level_is_global_and_defaults_to_warn() {
+        let cli = Cli::try_parse_from(["slicefs", "wal", "verify", "/x"]).unwrap();
+        assert_eq!(cli.log_level, LogLevel::Warn);
+        let cli = Cli::try_parse_from(["slicefs", "wal", "verify", "/x", "--log-level", "debug"])
+            .unwrap();
+        assert_eq!(cli.log_level, LogLevel::Debug);
+    }
+}
