@@ -323,10 +323,18 @@ impl<S: Storage> MmapPersister<S> {
                         .map_err(|e| WalError::io("rename", name, e))?;
                 }
                 if let Some(bytes) = prefix {
-                    write_whole_file(&storage, &failed.name, &bytes)?;
+                    // A compacted prefix covers a shorter range: its name
+                    // says so, or the next open would refuse it.
+                    let name = match failed.header {
+                        Some(h) if h.is_compacted() => {
+                            compacted_name(h.first_lsn, Lsn(stats.last_lsn + 1))
+                        }
+                        _ => failed.name.clone(),
+                    };
+                    write_whole_file(&storage, &name, &bytes)?;
                     let file = storage
-                        .open(&failed.name)
-                        .map_err(|e| WalError::io("open", &failed.name, e))?;
+                        .open(&name)
+                        .map_err(|e| WalError::io("open", &name, e))?;
                     let header = failed.header.expect("prefix needs a header");
                     let header = SegmentHeader {
                         end_lsn: if header.is_compacted() {
@@ -338,6 +346,7 @@ impl<S: Storage> MmapPersister<S> {
                         ..header
                     };
                     keep.push(crate::scan::ScannedSegment {
+                        name,
                         file,
                         header: Some(header),
                         len: bytes.len() as u64,
@@ -652,6 +661,12 @@ impl<S: Storage> Shared<S> {
         let lsn = {
             let mut inner = lock(&self.inner);
             let lsn = Lsn(inner.next_lsn);
+            if lsn.0 >= crate::format::MAX_LSN {
+                return Err(WalError::InvalidArgument(format!(
+                    "the log has used all LSNs up to {}",
+                    crate::format::MAX_LSN
+                )));
+            }
             let mut rec = EncodedRecord::new(inner.active.header.record_seed(), lsn, &kind)
                 .map_err(WalError::InvalidArgument)?;
             let need = rec.disk_len() as u64;

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::error::WalError;
-use crate::format::{HEADER_LEN, SegmentHeader, Stop, decode_record, decode_watermark};
+use crate::format::{HEADER_LEN, MAX_LSN, SegmentHeader, Stop, decode_record, decode_watermark};
 use crate::recovery::RecoveryStats;
 use crate::storage::{SegmentFile, Storage};
 use crate::types::Lsn;
@@ -122,7 +122,9 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
     for name in storage.list().map_err(|e| WalError::io("list", &dir, e))? {
         if name.ends_with(TMP_SUFFIX) {
             tmp_files.push(name);
-        } else if let Some((first, end)) = parse_name(&name) {
+        } else if let Some((first, end)) =
+            parse_name(&name).filter(|(a, b)| *a <= MAX_LSN && b.is_none_or(|b| b <= MAX_LSN))
+        {
             segs.push((first, end, name));
         } else {
             other_files.push(name);
@@ -328,6 +330,23 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
     out.next_lsn = Lsn(expected);
     out.stats.last_lsn = expected.saturating_sub(1);
     out.stats.watermark = out.watermark.0;
+    if out.failure.is_none() && out.stats.last_lsn < out.watermark.0 {
+        // Every check passed but the log ends before the watermark: the
+        // acknowledged records after it are gone (zeros, a short file).
+        let i = out.segments.len().saturating_sub(1);
+        if let Some(last) = out.segments.get(i) {
+            out.failure = Some(Failure {
+                segment: i,
+                file: last.name.clone(),
+                offset: last.valid_end,
+                reason: format!(
+                    "the log ends at LSN {} but LSN {} was acknowledged durable",
+                    out.stats.last_lsn, out.watermark
+                ),
+                torn: false,
+            });
+        }
+    }
     if let Some(f) = out.failure.as_mut() {
         // Everything up to the watermark was durable when the watermark
         // was written, so a valid prefix that stops short of it lost

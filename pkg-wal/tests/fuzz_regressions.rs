@@ -7,8 +7,8 @@
 //! - Records lost below the durable watermark go unnoticed when the log
 //!   simply ends early (zeros or a short file) instead of failing a check.
 //!
-//! They are `#[ignore]`d until fixed; run them with `cargo test -p
-//! slicefs-wal --test fuzz_regressions -- --ignored`.
+//! Fixed; kept as regression tests (`cargo test -p
+//! slicefs-wal --test fuzz_regressions`).
 
 use slicefs_wal::format::{EncodedRecord, SegmentHeader};
 use slicefs_wal::sim::SimStorage;
@@ -42,7 +42,7 @@ fn slice(data: &[u8]) -> SliceWrite<'_> {
 /// overflows `inner.next_lsn += 1` (mmap_persister.rs, `Shared::append`).
 /// Fuzz input (hex): `ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff3ffc`.
 #[test]
-#[ignore = "bug in pkg-wal: LSN overflow, see the doc comment"]
+
 fn a_segment_named_for_the_last_lsn_does_not_make_append_panic() {
     let st = SimStorage::new();
     st.put_file("ffffffffffffffff.wal", b"");
@@ -57,7 +57,7 @@ fn a_segment_named_for_the_last_lsn_does_not_make_append_panic() {
 /// that LSN: the scan overflows computing the next LSN (`expected = last
 /// + 1` in scan.rs, `scan`).
 #[test]
-#[ignore = "bug in pkg-wal: LSN overflow, see the doc comment"]
+
 fn a_record_with_the_last_lsn_does_not_make_the_scan_panic() {
     let header = SegmentHeader {
         flags: 0,
@@ -88,7 +88,7 @@ fn a_record_with_the_last_lsn_does_not_make_the_scan_panic() {
 /// end of `scan`) runs only when a record failed a check, and zeros are a
 /// clean end (`Stop::End`), not a failure.
 #[test]
-#[ignore = "bug in pkg-wal: records lost below the watermark go unnoticed"]
+
 fn a_log_that_ends_before_the_durable_watermark_is_corrupt() {
     let st = SimStorage::new();
     {
@@ -134,7 +134,7 @@ fn a_log_that_ends_before_the_durable_watermark_is_corrupt() {
 /// fails with `BadHeader` ("header LSN range does not match the file
 /// name"), in either mode: the log cannot be opened again.
 #[test]
-#[ignore = "bug in pkg-wal: a tolerated corruption in a compacted segment bricks the log"]
+
 fn a_tolerated_corruption_in_a_compacted_segment_reopens() {
     use slicefs_wal::RecoveryMode;
     use slicefs_wal::storage::Storage;
