@@ -1,0 +1,530 @@
+//! [`SliceCache`]: files -> chunks -> extents, with memory and dirty
+//! limits.
+//!
+//! Locking order: the file map (`files`, read or write) -> one file's
+//! mutex -> the dirty-space mutex (`space`). No lock is held while
+//! waiting for dirty space except `space` itself (inside the condvar).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use slicefs_wal::{ChunkIndex, FileId, Lsn, SliceId};
+
+use crate::chunk::{BlockSnapshot, Chunk, Delta};
+use crate::{CHUNK, CacheError, chunk_ranges};
+
+/// Start-up settings of a [`SliceCache`].
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Memory for cached bytes (allocated capacity), in bytes. Clean bytes
+    /// past it are evicted, least recently used chunk first. Pending
+    /// bytes are never evicted. Default: 1 GiB. Minimum: 1 MiB.
+    pub capacity_bytes: u64,
+    /// Pending (not yet uploaded) bytes allowed. A writer that would pass
+    /// it waits for uploads to make room. Default: 512 MiB. Minimum: 1 MiB.
+    pub dirty_max_bytes: u64,
+    /// How long a writer waits for dirty room before it gets
+    /// [`CacheError::CacheFull`]. Default: 60 s.
+    pub dirty_wait: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity_bytes: 1 << 30,
+            dirty_max_bytes: 512 << 20,
+            dirty_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counters of a [`SliceCache`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Files with cached bytes.
+    pub files: u64,
+    /// Chunks with cached bytes.
+    pub chunks: u64,
+    /// Slices (disjoint extents) held.
+    pub slices: u64,
+    /// Bytes not yet in the object store.
+    pub dirty_bytes: u64,
+    /// Bytes in the object store and still cached.
+    pub clean_bytes: u64,
+    /// Allocated capacity of all buffers.
+    pub memory_bytes: u64,
+    /// Bytes evicted since start.
+    pub evicted_bytes: u64,
+    /// Writers that had to wait for dirty room.
+    pub waits: u64,
+    /// Writers that gave up with [`CacheError::CacheFull`].
+    pub full_errors: u64,
+}
+
+struct FileCache {
+    chunks: BTreeMap<u32, Chunk>,
+}
+
+#[derive(Default)]
+struct Space {
+    /// Pending bytes plus outstanding reservations.
+    committed: u64,
+}
+
+/// Room for pending bytes, taken before a write is logged so that a write
+/// is refused (or waits) before anything is appended. Dropping it gives
+/// back what [`SliceCache::insert`] did not use.
+#[must_use = "a reservation is released when dropped"]
+pub struct Reservation<'a> {
+    cache: &'a SliceCache,
+    bytes: u64,
+}
+
+impl Reservation<'_> {
+    /// Bytes still reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.cache.release_space(self.bytes);
+        }
+    }
+}
+
+/// The write-back slice cache. A pure data structure: no I/O, no async.
+///
+/// Per file: 64 MiB chunks, each a map of disjoint extents holding the
+/// newest bytes written (highest LSN). Many readers and writers of
+/// different files run in parallel; each file has its own mutex.
+///
+/// Contract: the writes of one file are inserted in LSN order (the file
+/// system holds the file's lock across the log append and the insert).
+/// Out-of-order inserts are still resolved by LSN, but sequential-write
+/// extension assumes the order.
+pub struct SliceCache {
+    config: CacheConfig,
+    files: RwLock<HashMap<FileId, Arc<Mutex<FileCache>>>>,
+    space: Mutex<Space>,
+    space_cv: Condvar,
+    pending: AtomicI64,
+    clean: AtomicI64,
+    mem: AtomicI64,
+    extents: AtomicI64,
+    evicted: AtomicU64,
+    waits: AtomicU64,
+    full_errors: AtomicU64,
+    next_slice: AtomicU64,
+    /// Access clock for LRU eviction.
+    clock: AtomicU64,
+    lru: Mutex<HashMap<(FileId, u32), u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SliceCache {
+    /// An empty cache.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidConfig`] below the minimums.
+    pub fn new(config: CacheConfig) -> Result<Self, CacheError> {
+        if config.capacity_bytes < 1 << 20 || config.dirty_max_bytes < 1 << 20 {
+            return Err(CacheError::InvalidConfig(
+                "capacity_bytes and dirty_max_bytes must be at least 1 MiB".into(),
+            ));
+        }
+        Ok(SliceCache {
+            config,
+            files: RwLock::default(),
+            space: Mutex::default(),
+            space_cv: Condvar::new(),
+            pending: AtomicI64::new(0),
+            clean: AtomicI64::new(0),
+            mem: AtomicI64::new(0),
+            extents: AtomicI64::new(0),
+            evicted: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            full_errors: AtomicU64::new(0),
+            next_slice: AtomicU64::new(1),
+            clock: AtomicU64::new(0),
+            lru: Mutex::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// A new slice id, unique in this cache (for the log record).
+    pub fn next_slice_id(&self) -> SliceId {
+        SliceId(self.next_slice.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Makes slice ids start past `id` (after recovery).
+    pub fn observe_slice_id(&self, id: SliceId) {
+        self.next_slice.fetch_max(id.0 + 1, Ordering::Relaxed);
+    }
+
+    /// Reserves room for `bytes` pending bytes, waiting up to the
+    /// configured time for uploads to make room.
+    ///
+    /// # Errors
+    /// [`CacheError::CacheFull`] when no room came in time. Nothing is
+    /// dropped: the caller reports the error to the writer.
+    pub fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, CacheError> {
+        let deadline = Instant::now() + self.config.dirty_wait;
+        let mut space = lock(&self.space);
+        let limit = self.config.dirty_max_bytes;
+        let mut waited = false;
+        // A write larger than the whole limit waits for an empty cache.
+        while space.committed > 0 && space.committed + bytes > limit {
+            let now = Instant::now();
+            if now >= deadline {
+                self.full_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(CacheError::CacheFull {
+                    dirty_bytes: space.committed,
+                    dirty_max_bytes: limit,
+                    waited: self.config.dirty_wait,
+                });
+            }
+            if !waited {
+                waited = true;
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    bytes,
+                    committed = space.committed,
+                    "writer waits for dirty room"
+                );
+            }
+            space = self
+                .space_cv
+                .wait_timeout(space, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        space.committed += bytes;
+        Ok(Reservation { cache: self, bytes })
+    }
+
+    fn release_space(&self, bytes: u64) {
+        let mut space = lock(&self.space);
+        space.committed = space.committed.saturating_sub(bytes);
+        drop(space);
+        self.space_cv.notify_all();
+    }
+
+    fn file(&self, file: FileId) -> Option<Arc<Mutex<FileCache>>> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&file)
+            .cloned()
+    }
+
+    fn file_or_new(&self, file: FileId) -> Arc<Mutex<FileCache>> {
+        if let Some(f) = self.file(file) {
+            return f;
+        }
+        self.files
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(file)
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(FileCache {
+                    chunks: BTreeMap::new(),
+                }))
+            })
+            .clone()
+    }
+
+    /// Applies accounting; pending bytes freed give room to writers.
+    fn account(&self, d: Delta, reservation: Option<&mut Reservation<'_>>) {
+        self.clean.fetch_add(d.clean, Ordering::Relaxed);
+        self.mem.fetch_add(d.mem, Ordering::Relaxed);
+        self.extents.fetch_add(d.extents, Ordering::Relaxed);
+        self.pending.fetch_add(d.pending, Ordering::Relaxed);
+        let mut space = lock(&self.space);
+        match reservation {
+            // New pending bytes come out of the reservation.
+            Some(r) if d.pending > 0 => {
+                let used = (d.pending as u64).min(r.bytes);
+                r.bytes -= used;
+                space.committed += d.pending as u64 - used;
+            }
+            _ if d.pending > 0 => space.committed += d.pending as u64,
+            _ => space.committed = space.committed.saturating_sub(d.pending.unsigned_abs()),
+        }
+        let freed = d.pending < 0;
+        drop(space);
+        if freed {
+            self.space_cv.notify_all();
+        }
+    }
+
+    fn touch(&self, file: FileId, chunk: u32) {
+        let t = self.clock.fetch_add(1, Ordering::Relaxed);
+        lock(&self.lru).insert((file, chunk), t);
+    }
+
+    /// Inserts a write of `data` at byte `offset` of `file`, logged at
+    /// `lsn`. The write may span chunks (it is split).
+    /// Pending bytes are taken from `reservation` (see
+    /// [`SliceCache::reserve`]); past it, they are counted anyway.
+    pub fn insert(
+        &self,
+        file: FileId,
+        offset: u64,
+        data: &[u8],
+        lsn: Lsn,
+        mut reservation: Option<&mut Reservation<'_>>,
+    ) {
+        let f = self.file_or_new(file);
+        let mut d = Delta::default();
+        {
+            let mut fc = lock(&f);
+            for r in chunk_ranges(offset, data.len() as u64) {
+                let c = fc.chunks.entry(r.chunk.0).or_default();
+                d.add(c.insert(r.offset, &data[r.buf.clone()], lsn));
+                d.add(c.compact_if_wasteful());
+                self.touch(file, r.chunk.0);
+            }
+        }
+        self.account(d, reservation.as_deref_mut());
+        self.evict_if_needed();
+    }
+
+    /// Copies the cached bytes of `offset..offset + out.len()` of `file`
+    /// into `out` and returns the file ranges the cache does not hold
+    /// (to be read from the block store, or zeros below the file size).
+    pub fn read(&self, file: FileId, offset: u64, out: &mut [u8]) -> Vec<Range<u64>> {
+        let Some(f) = self.file(file) else {
+            return vec![offset..offset + out.len() as u64];
+        };
+        let fc = lock(&f);
+        let mut missing = Vec::new();
+        for r in chunk_ranges(offset, out.len() as u64) {
+            let base = u64::from(r.chunk.0) * CHUNK;
+            match fc.chunks.get(&r.chunk.0) {
+                None => missing.push(base + u64::from(r.offset)..base + u64::from(r.end())),
+                Some(c) => {
+                    for m in c.read(r.offset..r.end(), &mut out[r.buf.clone()]) {
+                        missing.push(base + u64::from(m.start)..base + u64::from(m.end));
+                    }
+                    self.touch(file, r.chunk.0);
+                }
+            }
+        }
+        // Adjacent misses across a chunk boundary read as one range.
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(missing.len());
+        for m in missing {
+            match merged.last_mut() {
+                Some(last) if last.end == m.start => last.end = m.end,
+                _ => merged.push(m),
+            }
+        }
+        merged
+    }
+
+    /// Snapshots the pending bytes of `file`, one [`BlockSnapshot`] per
+    /// 4 MiB block, skipping blocks whose previous snapshot is still in
+    /// flight (one upload per block at a time).
+    pub fn dirty_blocks(&self, file: FileId) -> Vec<BlockSnapshot> {
+        let Some(f) = self.file(file) else {
+            return Vec::new();
+        };
+        let mut fc = lock(&f);
+        let mut out = Vec::new();
+        for (&idx, c) in fc.chunks.iter_mut() {
+            if c.pending > 0 {
+                out.extend(c.snapshot_dirty(file, ChunkIndex(idx)));
+            }
+        }
+        out
+    }
+
+    /// Files with pending bytes.
+    pub fn dirty_files(&self) -> Vec<FileId> {
+        let files: Vec<(FileId, Arc<Mutex<FileCache>>)> = self
+            .files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        files
+            .into_iter()
+            .filter(|(_, f)| lock(f).chunks.values().any(|c| c.pending > 0))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// The snapshot's bytes reached the object store and its block
+    /// reference is committed: bytes of its block with LSN <= the
+    /// snapshot's become clean; a write that landed after the snapshot
+    /// stays pending.
+    pub fn mark_flushed(&self, snap: &BlockSnapshot) {
+        let Some(f) = self.file(snap.file) else {
+            return;
+        };
+        let d = {
+            let mut fc = lock(&f);
+            match fc.chunks.get_mut(&snap.chunk.0) {
+                Some(c) => c.mark_flushed(snap),
+                None => Delta::default(),
+            }
+        };
+        self.account(d, None);
+        self.evict_if_needed();
+    }
+
+    /// Gives a snapshot up (upload abandoned at shutdown): its block may be
+    /// snapshotted again; its bytes stay pending.
+    pub fn abort_snapshot(&self, snap: &BlockSnapshot) {
+        if let Some(f) = self.file(snap.file)
+            && let Some(c) = lock(&f).chunks.get_mut(&snap.chunk.0)
+        {
+            c.abort_snapshot(snap.block);
+        }
+    }
+
+    /// Recovery: drops the bytes of `len` bytes at `offset` of chunk
+    /// `chunk` written at LSN <= `upto` (they are in the object store).
+    pub fn drop_flushed(&self, file: FileId, chunk: ChunkIndex, offset: u32, len: u32, upto: Lsn) {
+        let Some(f) = self.file(file) else {
+            return;
+        };
+        let d = {
+            let mut fc = lock(&f);
+            let d = match fc.chunks.get_mut(&chunk.0) {
+                Some(c) => c.drop_flushed(offset, offset.saturating_add(len), upto),
+                None => Delta::default(),
+            };
+            fc.chunks.retain(|_, c| !c.is_empty());
+            d
+        };
+        self.account(d, None);
+    }
+
+    /// Truncates `file` to `size` bytes: cached bytes at or past `size` are
+    /// dropped (pending ones too: the truncate is in the log). A later
+    /// write is unaffected.
+    pub fn truncate(&self, file: FileId, size: u64) {
+        let Some(f) = self.file(file) else {
+            return;
+        };
+        let mut d = Delta::default();
+        {
+            let mut fc = lock(&f);
+            for (&idx, c) in fc.chunks.iter_mut() {
+                let start = u64::from(idx) * CHUNK;
+                if size < start + CHUNK {
+                    d.add(c.truncate(size.saturating_sub(start) as u32));
+                }
+            }
+            fc.chunks.retain(|_, c| !c.is_empty());
+        }
+        self.account(d, None);
+    }
+
+    /// Drops everything cached of `file` (it was removed).
+    pub fn remove(&self, file: FileId) {
+        let removed = self
+            .files
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&file);
+        let Some(f) = removed else {
+            return;
+        };
+        let mut d = Delta::default();
+        {
+            let mut fc = lock(&f);
+            for c in fc.chunks.values_mut() {
+                d.add(c.truncate(0));
+            }
+            fc.chunks.clear();
+        }
+        lock(&self.lru).retain(|(fid, _), _| *fid != file);
+        self.account(d, None);
+    }
+
+    /// Evicts clean bytes, least recently used chunk first, until memory is
+    /// under the capacity. Pending bytes are never evicted.
+    pub fn evict_if_needed(&self) {
+        let cap = self.config.capacity_bytes as i64;
+        if self.mem.load(Ordering::Relaxed) <= cap || self.clean.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut order: Vec<((FileId, u32), u64)> =
+            lock(&self.lru).iter().map(|(k, v)| (*k, *v)).collect();
+        order.sort_by_key(|(_, t)| *t);
+        // Evict to 90% so that eviction runs in batches.
+        let target = cap - cap / 10;
+        for ((file, chunk), _) in order {
+            if self.mem.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let Some(f) = self.file(file) else {
+                continue;
+            };
+            let d = {
+                let mut fc = lock(&f);
+                let d = match fc.chunks.get_mut(&chunk) {
+                    Some(c) if c.clean() > 0 => c.evict_clean(),
+                    _ => Delta::default(),
+                };
+                if fc.chunks.get(&chunk).is_some_and(|c| c.is_empty()) {
+                    fc.chunks.remove(&chunk);
+                    lock(&self.lru).remove(&(file, chunk));
+                }
+                d
+            };
+            self.evicted
+                .fetch_add(d.clean.unsigned_abs(), Ordering::Relaxed);
+            self.account(d, None);
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CacheStats {
+        let files = self.files.read().unwrap_or_else(|e| e.into_inner());
+        let mut chunks = 0u64;
+        let mut nfiles = 0u64;
+        for f in files.values() {
+            let fc = lock(f);
+            if !fc.chunks.is_empty() {
+                nfiles += 1;
+                chunks += fc.chunks.len() as u64;
+            }
+        }
+        let get = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
+        CacheStats {
+            files: nfiles,
+            chunks,
+            slices: get(&self.extents),
+            dirty_bytes: get(&self.pending),
+            clean_bytes: get(&self.clean),
+            memory_bytes: get(&self.mem),
+            evicted_bytes: self.evicted.load(Ordering::Relaxed),
+            waits: self.waits.load(Ordering::Relaxed),
+            full_errors: self.full_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Per-chunk extents (start, end, lsn, pending?) of a file, for tests.
+    #[doc(hidden)]
+    pub fn debug_extents(&self, file: FileId) -> usize {
+        self.file(file).map_or(0, |f| {
+            lock(&f).chunks.values().map(|c| c.extent_count()).sum()
+        })
+    }
+}
