@@ -285,7 +285,7 @@ impl SliceCache {
         offset: u64,
         data: &[u8],
         lsn: Lsn,
-        mut reservation: Option<&mut Reservation<'_>>,
+        reservation: Option<&mut Reservation<'_>>,
     ) {
         let f = self.file_or_new(file);
         let mut d = Delta::default();
@@ -298,7 +298,7 @@ impl SliceCache {
                 self.touch(file, r.chunk.0);
             }
         }
-        self.account(d, reservation.as_deref_mut());
+        self.account(d, reservation);
         self.evict_if_needed();
     }
 
@@ -307,7 +307,7 @@ impl SliceCache {
     /// (to be read from the block store, or zeros below the file size).
     pub fn read(&self, file: FileId, offset: u64, out: &mut [u8]) -> Vec<Range<u64>> {
         let Some(f) = self.file(file) else {
-            return vec![offset..offset + out.len() as u64];
+            return std::iter::once(offset..offset + out.len() as u64).collect();
         };
         let fc = lock(&f);
         let mut missing = Vec::new();

@@ -456,15 +456,6 @@ impl Chunk {
         };
         self.apply(d)
     }
-
-    /// Pending ranges with their LSN, for tests and stats.
-    #[cfg(test)]
-    pub(crate) fn dump(&self) -> Vec<(u32, u32, u64, State)> {
-        self.extents
-            .iter()
-            .map(|(s, e)| (*s, s + e.len, e.lsn.0, e.state))
-            .collect()
-    }
 }
 
 const _: () = assert!(BLOCKS_PER_CHUNK <= 16, "in_flight is a u16 bitmask");

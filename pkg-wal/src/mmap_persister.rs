@@ -354,6 +354,24 @@ impl<S: Storage> MmapPersister<S> {
                         ..failed
                     });
                 }
+                // Watermarks of kept segments may claim LSNs that are now
+                // gone; lower them, or every later open reports the loss
+                // again.
+                for s in &keep {
+                    if let Some(h) = s.header
+                        && !h.is_compacted()
+                        && crate::format::decode_watermark(h.record_seed(), &s.file.watermark())
+                            .is_some_and(|w| w.0 > stats.last_lsn)
+                    {
+                        s.file.write_watermark(&encode_watermark(
+                            h.record_seed(),
+                            Lsn(stats.last_lsn),
+                        ));
+                        s.file
+                            .sync(0, 0, true)
+                            .map_err(|e| WalError::io("msync", &s.name, e))?;
+                    }
+                }
                 stats.corruption = Some(Corruption {
                     file: f.file,
                     offset: f.offset,

@@ -181,3 +181,67 @@ fn a_tolerated_corruption_in_a_compacted_segment_reopens() {
         .unwrap_or_else(|e| panic!("the log cannot be opened again: {e}"));
     assert_eq!(p.open_stats().last_lsn, 2);
 }
+
+/// Found by the fuzz target once the watermark check above was added:
+/// records lost at the end of a sealed segment, tolerated with
+/// `TolerateCorruption`. The open keeps that segment as it is (the failure
+/// is reported at the start of the next segment, which is moved aside), so
+/// its header keeps a watermark above the new end of the log. Every later
+/// open sees `L < W` again: a strict open refuses the log ("the log ends
+/// at LSN 4 but LSN 6 was acknowledged durable"), a tolerant one reports
+/// the same loss again and moves the new active segment aside, until new
+/// appends happen to pass the stale watermark (with LSNs reused from the
+/// lost records). The tolerated open should leave no watermark above the
+/// last LSN it kept (mmap_persister.rs, `open_on`, the
+/// `TolerateCorruption` branch; the watermark comes from scan.rs, `scan`).
+///
+/// Fuzz input: `fuzz/regressions/recover_segment/tolerated-loss-stale-watermark`.
+#[test]
+fn a_tolerated_loss_at_the_end_of_a_sealed_segment_reopens_strict() {
+    use slicefs_wal::RecoveryMode;
+
+    let st = SimStorage::new();
+    {
+        let p = MmapPersister::open_on(
+            st.clone(),
+            WalConfig {
+                durability: Durability::Always,
+                ..cfg()
+            },
+        )
+        .unwrap();
+        // 8 KiB records in 64 KiB segments: LSNs 1..=7 in the first one,
+        // whose header says 6 is durable.
+        let data = vec![5u8; 8192];
+        for i in 0..10u32 {
+            p.append_slice(&SliceWrite {
+                offset: i * 8192,
+                ..slice(&data)
+            })
+            .unwrap();
+        }
+    }
+    let st = st.process_crash();
+    let first = "0000000000000001.wal";
+    assert!(st.file_bytes("0000000000000008.wal").is_some());
+    // The disk loses records 5..=7 (header 128, records of 8240 bytes).
+    let mut bytes = st.file_bytes(first).unwrap();
+    bytes[128 + 4 * 8240..].fill(0);
+    st.put_file(first, &bytes);
+
+    let tolerant = WalConfig {
+        recovery_mode: RecoveryMode::TolerateCorruption,
+        ..cfg()
+    };
+    {
+        let p = MmapPersister::open_on(st.clone(), tolerant.clone()).unwrap();
+        assert!(p.open_stats().corruption.is_some());
+        assert_eq!(p.open_stats().last_lsn, 4);
+        p.close().unwrap();
+    }
+    // The loss was accepted once; the log opens again like any other.
+    let p = MmapPersister::open_on(st.process_crash(), cfg())
+        .unwrap_or_else(|e| panic!("strict open after a tolerated loss: {e}"));
+    assert_eq!(p.open_stats().last_lsn, 4);
+    assert_eq!(p.open_stats().corruption, None);
+}
