@@ -121,6 +121,7 @@ pub struct SliceCache {
     waits: AtomicU64,
     full_errors: AtomicU64,
     next_slice: AtomicU64,
+    next_snapshot: AtomicU64,
     /// Access clock for LRU eviction.
     clock: AtomicU64,
     lru: Mutex<HashMap<(FileId, u32), u64>>,
@@ -154,6 +155,7 @@ impl SliceCache {
             waits: AtomicU64::new(0),
             full_errors: AtomicU64::new(0),
             next_slice: AtomicU64::new(1),
+            next_snapshot: AtomicU64::new(1),
             clock: AtomicU64::new(0),
             lru: Mutex::default(),
         })
@@ -287,13 +289,32 @@ impl SliceCache {
         lsn: Lsn,
         reservation: Option<&mut Reservation<'_>>,
     ) {
+        self.insert_with(file, offset, data, lsn, reservation, true);
+    }
+
+    /// [`SliceCache::insert`] for recovery replay: every record keeps its
+    /// own LSN (no in-place extension), so the flushed markers that follow
+    /// in the log drop exactly the bytes they cover.
+    pub fn insert_replayed(&self, file: FileId, offset: u64, data: &[u8], lsn: Lsn) {
+        self.insert_with(file, offset, data, lsn, None, false);
+    }
+
+    fn insert_with(
+        &self,
+        file: FileId,
+        offset: u64,
+        data: &[u8],
+        lsn: Lsn,
+        reservation: Option<&mut Reservation<'_>>,
+        extend: bool,
+    ) {
         let f = self.file_or_new(file);
         let mut d = Delta::default();
         {
             let mut fc = lock(&f);
             for r in chunk_ranges(offset, data.len() as u64) {
                 let c = fc.chunks.entry(r.chunk.0).or_default();
-                d.add(c.insert(r.offset, &data[r.buf.clone()], lsn));
+                d.add(c.insert(r.offset, &data[r.buf.clone()], lsn, extend));
                 d.add(c.compact_if_wasteful());
                 self.touch(file, r.chunk.0);
             }
@@ -345,7 +366,7 @@ impl SliceCache {
         let mut out = Vec::new();
         for (&idx, c) in fc.chunks.iter_mut() {
             if c.pending > 0 {
-                out.extend(c.snapshot_dirty(file, ChunkIndex(idx)));
+                out.extend(c.snapshot_dirty(file, ChunkIndex(idx), &self.next_snapshot));
             }
         }
         out
@@ -377,10 +398,14 @@ impl SliceCache {
         };
         let d = {
             let mut fc = lock(&f);
-            match fc.chunks.get_mut(&snap.chunk.0) {
+            let d = match fc.chunks.get_mut(&snap.chunk.0) {
                 Some(c) => c.mark_flushed(snap),
                 None => Delta::default(),
+            };
+            if fc.chunks.get(&snap.chunk.0).is_some_and(|c| c.is_empty()) {
+                fc.chunks.remove(&snap.chunk.0);
             }
+            d
         };
         self.account(d, None);
         self.evict_if_needed();
@@ -392,7 +417,7 @@ impl SliceCache {
         if let Some(f) = self.file(snap.file)
             && let Some(c) = lock(&f).chunks.get_mut(&snap.chunk.0)
         {
-            c.abort_snapshot(snap.block);
+            c.abort_snapshot(snap);
         }
     }
 
@@ -501,9 +526,11 @@ impl SliceCache {
         let mut nfiles = 0u64;
         for f in files.values() {
             let fc = lock(f);
-            if !fc.chunks.is_empty() {
+            // Chunks kept only for a snapshot in flight hold no bytes.
+            let n = fc.chunks.values().filter(|c| c.extent_count() > 0).count() as u64;
+            if n > 0 {
                 nfiles += 1;
-                chunks += fc.chunks.len() as u64;
+                chunks += n;
             }
         }
         let get = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;

@@ -70,6 +70,9 @@ impl Delta {
 /// A copy of a block's pending bytes, taken for upload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockSnapshot {
+    /// Unique id; only the block's current snapshot can be marked
+    /// flushed or aborted.
+    pub id: u64,
     /// The file.
     pub file: slicefs_wal::FileId,
     /// The chunk.
@@ -103,8 +106,8 @@ pub(crate) struct Chunk {
     pub(crate) mem: u64,
     /// Highest LSN inserted.
     max_lsn: Lsn,
-    /// Blocks with a snapshot in flight (bit per block).
-    in_flight: u16,
+    /// Per block, the id of the snapshot in flight (0: none).
+    in_flight: [u64; BLOCKS_PER_CHUNK as usize],
     /// Bytes held in extents (pending + clean).
     live: u64,
     /// Pending bytes.
@@ -116,8 +119,13 @@ fn block_of(offset: u32) -> u32 {
 }
 
 impl Chunk {
+    /// No bytes and no snapshot in flight: the chunk may be dropped.
     pub(crate) fn is_empty(&self) -> bool {
-        self.extents.is_empty()
+        self.extents.is_empty() && self.in_flight.iter().all(|&id| id == 0)
+    }
+
+    fn block_in_flight(&self, block: u32) -> bool {
+        self.in_flight[block as usize] != 0
     }
 
     pub(crate) fn extent_count(&self) -> usize {
@@ -214,7 +222,10 @@ impl Chunk {
     /// Inserts a write of `data` at `offset` with `lsn`. Bytes already
     /// held with a higher LSN are kept (an out-of-order insert loses to
     /// them). Returns the accounting.
-    pub(crate) fn insert(&mut self, offset: u32, data: &[u8], lsn: Lsn) -> Delta {
+    /// `extend`: sequential writes may grow the newest extent in place
+    /// (off during recovery replay, where each record's LSN must stay
+    /// exact for the flushed markers that follow).
+    pub(crate) fn insert(&mut self, offset: u32, data: &[u8], lsn: Lsn, extend: bool) -> Delta {
         let mut d = Delta::default();
         let mut at = 0usize;
         // Split at block boundaries: an extent never crosses one.
@@ -222,20 +233,20 @@ impl Chunk {
             let off = offset + at as u32;
             let block_end = (block_of(off) + 1) * BLOCK_SIZE as u32;
             let n = (data.len() - at).min((block_end - off) as usize);
-            d.add(self.insert_in_block(off, &data[at..at + n], lsn));
+            d.add(self.insert_in_block(off, &data[at..at + n], lsn, extend));
             at += n;
         }
         self.max_lsn = self.max_lsn.max(lsn);
         self.apply(d)
     }
 
-    fn insert_in_block(&mut self, offset: u32, data: &[u8], lsn: Lsn) -> Delta {
+    fn insert_in_block(&mut self, offset: u32, data: &[u8], lsn: Lsn, extend: bool) -> Delta {
         let end = offset + data.len() as u32;
         if data.is_empty() {
             return Delta::default();
         }
         // Sequential writes extend the newest pending extent in place.
-        if lsn > self.max_lsn && self.in_flight & (1 << block_of(offset)) == 0 {
+        if extend && lsn > self.max_lsn && !self.block_in_flight(block_of(offset)) {
             let next_free = self
                 .extents
                 .range(offset..)
@@ -325,6 +336,7 @@ impl Chunk {
         &mut self,
         file: slicefs_wal::FileId,
         chunk: slicefs_wal::ChunkIndex,
+        next_id: &std::sync::atomic::AtomicU64,
     ) -> Vec<BlockSnapshot> {
         let mut out: Vec<BlockSnapshot> = Vec::new();
         for (&s, e) in &self.extents {
@@ -332,11 +344,12 @@ impl Chunk {
                 continue;
             }
             let block = block_of(s);
-            if self.in_flight & (1 << block) != 0 {
+            if self.block_in_flight(block) {
                 continue;
             }
             if out.last().is_none_or(|b| b.block != block) {
                 out.push(BlockSnapshot {
+                    id: next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     file,
                     chunk,
                     block,
@@ -352,7 +365,7 @@ impl Chunk {
             }
         }
         for b in &out {
-            self.in_flight |= 1 << b.block;
+            self.in_flight[b.block as usize] = b.id;
         }
         out
     }
@@ -360,8 +373,15 @@ impl Chunk {
     /// The snapshot reached the object store: its block's bytes with
     /// LSN <= the snapshot's become clean. Bytes written after it stay
     /// pending.
+    /// A snapshot that is no longer the block's current one (the file was
+    /// truncated or removed since) changes nothing: its bytes stay pending
+    /// and are uploaded again, which is safe.
     pub(crate) fn mark_flushed(&mut self, snap: &BlockSnapshot) -> Delta {
-        self.in_flight &= !(1 << snap.block);
+        let slot = &mut self.in_flight[snap.block as usize];
+        if *slot != snap.id {
+            return Delta::default();
+        }
+        *slot = 0;
         let from = snap.block_offset();
         let d = self.set_clean(from, from + BLOCK_SIZE as u32, snap.lsn);
         self.apply(d)
@@ -369,8 +389,11 @@ impl Chunk {
 
     /// Gives up a snapshot (upload abandoned): its block may be
     /// snapshotted again; nothing changes state.
-    pub(crate) fn abort_snapshot(&mut self, block: u32) {
-        self.in_flight &= !(1 << block);
+    pub(crate) fn abort_snapshot(&mut self, snap: &BlockSnapshot) {
+        let slot = &mut self.in_flight[snap.block as usize];
+        if *slot == snap.id {
+            *slot = 0;
+        }
     }
 
     fn set_clean(&mut self, from: u32, to: u32, upto: Lsn) -> Delta {
@@ -457,5 +480,3 @@ impl Chunk {
         self.apply(d)
     }
 }
-
-const _: () = assert!(BLOCKS_PER_CHUNK <= 16, "in_flight is a u16 bitmask");

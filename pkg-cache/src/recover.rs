@@ -60,7 +60,7 @@ pub fn recover(
                 report.slice_bytes += w.data.len() as u64;
                 cache.observe_slice_id(w.slice);
                 let offset = u64::from(w.chunk.0) * CHUNK_SIZE + u64::from(w.offset);
-                cache.insert(w.file, offset, w.data, r.lsn, None);
+                cache.insert_replayed(w.file, offset, w.data, r.lsn);
             }
             RecordKind::Remove { file } => cache.remove(file),
             RecordKind::Truncate { file, size } => cache.truncate(file, size),
