@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use slicefs_wal::format::{HEADER_LEN, padded};
+use slicefs_wal::format::HEADER_LEN;
 use slicefs_wal::scan::scan;
 use slicefs_wal::storage::MmapStorage;
 use slicefs_wal::{
-    ChunkIndex, Corruption, Durability, FileId, FlushedMarker, LOCK_FILE, Lsn, MmapPersister,
-    Persister, RecordKind, RecoveryMode, SliceId, SliceWrite, WalConfig, WalError,
+    Corruption, Durability, LOCK_FILE, Lsn, MmapPersister, Persister, RecoveryMode, WalConfig,
+    WalError,
 };
 
 // ---------------------------------------------------------------------------
@@ -36,32 +36,8 @@ fn tolerant() -> WalConfig {
     }
 }
 
-/// An owned copy of a record's content, to compare what was appended with
-/// what is recovered.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Kind {
-    Slice {
-        file: u64,
-        chunk: u32,
-        slice: u64,
-        offset: u32,
-        data: Vec<u8>,
-    },
-    Remove {
-        file: u64,
-    },
-    Truncate {
-        file: u64,
-        size: u64,
-    },
-    Flushed {
-        file: u64,
-        chunk: u32,
-        offset: u32,
-        len: u32,
-        upto: u64,
-    },
-}
+mod common;
+use common::{Kind, append, recovered};
 
 impl Kind {
     fn slice(file: u64, offset: u32, len: usize) -> Kind {
@@ -73,87 +49,6 @@ impl Kind {
             data: (0..len).map(|i| (i as u64 * 13 + file) as u8).collect(),
         }
     }
-
-    fn from_record(k: &RecordKind<'_>) -> Kind {
-        match *k {
-            RecordKind::Slice(w) => Kind::Slice {
-                file: w.file.0,
-                chunk: w.chunk.0,
-                slice: w.slice.0,
-                offset: w.offset,
-                data: w.data.to_vec(),
-            },
-            RecordKind::Remove { file } => Kind::Remove { file: file.0 },
-            RecordKind::Truncate { file, size } => Kind::Truncate { file: file.0, size },
-            RecordKind::Flushed(m) => Kind::Flushed {
-                file: m.file.0,
-                chunk: m.chunk.0,
-                offset: m.offset,
-                len: m.len,
-                upto: m.upto.0,
-            },
-        }
-    }
-
-    /// The record's `len` field: header and payload, without padding.
-    fn len(&self) -> u64 {
-        24 + match self {
-            Kind::Slice { data, .. } => 24 + data.len() as u64,
-            Kind::Remove { .. } => 8,
-            Kind::Truncate { .. } => 16,
-            Kind::Flushed { .. } => 32,
-        }
-    }
-
-    /// Bytes the record takes in its segment, padding included.
-    fn disk_len(&self) -> u64 {
-        padded(self.len() as usize) as u64
-    }
-}
-
-fn append(p: &dyn Persister, k: &Kind) -> Lsn {
-    match k {
-        Kind::Slice {
-            file,
-            chunk,
-            slice,
-            offset,
-            data,
-        } => p.append_slice(&SliceWrite {
-            file: FileId(*file),
-            chunk: ChunkIndex(*chunk),
-            slice: SliceId(*slice),
-            offset: *offset,
-            data,
-        }),
-        Kind::Remove { file } => p.append_remove(FileId(*file)),
-        Kind::Truncate { file, size } => p.append_truncate(FileId(*file), *size),
-        Kind::Flushed {
-            file,
-            chunk,
-            offset,
-            len,
-            upto,
-        } => p.append_flushed(&FlushedMarker {
-            file: FileId(*file),
-            chunk: ChunkIndex(*chunk),
-            offset: *offset,
-            len: *len,
-            upto: Lsn(*upto),
-        }),
-    }
-    .expect("append")
-}
-
-/// Every record the persister recovers, in order.
-fn recovered(p: &dyn Persister) -> Vec<(u64, Kind)> {
-    let mut out = Vec::new();
-    let mut r = p.recover().expect("recover");
-    while let Some(rec) = r.next_record() {
-        let rec = rec.expect("recovered record");
-        out.push((rec.lsn.0, Kind::from_record(&rec.kind)));
-    }
-    out
 }
 
 /// Where a record sits on disk.

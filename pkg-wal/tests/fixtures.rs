@@ -21,8 +21,7 @@ use std::sync::OnceLock;
 
 use slicefs_wal::format::{HEADER_LEN, SegmentHeader, padded};
 use slicefs_wal::{
-    ChunkIndex, Durability, FileId, FlushedMarker, LOCK_FILE, Lsn, MmapPersister, Persister,
-    RecordKind, RecoveryMode, SliceId, SliceWrite, WalConfig, WalError,
+    Durability, LOCK_FILE, Lsn, MmapPersister, Persister, RecoveryMode, WalConfig, WalError,
 };
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
@@ -41,98 +40,8 @@ fn cfg(durability: Durability) -> WalConfig {
     }
 }
 
-/// An owned copy of a record's content.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Kind {
-    Slice {
-        file: u64,
-        chunk: u32,
-        slice: u64,
-        offset: u32,
-        data: Vec<u8>,
-    },
-    Remove {
-        file: u64,
-    },
-    Truncate {
-        file: u64,
-        size: u64,
-    },
-    Flushed {
-        file: u64,
-        chunk: u32,
-        offset: u32,
-        len: u32,
-        upto: u64,
-    },
-}
-
-impl Kind {
-    fn from_record(k: &RecordKind<'_>) -> Kind {
-        match *k {
-            RecordKind::Slice(w) => Kind::Slice {
-                file: w.file.0,
-                chunk: w.chunk.0,
-                slice: w.slice.0,
-                offset: w.offset,
-                data: w.data.to_vec(),
-            },
-            RecordKind::Remove { file } => Kind::Remove { file: file.0 },
-            RecordKind::Truncate { file, size } => Kind::Truncate { file: file.0, size },
-            RecordKind::Flushed(m) => Kind::Flushed {
-                file: m.file.0,
-                chunk: m.chunk.0,
-                offset: m.offset,
-                len: m.len,
-                upto: m.upto.0,
-            },
-        }
-    }
-}
-
-fn append(p: &dyn Persister, k: &Kind) -> Lsn {
-    match k {
-        Kind::Slice {
-            file,
-            chunk,
-            slice,
-            offset,
-            data,
-        } => p.append_slice(&SliceWrite {
-            file: FileId(*file),
-            chunk: ChunkIndex(*chunk),
-            slice: SliceId(*slice),
-            offset: *offset,
-            data,
-        }),
-        Kind::Remove { file } => p.append_remove(FileId(*file)),
-        Kind::Truncate { file, size } => p.append_truncate(FileId(*file), *size),
-        Kind::Flushed {
-            file,
-            chunk,
-            offset,
-            len,
-            upto,
-        } => p.append_flushed(&FlushedMarker {
-            file: FileId(*file),
-            chunk: ChunkIndex(*chunk),
-            offset: *offset,
-            len: *len,
-            upto: Lsn(*upto),
-        }),
-    }
-    .expect("append")
-}
-
-fn recovered(p: &dyn Persister) -> Vec<(u64, Kind)> {
-    let mut out = Vec::new();
-    let mut r = p.recover().expect("recover");
-    while let Some(rec) = r.next_record() {
-        let rec = rec.expect("recovered record");
-        out.push((rec.lsn.0, Kind::from_record(&rec.kind)));
-    }
-    out
-}
+mod common;
+use common::{Kind, append, recovered};
 
 /// Deterministic data bytes.
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
