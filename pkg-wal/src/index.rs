@@ -289,6 +289,116 @@ impl LiveIndex {
 mod tests {
     use super::*;
 
+    use crate::types::{FlushedMarker, Record, SliceWrite};
+
+    /// The index fed whole records, as the scan feeds it.
+    #[derive(Default)]
+    struct LiveModel(LiveIndex);
+
+    impl LiveModel {
+        fn apply(&mut self, r: &Record<'_>) {
+            self.0.apply(r.lsn, 1, 0, &r.kind);
+        }
+        fn live_bytes(&self) -> u64 {
+            self.0.live_bytes()
+        }
+    }
+
+    fn slice(lsn: u64, file: u64, chunk: u32, offset: u32, data: &[u8]) -> Record<'_> {
+        Record {
+            lsn: Lsn(lsn),
+            kind: RecordKind::Slice(SliceWrite {
+                file: FileId(file),
+                chunk: ChunkIndex(chunk),
+                slice: SliceId(lsn),
+                offset,
+                data,
+            }),
+        }
+    }
+
+    fn flushed(
+        lsn: u64,
+        file: u64,
+        chunk: u32,
+        offset: u32,
+        len: u32,
+        upto: u64,
+    ) -> Record<'static> {
+        Record {
+            lsn: Lsn(lsn),
+            kind: RecordKind::Flushed(FlushedMarker {
+                file: FileId(file),
+                chunk: ChunkIndex(chunk),
+                offset,
+                len,
+                upto: Lsn(upto),
+            }),
+        }
+    }
+
+    #[test]
+    fn flushed_markers_void_only_older_bytes_in_their_range() {
+        let data = [7u8; 100];
+        let mut m = LiveModel::default();
+        m.apply(&slice(1, 1, 0, 0, &data));
+        m.apply(&slice(2, 1, 0, 50, &data));
+        m.apply(&slice(3, 1, 1, 0, &data));
+        assert_eq!(m.live_bytes(), 300);
+        // Covers 0..120 of chunk 0 up to LSN 1: 100 bytes of LSN 1 only.
+        m.apply(&flushed(4, 1, 0, 0, 120, 1));
+        assert_eq!(m.live_bytes(), 200);
+        // Up to LSN 2, range 50..100: 50 bytes of LSN 2.
+        m.apply(&flushed(5, 1, 0, 50, 50, 2));
+        assert_eq!(m.live_bytes(), 150);
+        // Another file's marker changes nothing.
+        m.apply(&flushed(6, 2, 0, 0, 1000, 9));
+        assert_eq!(m.live_bytes(), 150);
+    }
+
+    #[test]
+    fn truncate_and_remove_void_earlier_records_only() {
+        let data = [7u8; 100];
+        let mut m = LiveModel::default();
+        m.apply(&slice(1, 1, 0, 0, &data));
+        m.apply(&slice(2, 1, 1, 0, &data));
+        m.apply(&slice(3, 2, 0, 0, &data));
+        m.apply(&Record {
+            lsn: Lsn(4),
+            kind: RecordKind::Truncate {
+                file: FileId(1),
+                size: 40,
+            },
+        });
+        assert_eq!(m.live_bytes(), 140);
+        m.apply(&slice(5, 1, 0, 0, &data));
+        assert_eq!(m.live_bytes(), 240);
+        m.apply(&Record {
+            lsn: Lsn(6),
+            kind: RecordKind::Remove { file: FileId(1) },
+        });
+        assert_eq!(m.live_bytes(), 100);
+        // A re-created file counts again.
+        m.apply(&slice(7, 1, 0, 0, &data));
+        assert_eq!(m.live_bytes(), 200);
+    }
+
+    #[test]
+    fn truncate_in_a_later_chunk_keeps_earlier_chunks() {
+        let data = [7u8; 100];
+        let mut m = LiveModel::default();
+        m.apply(&slice(1, 1, 0, 0, &data));
+        m.apply(&slice(2, 1, 2, 0, &data));
+        m.apply(&Record {
+            lsn: Lsn(3),
+            kind: RecordKind::Truncate {
+                file: FileId(1),
+                size: CHUNK_SIZE + 10,
+            },
+        });
+        assert_eq!(m.live_bytes(), 100);
+    }
+
     #[test]
     fn ranges_subtract_and_intersect() {
         let mut r = Ranges::one(0, 100);

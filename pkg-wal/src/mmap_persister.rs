@@ -24,7 +24,7 @@ use crate::recovery::{
 };
 use crate::scan::{CORRUPT_SUFFIX, LogScan, TMP_SUFFIX, compacted_name, scan, segment_name};
 use crate::storage::{MmapStorage, SegmentFile, Storage};
-use crate::types::{FileId, FlushedMarker, Lsn, Record, RecordKind, SliceWrite};
+use crate::types::{FileId, FlushedMarker, Lsn, RecordKind, SliceWrite};
 use crate::{Persister, Result};
 
 /// When appends become durable against power loss. Every mode keeps a
@@ -251,6 +251,7 @@ impl<S: Storage> MmapPersister<S> {
             tmp_files,
             failure,
             mut stats,
+            index,
             ..
         } = log;
         let wal_id = wal_id.unwrap_or_else(rand::random);
@@ -416,26 +417,8 @@ impl<S: Storage> MmapPersister<S> {
                 .map_err(|e| WalError::io("fsync", &dir, e))?;
         }
 
-        // Rebuild the live index from the retained records.
-        let mut index = LiveIndex::default();
-        for seg in segments.values() {
-            let end = seg.records_end();
-            let mut rec = Recovery::new(
-                vec![ReplaySpan {
-                    source: seg.clone() as Arc<dyn ReplaySource>,
-                    start: HEADER_LEN as u64,
-                    end,
-                }],
-                RecoveryStats::default(),
-            );
-            let mut at = HEADER_LEN as u64;
-            while let Some(r) = rec.next_record() {
-                let r = r?;
-                let used = record_disk_len(&r);
-                index.apply(r.lsn, seg.header.first_lsn.0, at + data_offset(), &r.kind);
-                at += used;
-            }
-        }
+        // The scan built the live index of the valid prefix; cutting a torn
+        // tail or moving damaged files aside kept segment keys and offsets.
         stats.live_data_bytes = index.live_bytes();
 
         let next_lsn = stats.last_lsn + 1;
@@ -541,17 +524,6 @@ impl<S: Storage> MmapPersister<S> {
 /// Offset of slice data from the start of its record.
 fn data_offset() -> u64 {
     (RECORD_HEADER_LEN + SLICE_PAYLOAD_LEN) as u64
-}
-
-fn record_disk_len(r: &Record<'_>) -> u64 {
-    let len = RECORD_HEADER_LEN
-        + match r.kind {
-            RecordKind::Slice(w) => SLICE_PAYLOAD_LEN + w.data.len(),
-            RecordKind::Remove { .. } => 8,
-            RecordKind::Truncate { .. } => 16,
-            RecordKind::Flushed(_) => 32,
-        };
-    padded(len) as u64
 }
 
 /// Creates a normal segment starting at `first` with room for a record of

@@ -6,7 +6,11 @@
 use std::time::Instant;
 
 use crate::error::WalError;
-use crate::format::{HEADER_LEN, MAX_LSN, SegmentHeader, Stop, decode_record, decode_watermark};
+use crate::format::{
+    HEADER_LEN, MAX_LSN, RECORD_HEADER_LEN, SLICE_PAYLOAD_LEN, SegmentHeader, Stop, decode_record,
+    decode_watermark,
+};
+use crate::index::LiveIndex;
 use crate::recovery::RecoveryStats;
 use crate::storage::{SegmentFile, Storage};
 use crate::types::Lsn;
@@ -104,8 +108,11 @@ pub struct LogScan<F> {
     pub watermark: Lsn,
     /// The LSN the next record after the valid prefix gets.
     pub next_lsn: Lsn,
-    /// Counts for [`RecoveryStats`].
+    /// Counts for [`RecoveryStats`]; `live_data_bytes` is that of the
+    /// valid prefix.
     pub stats: RecoveryStats,
+    /// Live bytes of the valid prefix, where they are (reused by open).
+    pub(crate) index: LiveIndex,
 }
 
 /// Scans the log in `storage` without changing anything.
@@ -144,6 +151,7 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
         watermark: Lsn(0),
         next_lsn: Lsn(1),
         stats: RecoveryStats::default(),
+        index: LiveIndex::default(),
     };
     let mut covered_to = 0u64; // end of the widest compaction seen
     for (first, end, name) in segs {
@@ -288,6 +296,8 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
                         crate::RecordKind::Truncate { .. } => 2,
                         crate::RecordKind::Flushed(_) => 3,
                     };
+                    let data_at = (HEADER_LEN + at + RECORD_HEADER_LEN + SLICE_PAYLOAD_LEN) as u64;
+                    out.index.apply(rec.lsn, h.first_lsn.0, data_at, &rec.kind);
                     seg.by_type[t] += 1;
                     seg.records += 1;
                     out.stats.record_bytes += used as u64;
@@ -328,6 +338,7 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
         }
     }
     out.next_lsn = Lsn(expected);
+    out.stats.live_data_bytes = out.index.live_bytes();
     out.stats.last_lsn = expected.saturating_sub(1);
     out.stats.watermark = out.watermark.0;
     if out.failure.is_none() && out.stats.last_lsn < out.watermark.0 {

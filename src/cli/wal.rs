@@ -4,10 +4,8 @@
 //! Neither command takes the directory lock or changes a byte: they can
 //! run beside a mounted file system (a log being written may then show a
 //! torn tail that is only the append in flight). The live-bytes figure is
-//! computed here by replaying the valid records through [`LiveModel`], the
-//! same rules the persister applies at open, without opening the log.
+//! the scan's: the persister's own live index over the valid prefix.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,12 +14,11 @@ use std::process::ExitCode;
 use anyhow::{Context, bail, ensure};
 use clap::Subcommand;
 use serde::Serialize;
-use slicefs_wal::format::{HEADER_LEN, Stop, decode_record};
+use slicefs_wal::LOCK_FILE;
 use slicefs_wal::scan::{
     COMPACTED_SUFFIX, CORRUPT_SUFFIX, LogScan, ScannedSegment, TMP_SUFFIX, scan,
 };
-use slicefs_wal::storage::{MmapFile, MmapStorage, SegmentFile};
-use slicefs_wal::{CHUNK_SIZE, LOCK_FILE, Record, RecordKind};
+use slicefs_wal::storage::{MmapFile, MmapStorage};
 
 /// Exit code of `verify` for a torn tail.
 const EXIT_TORN: u8 = 1;
@@ -287,7 +284,7 @@ fn inspect(dir: &Path) -> anyhow::Result<InspectReport> {
         first_lsn: first_lsn(&log),
         last_lsn: s.last_lsn,
     };
-    let live_data_bytes = replay_live_bytes(&log.segments[..scanned_upto])?;
+    let live_data_bytes = s.live_data_bytes;
     let mut other = OtherFiles {
         lock: false,
         corrupt: Vec::new(),
@@ -352,138 +349,6 @@ fn segment_report(s: &ScannedSegment<MmapFile>, scanned: bool) -> SegmentReport 
         by_type: s.by_type.into(),
         data_bytes: s.data_bytes,
         valid_end: s.valid_end,
-    }
-}
-
-/// Replays the valid records of `segments` (the scanned ones, in LSN
-/// order) through a [`LiveModel`] and returns its live bytes.
-fn replay_live_bytes(segments: &[ScannedSegment<MmapFile>]) -> anyhow::Result<u64> {
-    let mut model = LiveModel::default();
-    let head = HEADER_LEN as u64;
-    for seg in segments {
-        let Some(h) = seg.header else { continue };
-        if seg.valid_end <= head {
-            continue;
-        }
-        let bytes = seg.file.read(head, seg.valid_end - head).with_context(|| {
-            format!(
-                "{}: bytes {head}..{} are no longer readable (the file shrank during the \
-                 inspection?)",
-                seg.name, seg.valid_end
-            )
-        })?;
-        let mut at = 0;
-        while at < bytes.len() {
-            match decode_record(bytes, at, h.record_seed()) {
-                Ok((rec, used)) => {
-                    model.apply(&rec);
-                    at += used;
-                }
-                Err(Stop::End) => break,
-                Err(Stop::Invalid(reason)) => bail!(
-                    "{}: the record at offset {} changed during the inspection: {reason}",
-                    seg.name,
-                    head + at as u64
-                ),
-            }
-        }
-    }
-    Ok(model.live_bytes())
-}
-
-/// Which slice bytes of a record stream are still live: written by a slice
-/// record and not voided by a later flushed marker (for records with LSN
-/// <= its `upto`), truncate (bytes at or past the size) or remove.
-///
-/// An overwrite does not void older bytes: until they are flushed both
-/// versions are replayed, so both count (as in the persister's index).
-#[derive(Debug, Default)]
-struct LiveModel {
-    /// file -> chunk -> (LSN, live ranges of the chunk) of each slice.
-    files: HashMap<u64, HashMap<u32, Vec<(u64, Ranges)>>>,
-}
-
-impl LiveModel {
-    fn apply(&mut self, rec: &Record<'_>) {
-        match rec.kind {
-            RecordKind::Slice(w) => {
-                let start = u64::from(w.offset);
-                let end = start + w.data.len() as u64;
-                if end > start {
-                    self.files
-                        .entry(w.file.0)
-                        .or_default()
-                        .entry(w.chunk.0)
-                        .or_default()
-                        .push((rec.lsn.0, Ranges(vec![(start, end)])));
-                }
-            }
-            RecordKind::Remove { file } => {
-                self.files.remove(&file.0);
-            }
-            RecordKind::Truncate { file, size } => {
-                if let Some(chunks) = self.files.get_mut(&file.0) {
-                    for (&chunk, slices) in chunks.iter_mut() {
-                        let cut = size.saturating_sub(u64::from(chunk) * CHUNK_SIZE);
-                        for (_, r) in slices.iter_mut() {
-                            r.subtract(cut, CHUNK_SIZE);
-                        }
-                    }
-                }
-            }
-            RecordKind::Flushed(m) => {
-                let chunk = self
-                    .files
-                    .get_mut(&m.file.0)
-                    .and_then(|c| c.get_mut(&m.chunk.0));
-                if let Some(slices) = chunk {
-                    let start = u64::from(m.offset);
-                    for (_, r) in slices.iter_mut().filter(|(lsn, _)| *lsn <= m.upto.0) {
-                        r.subtract(start, start + u64::from(m.len));
-                    }
-                }
-            }
-        }
-    }
-
-    fn live_bytes(&self) -> u64 {
-        self.files
-            .values()
-            .flat_map(|c| c.values())
-            .flatten()
-            .map(|(_, r)| r.bytes())
-            .sum()
-    }
-}
-
-/// Sorted, disjoint, non-empty byte ranges `start..end` within a chunk.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Ranges(Vec<(u64, u64)>);
-
-impl Ranges {
-    fn bytes(&self) -> u64 {
-        self.0.iter().map(|(s, e)| e - s).sum()
-    }
-
-    /// Removes `start..end`.
-    fn subtract(&mut self, start: u64, end: u64) {
-        if start >= end {
-            return;
-        }
-        let mut out = Vec::with_capacity(self.0.len() + 1);
-        for &(s, e) in &self.0 {
-            if e <= start || s >= end {
-                out.push((s, e));
-                continue;
-            }
-            if s < start {
-                out.push((s, start));
-            }
-            if e > end {
-                out.push((end, e));
-            }
-        }
-        self.0 = out;
     }
 }
 
@@ -665,115 +530,6 @@ fn render_table<const N: usize>(o: &mut String, rows: &[[String; N]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slicefs_wal::{ChunkIndex, FileId, FlushedMarker, Lsn, SliceId, SliceWrite};
-
-    fn slice(lsn: u64, file: u64, chunk: u32, offset: u32, data: &[u8]) -> Record<'_> {
-        Record {
-            lsn: Lsn(lsn),
-            kind: RecordKind::Slice(SliceWrite {
-                file: FileId(file),
-                chunk: ChunkIndex(chunk),
-                slice: SliceId(lsn),
-                offset,
-                data,
-            }),
-        }
-    }
-
-    fn flushed(
-        lsn: u64,
-        file: u64,
-        chunk: u32,
-        offset: u32,
-        len: u32,
-        upto: u64,
-    ) -> Record<'static> {
-        Record {
-            lsn: Lsn(lsn),
-            kind: RecordKind::Flushed(FlushedMarker {
-                file: FileId(file),
-                chunk: ChunkIndex(chunk),
-                offset,
-                len,
-                upto: Lsn(upto),
-            }),
-        }
-    }
-
-    #[test]
-    fn ranges_subtract_splits_and_trims() {
-        let mut r = Ranges(vec![(0, 100)]);
-        r.subtract(10, 20);
-        r.subtract(90, 200);
-        assert_eq!(r, Ranges(vec![(0, 10), (20, 90)]));
-        assert_eq!(r.bytes(), 80);
-        r.subtract(5, 5);
-        assert_eq!(r.bytes(), 80);
-        r.subtract(0, 100);
-        assert_eq!(r.bytes(), 0);
-    }
-
-    #[test]
-    fn flushed_markers_void_only_older_bytes_in_their_range() {
-        let data = [7u8; 100];
-        let mut m = LiveModel::default();
-        m.apply(&slice(1, 1, 0, 0, &data));
-        m.apply(&slice(2, 1, 0, 50, &data));
-        m.apply(&slice(3, 1, 1, 0, &data));
-        assert_eq!(m.live_bytes(), 300);
-        // Covers 0..120 of chunk 0 up to LSN 1: 100 bytes of LSN 1 only.
-        m.apply(&flushed(4, 1, 0, 0, 120, 1));
-        assert_eq!(m.live_bytes(), 200);
-        // Up to LSN 2, range 50..100: 50 bytes of LSN 2.
-        m.apply(&flushed(5, 1, 0, 50, 50, 2));
-        assert_eq!(m.live_bytes(), 150);
-        // Another file's marker changes nothing.
-        m.apply(&flushed(6, 2, 0, 0, 1000, 9));
-        assert_eq!(m.live_bytes(), 150);
-    }
-
-    #[test]
-    fn truncate_and_remove_void_earlier_records_only() {
-        let data = [7u8; 100];
-        let mut m = LiveModel::default();
-        m.apply(&slice(1, 1, 0, 0, &data));
-        m.apply(&slice(2, 1, 1, 0, &data));
-        m.apply(&slice(3, 2, 0, 0, &data));
-        m.apply(&Record {
-            lsn: Lsn(4),
-            kind: RecordKind::Truncate {
-                file: FileId(1),
-                size: 40,
-            },
-        });
-        assert_eq!(m.live_bytes(), 140);
-        m.apply(&slice(5, 1, 0, 0, &data));
-        assert_eq!(m.live_bytes(), 240);
-        m.apply(&Record {
-            lsn: Lsn(6),
-            kind: RecordKind::Remove { file: FileId(1) },
-        });
-        assert_eq!(m.live_bytes(), 100);
-        // A re-created file counts again.
-        m.apply(&slice(7, 1, 0, 0, &data));
-        assert_eq!(m.live_bytes(), 200);
-    }
-
-    #[test]
-    fn truncate_in_a_later_chunk_keeps_earlier_chunks() {
-        let data = [7u8; 100];
-        let mut m = LiveModel::default();
-        m.apply(&slice(1, 1, 0, 0, &data));
-        m.apply(&slice(2, 1, 2, 0, &data));
-        m.apply(&Record {
-            lsn: Lsn(3),
-            kind: RecordKind::Truncate {
-                file: FileId(1),
-                size: CHUNK_SIZE + 10,
-            },
-        });
-        assert_eq!(m.live_bytes(), 100);
-    }
 
     #[test]
     fn lsn_span_is_inclusive_and_says_none_when_empty() {
