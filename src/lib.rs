@@ -2,13 +2,18 @@
 //! store and whose writes are absorbed by a local, crash-safe write-back
 //! cache.
 //!
-//! This milestone holds the persister (the write-ahead log, crate
-//! `slicefs_wal` in `pkg-wal/`) and the slice cache data structure (crate
-//! `slicefs_cache` in `pkg-cache/`); the `slicefs` binary (`src/main.rs`,
-//! command line in `src/cli/`) offers read-only tools for log directories:
-//! `slicefs wal inspect` and `slicefs wal verify`.
+//! Crates and modules, one per concept:
+//! - `slicefs_wal` (`pkg-wal/`): the persister (write-ahead log);
+//! - `slicefs_cache` (`pkg-cache/`): the slice cache data structure;
+//! - [`blockstore`]: immutable block objects in an object store, by URL;
+//! - [`meta`]: metadata (so far the block map);
+//! - [`transfer`]: the transfer manager, which uploads dirty blocks and
+//!   downloads committed ones;
+//! - the `slicefs` binary (`src/main.rs`, command line in `src/cli/`).
 //!
-//! The file system itself is planned, one module per concept in this crate:
-//! `vfs` (POSIX semantics), `meta` (SQLite metadata), `blockstore` (object
-//! store access), `transfer` (uploads of dirty blocks), and the `fuse` and
-//! `nfs` front ends. `doc/DESIGN.md` describes the design.
+//! Planned: `vfs` (POSIX semantics) and the `fuse` and `nfs` front ends.
+//! `doc/DESIGN.md` describes the design.
+
+pub mod blockstore;
+pub mod meta;
+pub mod transfer;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use slicefs_wal::{ChunkIndex, FileId, Lsn, SliceId};
 
-use crate::chunk::{BlockSnapshot, Chunk, Delta};
+use crate::chunk::{BlockSnapshot, Chunk, Delta, SnapshotOptions};
 use crate::{CHUNK, CacheError, chunk_ranges};
 
 /// Start-up settings of a [`SliceCache`].
@@ -359,17 +359,48 @@ impl SliceCache {
     /// 4 MiB block, skipping blocks whose previous snapshot is still in
     /// flight (one upload per block at a time).
     pub fn dirty_blocks(&self, file: FileId) -> Vec<BlockSnapshot> {
+        self.dirty_blocks_with(file, &SnapshotOptions::default())
+    }
+
+    /// [`SliceCache::dirty_blocks`] restricted by `opts` (full blocks
+    /// only, at most so many), in file order. Blocks not chosen are not
+    /// marked in flight.
+    pub fn dirty_blocks_with(&self, file: FileId, opts: &SnapshotOptions) -> Vec<BlockSnapshot> {
         let Some(f) = self.file(file) else {
             return Vec::new();
         };
         let mut fc = lock(&f);
         let mut out = Vec::new();
+        let mut budget = opts.max_blocks;
         for (&idx, c) in fc.chunks.iter_mut() {
+            if budget == 0 {
+                break;
+            }
             if c.pending > 0 {
-                out.extend(c.snapshot_dirty(file, ChunkIndex(idx), &self.next_snapshot));
+                out.extend(c.snapshot_dirty(
+                    file,
+                    ChunkIndex(idx),
+                    &self.next_snapshot,
+                    opts,
+                    &mut budget,
+                ));
             }
         }
         out
+    }
+
+    /// Bytes not yet in the object store (a counter; no locking).
+    pub fn dirty_bytes(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// The lowest LSN among the pending bytes of `file` (`None`: nothing
+    /// pending). A flush of everything written before LSN `l` is done
+    /// when this is `None` or above `l`.
+    pub fn oldest_pending_lsn(&self, file: FileId) -> Option<Lsn> {
+        let f = self.file(file)?;
+        let fc = lock(&f);
+        fc.chunks.values().filter_map(|c| c.min_pending_lsn()).min()
     }
 
     /// Files with pending bytes.

@@ -87,6 +87,27 @@ pub struct BlockSnapshot {
     pub lsn: Lsn,
 }
 
+/// Which pending blocks [`SliceCache::dirty_blocks_with`](crate::SliceCache::dirty_blocks_with)
+/// snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// Only blocks whose 4 MiB are all pending (a sequential writer filled
+    /// them); partial blocks are left to grow. Default: false.
+    pub full_blocks_only: bool,
+    /// At most this many snapshots per call (each copies up to 4 MiB).
+    /// Default: unlimited.
+    pub max_blocks: usize,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            full_blocks_only: false,
+            max_blocks: usize::MAX,
+        }
+    }
+}
+
 impl BlockSnapshot {
     /// Offset of the block within its chunk.
     pub fn block_offset(&self) -> u32 {
@@ -337,14 +358,31 @@ impl Chunk {
         file: slicefs_wal::FileId,
         chunk: slicefs_wal::ChunkIndex,
         next_id: &std::sync::atomic::AtomicU64,
+        opts: &SnapshotOptions,
+        budget: &mut usize,
     ) -> Vec<BlockSnapshot> {
+        // Pending bytes per block, to choose blocks before copying anything.
+        let mut pending = [0u64; BLOCKS_PER_CHUNK as usize];
+        for (&s, e) in &self.extents {
+            if e.state == State::Pending {
+                pending[block_of(s) as usize] += e.bytes().len() as u64;
+            }
+        }
+        let mut chosen = [false; BLOCKS_PER_CHUNK as usize];
+        for (b, &n) in pending.iter().enumerate() {
+            if *budget == 0 {
+                break;
+            }
+            let full = n == BLOCK_SIZE;
+            if n > 0 && !self.block_in_flight(b as u32) && (full || !opts.full_blocks_only) {
+                chosen[b] = true;
+                *budget -= 1;
+            }
+        }
         let mut out: Vec<BlockSnapshot> = Vec::new();
         for (&s, e) in &self.extents {
-            if e.state != State::Pending {
-                continue;
-            }
             let block = block_of(s);
-            if self.block_in_flight(block) {
+            if e.state != State::Pending || !chosen[block as usize] {
                 continue;
             }
             if out.last().is_none_or(|b| b.block != block) {
@@ -368,6 +406,15 @@ impl Chunk {
             self.in_flight[b.block as usize] = b.id;
         }
         out
+    }
+
+    /// The lowest LSN among pending bytes.
+    pub(crate) fn min_pending_lsn(&self) -> Option<Lsn> {
+        self.extents
+            .values()
+            .filter(|e| e.state == State::Pending)
+            .map(|e| e.lsn)
+            .min()
     }
 
     /// The snapshot reached the object store: its block's bytes with

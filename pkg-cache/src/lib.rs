@@ -19,7 +19,7 @@ mod recover;
 use std::ops::Range;
 
 pub use cache::{CacheConfig, CacheStats, Reservation, SliceCache};
-pub use chunk::BlockSnapshot;
+pub use chunk::{BlockSnapshot, SnapshotOptions};
 pub use recover::{RecoveryReport, recover};
 pub use slicefs_wal::{CHUNK_SIZE, ChunkIndex, FileId, Lsn, SliceId};
 

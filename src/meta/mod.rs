@@ -1,0 +1,98 @@
+//! Metadata: the block map (which object holds each block of each file).
+//!
+//! The transfer manager commits a block reference here after the object
+//! is in the store and before the persister is told the bytes are
+//! flushed; readers look blocks up here. The full metadata store (inodes,
+//! dentries) builds on this trait.
+
+mod memory;
+
+use slicefs_wal::{ChunkIndex, FileId};
+
+use crate::blockstore::BlockKey;
+
+pub use memory::MemBlockMap;
+
+/// Address of one block of one file: 4 MiB at
+/// `chunk * 64 MiB + block * 4 MiB`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockAddr {
+    /// The file (inode number).
+    pub file: FileId,
+    /// The chunk.
+    pub chunk: ChunkIndex,
+    /// The block inside the chunk, `0..16`.
+    pub block: u32,
+}
+
+impl BlockAddr {
+    /// The object key of version `version` of this block.
+    pub fn key(&self, version: u64) -> BlockKey {
+        BlockKey {
+            file: self.file,
+            chunk: self.chunk,
+            block: self.block,
+            version,
+        }
+    }
+
+    /// Byte offset of the block in its file.
+    pub fn file_offset(&self) -> u64 {
+        u64::from(self.chunk.0) * slicefs_cache::CHUNK_SIZE
+            + u64::from(self.block) * slicefs_cache::BLOCK_SIZE
+    }
+}
+
+/// The committed version of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRef {
+    /// The object's version (see [`BlockKey`]).
+    pub version: u64,
+    /// Valid bytes from the block's start, at most 4 MiB. Bytes past it
+    /// read as zeros (a truncate shortens it without rewriting the object).
+    pub len: u32,
+}
+
+/// Errors of a metadata store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    /// The backend failed; nothing was committed by the failed call.
+    #[error("metadata {op} failed: {source}")]
+    Backend {
+        /// The operation.
+        op: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The per-block map of committed object versions.
+///
+/// Durability: every mutating call returns only once its change is
+/// durable (it survives a crash of the process and of the machine).
+pub trait BlockMap: Send + Sync {
+    /// The committed version of `addr`, if any.
+    fn block(&self, addr: BlockAddr) -> Result<Option<BlockRef>, MetaError>;
+
+    /// A version number never handed out before by this filesystem (also
+    /// not after a restart), for a new object.
+    fn allocate_version(&self) -> Result<u64, MetaError>;
+
+    /// Makes `new` the committed version of `addr` and returns the version
+    /// it replaced (its object is garbage once this returns).
+    fn commit_block(&self, addr: BlockAddr, new: BlockRef) -> Result<Option<BlockRef>, MetaError>;
+
+    /// Cuts the block map of `file` to `size` bytes: blocks starting at or
+    /// past `size` are dropped, the block holding `size` is shortened.
+    /// Returns the objects no longer referenced.
+    fn truncate_blocks(&self, file: FileId, size: u64) -> Result<Vec<BlockKey>, MetaError>;
+
+    /// Drops every block of `file`; returns the objects no longer
+    /// referenced.
+    fn remove_blocks(&self, file: FileId) -> Result<Vec<BlockKey>, MetaError>;
+
+    /// Whether `key` is the committed version of its block.
+    fn is_referenced(&self, key: &BlockKey) -> Result<bool, MetaError>;
+}

@@ -1,0 +1,1240 @@
+//! The transfer manager: moves dirty blocks from the slice cache to the
+//! block store, and committed blocks back for reads.
+//!
+//! Upload of one block (a [`BlockSnapshot`] of its pending bytes):
+//!
+//! 1. make the log durable up to the snapshot's LSN, so the object store
+//!    never holds bytes the log could lose;
+//! 2. merge the snapshot over the committed block (read-modify-write:
+//!    bytes the snapshot lacks come from the committed object, or zeros);
+//! 3. put the result as a new object (a new version: nothing committed is
+//!    ever overwritten), retried with backoff until it succeeds or the
+//!    manager shuts down;
+//! 4. commit the new block reference in metadata (if the file was not
+//!    truncated or removed since the snapshot);
+//! 5. append a flushed marker to the persister;
+//! 6. mark the snapshot's bytes clean in the cache.
+//!
+//! A crash between any two steps loses nothing: until step 5 is durable,
+//! the log still holds the bytes and recovery uploads them again; at worst
+//! an object nobody references is left for [`TransferManager::sweep_orphans`].
+//! The replaced object is deleted after step 4, past a grace period so
+//! that reads that looked the old version up can finish.
+
+mod blockcache;
+mod sched;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use slicefs_cache::{BLOCK_SIZE, BlockSnapshot, CHUNK_SIZE, SliceCache, SnapshotOptions};
+use slicefs_wal::{ChunkIndex, FileId, FlushedMarker, Persister};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::blockstore::{BlockKey, BlockStore, BlockStoreError};
+use crate::meta::{BlockAddr, BlockMap, BlockRef, MetaError};
+use blockcache::BlockCache;
+use sched::{IoClass, IoScheduler};
+
+/// Start-up settings of a [`TransferManager`].
+#[derive(Clone, Debug)]
+pub struct TransferConfig {
+    /// Concurrent object-store requests (uploads and downloads together).
+    /// Default: 32. Minimum: 1.
+    pub io_max: usize,
+    /// Concurrent block uploads. Default: 16. Minimum: 1.
+    pub uploads_max: usize,
+    /// Dirty data older than this is uploaded. Default: 5 s.
+    pub upload_delay: Duration,
+    /// Above this share of the cache's dirty limit, the oldest dirty files
+    /// are uploaded at once. Default: 0.5.
+    pub pressure_ratio: f64,
+    /// Blocks read ahead of a sequential reader. Default: 8 (32 MiB).
+    pub readahead_blocks: u32,
+    /// Memory for downloaded blocks (an LRU of whole blocks), in bytes.
+    /// Default: 256 MiB.
+    pub block_cache_bytes: u64,
+    /// First delay between retries of a failed request; it doubles up to
+    /// `retry_max`, with jitter. Default: 100 ms.
+    pub retry_initial: Duration,
+    /// Longest delay between retries. Default: 10 s.
+    pub retry_max: Duration,
+    /// How long a read retries a failing store before it fails with the
+    /// last error. Uploads retry without end. Default: 60 s.
+    pub read_retry_for: Duration,
+    /// Delay before a replaced or dropped object is deleted. Default: 30 s.
+    pub gc_grace: Duration,
+    /// How often the flusher looks for aged or pressing dirty data.
+    /// Default: 100 ms.
+    pub tick: Duration,
+    /// Testing only: stop dead at this step of the first upload that
+    /// reaches it, as if the process were killed there.
+    #[doc(hidden)]
+    pub crash_at: Option<CrashPoint>,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            io_max: 32,
+            uploads_max: 16,
+            upload_delay: Duration::from_secs(5),
+            pressure_ratio: 0.5,
+            readahead_blocks: 8,
+            block_cache_bytes: 256 << 20,
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+            read_retry_for: Duration::from_secs(60),
+            gc_grace: Duration::from_secs(30),
+            tick: Duration::from_millis(100),
+            crash_at: None,
+        }
+    }
+}
+
+/// Where [`TransferConfig::crash_at`] stops an upload.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The object is in the store; metadata does not reference it.
+    AfterUpload,
+    /// Metadata references the object; no flushed marker was appended.
+    AfterMetaCommit,
+}
+
+/// Errors of the transfer manager.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// The block store failed (after retries, for reads).
+    #[error(transparent)]
+    Store(Arc<BlockStoreError>),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The persister failed; uploads stopped (the log is poisoned).
+    #[error("the write-ahead log failed, uploads stopped: {0}")]
+    Wal(String),
+    /// The manager is shutting down or stopped.
+    #[error("the transfer manager is shut down")]
+    Shutdown,
+    /// [`TransferManager::drain`] ran out of time.
+    #[error("drain timed out with {dirty_bytes} dirty bytes left")]
+    DrainTimeout {
+        /// Bytes not yet uploaded.
+        dirty_bytes: u64,
+    },
+}
+
+impl From<BlockStoreError> for TransferError {
+    fn from(e: BlockStoreError) -> Self {
+        TransferError::Store(Arc::new(e))
+    }
+}
+
+impl From<Arc<BlockStoreError>> for TransferError {
+    fn from(e: Arc<BlockStoreError>) -> Self {
+        TransferError::Store(e)
+    }
+}
+
+/// Counters and gauges of a [`TransferManager`].
+#[derive(Clone, Debug, Default)]
+pub struct TransferStats {
+    /// Blocks uploaded and committed.
+    pub uploads: u64,
+    /// Bytes of those blocks.
+    pub upload_bytes: u64,
+    /// Uploads in progress.
+    pub uploads_in_flight: u64,
+    /// Snapshots given up because the file was truncated or removed.
+    pub uploads_discarded: u64,
+    /// Blocks downloaded.
+    pub downloads: u64,
+    /// Bytes downloaded.
+    pub download_bytes: u64,
+    /// Reads that joined a download already in flight.
+    pub downloads_shared: u64,
+    /// Reads served by the block cache.
+    pub block_cache_hits: u64,
+    /// Blocks read ahead.
+    pub prefetches: u64,
+    /// Failed requests that were retried.
+    pub retries: u64,
+    /// How long requests have been failing without a success, if they are.
+    pub stalled_for: Option<Duration>,
+    /// The last request error seen.
+    pub last_error: Option<String>,
+    /// Age of the oldest dirty data the manager knows of.
+    pub oldest_dirty_age: Option<Duration>,
+    /// Replaced objects deleted.
+    pub gc_deleted: u64,
+    /// Replaced objects waiting for deletion.
+    pub gc_pending: u64,
+    /// Deletions that failed or did not fit the queue (left for
+    /// [`TransferManager::sweep_orphans`]).
+    pub gc_deferred: u64,
+    /// Set once the manager stopped uploading for good (a failed log).
+    pub fatal: Option<String>,
+}
+
+/// What [`TransferManager::sweep_orphans`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Objects listed.
+    pub listed: u64,
+    /// Unreferenced objects deleted.
+    pub deleted: u64,
+    /// Unreferenced objects kept because they are younger than the
+    /// minimum age (an upload may be about to commit them).
+    pub young: u64,
+}
+
+/// Progress of [`TransferManager::drain_with_progress`].
+#[derive(Clone, Copy, Debug)]
+pub struct DrainProgress {
+    /// Dirty bytes when the drain started.
+    pub start_dirty_bytes: u64,
+    /// Dirty bytes now.
+    pub dirty_bytes: u64,
+    /// Uploads in flight now.
+    pub uploads_in_flight: u64,
+}
+
+#[derive(Default)]
+struct FileState {
+    /// When the file first had dirty data not yet planned for upload.
+    dirty_since: Option<Instant>,
+    /// A write filled a block: upload full blocks now.
+    full_block: bool,
+    /// Upload everything now (fsync, close, drain).
+    flush_requested: bool,
+    /// Uploads of the file in progress.
+    uploads: usize,
+    /// Bumped by truncate and remove: a snapshot taken before is stale.
+    epoch: u64,
+    /// Serializes a commit's epoch check with truncate and remove.
+    gate: Arc<Mutex<u64>>,
+    removed: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    uploads: AtomicU64,
+    upload_bytes: AtomicU64,
+    uploads_discarded: AtomicU64,
+    downloads: AtomicU64,
+    download_bytes: AtomicU64,
+    downloads_shared: AtomicU64,
+    block_cache_hits: AtomicU64,
+    prefetches: AtomicU64,
+    retries: AtomicU64,
+    gc_deleted: AtomicU64,
+    gc_pending: AtomicU64,
+    gc_deferred: AtomicU64,
+}
+
+type Download = Shared<BoxFuture<'static, Result<Bytes, Arc<BlockStoreError>>>>;
+
+struct Inner {
+    /// This manager, for tasks that must not keep it alive.
+    me: std::sync::Weak<Inner>,
+    cache: Arc<SliceCache>,
+    persister: Arc<dyn Persister>,
+    meta: Arc<dyn BlockMap>,
+    store: BlockStore,
+    config: TransferConfig,
+    files: Mutex<HashMap<FileId, FileState>>,
+    /// Read-ahead: per file, the block after the last one read.
+    readers: Mutex<HashMap<FileId, u64>>,
+    wake: Notify,
+    progress: Notify,
+    io: IoScheduler,
+    upload_slots: Semaphore,
+    uploads_in_flight: AtomicUsize,
+    downloads: Mutex<HashMap<BlockKey, Download>>,
+    block_cache: Mutex<BlockCache>,
+    gc_tx: mpsc::Sender<(Instant, BlockKey)>,
+    draining: AtomicBool,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    stall: Mutex<(Option<Instant>, Option<String>)>,
+    fatal: Mutex<Option<String>>,
+    counters: Counters,
+}
+
+/// Moves dirty blocks to the object store and committed blocks back.
+/// Cheap to clone; all clones drive the same manager. Needs a Tokio
+/// runtime (multi-threaded) for its background tasks.
+#[derive(Clone)]
+pub struct TransferManager {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const GC_QUEUE_MAX: usize = 1 << 16;
+
+impl TransferManager {
+    /// Starts the manager on the current Tokio runtime. Every file the
+    /// cache holds dirty data of (after recovery) is queued for upload at
+    /// once, without waiting for a new write.
+    ///
+    /// Contract: inode numbers are not reused (a removed file's stale
+    /// uploads are recognised by its number).
+    pub fn start(
+        cache: Arc<SliceCache>,
+        persister: Arc<dyn Persister>,
+        meta: Arc<dyn BlockMap>,
+        store: BlockStore,
+        config: TransferConfig,
+    ) -> TransferManager {
+        let (gc_tx, gc_rx) = mpsc::channel(GC_QUEUE_MAX);
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
+            io: IoScheduler::new(config.io_max),
+            upload_slots: Semaphore::new(config.uploads_max.max(1)),
+            block_cache: Mutex::new(BlockCache::new(config.block_cache_bytes)),
+            cache,
+            persister,
+            meta,
+            store,
+            config,
+            files: Mutex::new(HashMap::new()),
+            readers: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            progress: Notify::new(),
+            uploads_in_flight: AtomicUsize::new(0),
+            downloads: Mutex::new(HashMap::new()),
+            gc_tx,
+            draining: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            stall: Mutex::new((None, None)),
+            fatal: Mutex::new(None),
+            counters: Counters::default(),
+        });
+        let recovered = inner.cache.dirty_files();
+        {
+            let mut files = lock(&inner.files);
+            let now = Instant::now();
+            for f in recovered {
+                let st = files.entry(f).or_default();
+                st.dirty_since = Some(now);
+                st.flush_requested = true;
+            }
+        }
+        let tm = TransferManager { inner };
+        let i = tm.inner.clone();
+        tm.inner.tasks.spawn(async move { i.flusher().await });
+        let i = tm.inner.clone();
+        tm.inner
+            .tasks
+            .spawn(async move { i.collector(gc_rx).await });
+        tm
+    }
+
+    /// Tells the manager that `len` bytes at `offset` of `file` were
+    /// written (after the cache insert). Cheap; never blocks on I/O.
+    pub fn notify_write(&self, file: FileId, offset: u64, len: u64) {
+        let end = offset + len;
+        let filled =
+            len > 0 && (end.is_multiple_of(BLOCK_SIZE) || offset / BLOCK_SIZE != end / BLOCK_SIZE);
+        let mut files = lock(&self.inner.files);
+        let st = files.entry(file).or_default();
+        st.dirty_since.get_or_insert_with(Instant::now);
+        if filled {
+            st.full_block = true;
+        }
+        drop(files);
+        if filled {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// Uploads everything of `file` written before this call and returns
+    /// when it is committed (for fsync or close with upload).
+    ///
+    /// # Errors
+    /// [`TransferError::Shutdown`] if the manager stops first;
+    /// [`TransferError::Wal`] once the log has failed.
+    pub async fn flush_file(&self, file: FileId) -> Result<(), TransferError> {
+        let target = self.inner.persister.next_lsn();
+        loop {
+            let done = self
+                .inner
+                .cache
+                .oldest_pending_lsn(file)
+                .is_none_or(|l| l >= target);
+            if done {
+                return Ok(());
+            }
+            self.inner.check_alive()?;
+            {
+                let mut files = lock(&self.inner.files);
+                let st = files.entry(file).or_default();
+                st.flush_requested = true;
+                st.dirty_since.get_or_insert_with(Instant::now);
+            }
+            let notified = self.inner.progress.notified();
+            self.inner.wake.notify_one();
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(self.inner.config.tick) => {}
+                _ = self.inner.cancel.cancelled() => return Err(TransferError::Shutdown),
+            }
+        }
+    }
+
+    /// Uploads all dirty data and waits until none is left, up to
+    /// `timeout`.
+    ///
+    /// # Errors
+    /// [`TransferError::DrainTimeout`] with what is left;
+    /// [`TransferError::Shutdown`]; [`TransferError::Wal`].
+    pub async fn drain(&self, timeout: Duration) -> Result<(), TransferError> {
+        self.drain_with_progress(timeout, |_| {}).await
+    }
+
+    /// [`TransferManager::drain`], calling `progress` about every 100 ms.
+    ///
+    /// # Errors
+    /// As [`TransferManager::drain`].
+    pub async fn drain_with_progress(
+        &self,
+        timeout: Duration,
+        mut progress: impl FnMut(DrainProgress),
+    ) -> Result<(), TransferError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + timeout;
+        let start = inner.cache.dirty_bytes();
+        inner.draining.store(true, Ordering::SeqCst);
+        let result = loop {
+            let dirty = inner.cache.dirty_bytes();
+            let in_flight = inner.uploads_in_flight.load(Ordering::SeqCst) as u64;
+            progress(DrainProgress {
+                start_dirty_bytes: start,
+                dirty_bytes: dirty,
+                uploads_in_flight: in_flight,
+            });
+            if dirty == 0 && in_flight == 0 {
+                break Ok(());
+            }
+            if let Err(e) = inner.check_alive() {
+                break Err(e);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break Err(TransferError::DrainTimeout { dirty_bytes: dirty });
+            }
+            inner.wake.notify_one();
+            let notified = inner.progress.notified();
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep((deadline - now).min(Duration::from_millis(100))) => {}
+                _ = inner.cancel.cancelled() => break Err(TransferError::Shutdown),
+            }
+        };
+        inner.draining.store(false, Ordering::SeqCst);
+        result
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of `file` from the committed
+    /// blocks (zeros where no block or past a block's valid length).
+    /// Sequential readers trigger read-ahead. Retries a failing store for
+    /// [`TransferConfig::read_retry_for`].
+    ///
+    /// The caller merges the cache's newer bytes over the result (the
+    /// cache's bytes win; see [`SliceCache::read`]).
+    ///
+    /// # Errors
+    /// The last store or metadata error once retries are exhausted.
+    pub async fn read(
+        &self,
+        file: FileId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), TransferError> {
+        let inner = &self.inner;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let bidx = pos / BLOCK_SIZE;
+            let bstart = bidx * BLOCK_SIZE;
+            let take_end = end.min(bstart + BLOCK_SIZE);
+            let out = &mut buf[(pos - offset) as usize..(take_end - offset) as usize];
+            inner
+                .read_block(addr_of(file, bidx), (pos - bstart) as usize, out)
+                .await?;
+            pos = take_end;
+        }
+        if !buf.is_empty() {
+            inner
+                .clone()
+                .read_ahead(file, offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
+        }
+        Ok(())
+    }
+
+    /// The file was truncated to `size` bytes (the caller already logged
+    /// the truncate and cut the cache): drops the block references past
+    /// `size` and shortens the one holding it, in one metadata change;
+    /// uploads snapshotted before are discarded. Replaced objects are
+    /// deleted after the grace period.
+    ///
+    /// # Errors
+    /// The metadata store's error (nothing changed).
+    pub fn truncate(&self, file: FileId, size: u64) -> Result<(), TransferError> {
+        let gate = self.inner.bump_epoch(file, false);
+        let guard = lock(&gate);
+        let dropped = self.inner.meta.truncate_blocks(file, size)?;
+        drop(guard);
+        for k in dropped {
+            self.inner.collect_later(k);
+        }
+        Ok(())
+    }
+
+    /// The file is gone for good (last link and last open handle): drops
+    /// its block references; uploads in flight are discarded; its objects
+    /// are deleted after the grace period.
+    ///
+    /// # Errors
+    /// The metadata store's error (nothing changed).
+    pub fn remove(&self, file: FileId) -> Result<(), TransferError> {
+        let gate = self.inner.bump_epoch(file, true);
+        let guard = lock(&gate);
+        let dropped = self.inner.meta.remove_blocks(file)?;
+        drop(guard);
+        lock(&self.inner.readers).remove(&file);
+        for k in dropped {
+            self.inner.collect_later(k);
+        }
+        Ok(())
+    }
+
+    /// Deletes block objects that no committed metadata references and
+    /// that are older than `min_age` (younger ones may belong to an upload
+    /// about to commit). Objects left by a crash between upload and
+    /// commit, or by deletions that failed, go this way.
+    ///
+    /// # Errors
+    /// Listing, metadata or deletion errors (what was deleted stays
+    /// deleted).
+    pub async fn sweep_orphans(&self, min_age: Duration) -> Result<SweepReport, TransferError> {
+        let inner = &self.inner;
+        let mut report = SweepReport::default();
+        let now = SystemTime::now();
+        for (key, modified) in inner.store.list(None).await? {
+            report.listed += 1;
+            if inner.meta.is_referenced(&key)? {
+                continue;
+            }
+            let age = now.duration_since(modified).unwrap_or_default();
+            if age < min_age {
+                report.young += 1;
+                continue;
+            }
+            inner.store.delete(&key).await?;
+            lock(&inner.block_cache).remove(&key);
+            report.deleted += 1;
+        }
+        Ok(report)
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> TransferStats {
+        let i = &self.inner;
+        let c = &i.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (stalled_since, last_error) = lock(&i.stall).clone();
+        let oldest = lock(&i.files).values().filter_map(|s| s.dirty_since).min();
+        TransferStats {
+            uploads: g(&c.uploads),
+            upload_bytes: g(&c.upload_bytes),
+            uploads_in_flight: i.uploads_in_flight.load(Ordering::Relaxed) as u64,
+            uploads_discarded: g(&c.uploads_discarded),
+            downloads: g(&c.downloads),
+            download_bytes: g(&c.download_bytes),
+            downloads_shared: g(&c.downloads_shared),
+            block_cache_hits: g(&c.block_cache_hits),
+            prefetches: g(&c.prefetches),
+            retries: g(&c.retries),
+            stalled_for: stalled_since.map(|t| t.elapsed()),
+            last_error,
+            oldest_dirty_age: oldest.map(|t| t.elapsed()),
+            gc_deleted: g(&c.gc_deleted),
+            gc_pending: g(&c.gc_pending),
+            gc_deferred: g(&c.gc_deferred),
+            fatal: lock(&i.fatal).clone(),
+        }
+    }
+
+    /// Stops: no new uploads; retries give up; uploads in flight are
+    /// abandoned (their bytes stay dirty in the cache and in the log) and
+    /// background tasks end. Call [`TransferManager::drain`] first for a
+    /// clean stop. Queued deletions are dropped (left for the orphan
+    /// sweep).
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Whether a [`CrashPoint`] stopped the manager.
+    #[doc(hidden)]
+    pub fn crashed(&self) -> bool {
+        self.inner.cancel.is_cancelled() && self.inner.config.crash_at.is_some()
+    }
+}
+
+fn addr_of(file: FileId, block_in_file: u64) -> BlockAddr {
+    let per_chunk = CHUNK_SIZE / BLOCK_SIZE;
+    BlockAddr {
+        file,
+        chunk: ChunkIndex((block_in_file / per_chunk) as u32),
+        block: (block_in_file % per_chunk) as u32,
+    }
+}
+
+/// How an upload ended.
+enum Outcome {
+    Committed,
+    Discarded,
+    Stopped,
+}
+
+impl Inner {
+    fn check_alive(&self) -> Result<(), TransferError> {
+        if let Some(f) = lock(&self.fatal).clone() {
+            return Err(TransferError::Wal(f));
+        }
+        if self.cancel.is_cancelled() {
+            return Err(TransferError::Shutdown);
+        }
+        Ok(())
+    }
+
+    fn bump_epoch(&self, file: FileId, removed: bool) -> Arc<Mutex<u64>> {
+        let mut files = lock(&self.files);
+        let st = files.entry(file).or_default();
+        st.epoch += 1;
+        st.full_block = false;
+        st.flush_requested = false;
+        if removed {
+            st.removed = true;
+            st.dirty_since = None;
+        }
+        let gate = st.gate.clone();
+        *lock(&gate) = st.epoch;
+        if removed && st.uploads == 0 {
+            files.remove(&file);
+        }
+        gate
+    }
+
+    /// The background loop that decides what to upload.
+    async fn flusher(self: Arc<Self>) {
+        let mut last_sweep = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.config.tick) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            // Files the cache holds dirty data of but nobody announced
+            // (an upload given up after a truncate): picked up here.
+            if last_sweep.elapsed() >= self.config.upload_delay.min(Duration::from_secs(1)) {
+                last_sweep = Instant::now();
+                let dirty = self.cache.dirty_files();
+                let mut files = lock(&self.files);
+                for f in dirty {
+                    files
+                        .entry(f)
+                        .or_default()
+                        .dirty_since
+                        .get_or_insert(last_sweep);
+                }
+            }
+            for (file, opts, epoch) in self.plan() {
+                let room = (2 * self.config.uploads_max)
+                    .saturating_sub(self.uploads_in_flight.load(Ordering::SeqCst));
+                if room == 0 {
+                    break;
+                }
+                let snaps = self.cache.dirty_blocks_with(
+                    file,
+                    &SnapshotOptions {
+                        max_blocks: room,
+                        ..opts
+                    },
+                );
+                if snaps.len() == room && !opts.full_blocks_only {
+                    // More may be left: keep the file in the plan.
+                    let mut files = lock(&self.files);
+                    let st = files.entry(file).or_default();
+                    st.dirty_since.get_or_insert_with(Instant::now);
+                    st.flush_requested = true;
+                }
+                for snap in snaps {
+                    self.uploads_in_flight.fetch_add(1, Ordering::SeqCst);
+                    if let Some(st) = lock(&self.files).get_mut(&file) {
+                        st.uploads += 1;
+                    }
+                    let me = self.clone();
+                    self.tasks
+                        .spawn(async move { me.upload(snap, epoch).await });
+                }
+            }
+        }
+    }
+
+    /// Which files to snapshot now, oldest dirty first.
+    fn plan(&self) -> Vec<(FileId, SnapshotOptions, u64)> {
+        let now = Instant::now();
+        let pressure = self.cache.dirty_bytes() as f64
+            > self.config.pressure_ratio * self.cache.config().dirty_max_bytes as f64;
+        let draining = self.draining.load(Ordering::SeqCst);
+        let mut files = lock(&self.files);
+        let mut plan: Vec<(Instant, FileId, SnapshotOptions, u64)> = Vec::new();
+        for (&f, st) in files.iter_mut() {
+            let Some(since) = st.dirty_since else {
+                continue;
+            };
+            let all = st.flush_requested
+                || draining
+                || pressure
+                || now.duration_since(since) >= self.config.upload_delay;
+            if all {
+                st.dirty_since = None;
+                st.flush_requested = false;
+                st.full_block = false;
+                plan.push((since, f, SnapshotOptions::default(), st.epoch));
+            } else if st.full_block {
+                st.full_block = false;
+                let opts = SnapshotOptions {
+                    full_blocks_only: true,
+                    ..Default::default()
+                };
+                plan.push((since, f, opts, st.epoch));
+            }
+        }
+        plan.sort_by_key(|p| p.0);
+        plan.into_iter().map(|(_, f, o, e)| (f, o, e)).collect()
+    }
+
+    async fn upload(self: Arc<Self>, mut snap: BlockSnapshot, epoch: u64) {
+        let file = snap.file;
+        let outcome = match self.upload_inner(&mut snap, epoch).await {
+            Ok(o) => o,
+            Err(e) => {
+                // Only a failed log gets here: uploads stop for good.
+                tracing::error!(error = %e, "uploads stopped");
+                *lock(&self.fatal) = Some(e.to_string());
+                self.cancel.cancel();
+                Outcome::Stopped
+            }
+        };
+        match outcome {
+            Outcome::Committed => {}
+            Outcome::Discarded => {
+                self.cache.abort_snapshot(&snap);
+                self.counters
+                    .uploads_discarded
+                    .fetch_add(1, Ordering::Relaxed);
+                // Bytes written after the truncate may still be pending.
+                if let Some(st) = lock(&self.files).get_mut(&file) {
+                    st.dirty_since.get_or_insert_with(Instant::now);
+                }
+            }
+            Outcome::Stopped => {
+                if !self.crash_stopped() {
+                    self.cache.abort_snapshot(&snap);
+                }
+            }
+        }
+        {
+            let mut files = lock(&self.files);
+            if let Some(st) = files.get_mut(&file) {
+                st.uploads -= 1;
+                if st.removed && st.uploads == 0 {
+                    files.remove(&file);
+                }
+            }
+        }
+        self.uploads_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.progress.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    fn epoch_changed(&self, file: FileId, epoch: u64) -> bool {
+        lock(&self.files)
+            .get(&file)
+            .is_none_or(|st| st.epoch != epoch)
+    }
+
+    fn crash_stopped(&self) -> bool {
+        self.config.crash_at.is_some() && self.cancel.is_cancelled()
+    }
+
+    fn crash_here(&self, point: CrashPoint) -> bool {
+        if self.config.crash_at == Some(point) {
+            tracing::warn!(?point, "testing crash point reached: stopping dead");
+            self.cancel.cancel();
+            return true;
+        }
+        false
+    }
+
+    async fn upload_inner(
+        &self,
+        snap: &mut BlockSnapshot,
+        epoch: u64,
+    ) -> Result<Outcome, TransferError> {
+        let _slot = tokio::select! {
+            s = self.upload_slots.acquire() => s,
+            _ = self.cancel.cancelled() => return Ok(Outcome::Stopped),
+        };
+        // 1. The log holds the bytes durably before any object does.
+        if self.persister.is_enabled() && self.persister.durable_lsn() < snap.lsn {
+            let p = self.persister.clone();
+            tokio::task::spawn_blocking(move || p.sync())
+                .await
+                .map_err(|e| TransferError::Wal(e.to_string()))?
+                .map_err(|e| TransferError::Wal(e.to_string()))?;
+        }
+        let addr = BlockAddr {
+            file: snap.file,
+            chunk: snap.chunk,
+            block: snap.block,
+        };
+        // 2. Merge over the committed block.
+        let Some(base) = self
+            .retry("read block map", || async { self.meta.block(addr) })
+            .await
+        else {
+            return Ok(Outcome::Stopped);
+        };
+        let data = match self.merge(addr, base, snap, epoch).await {
+            Ok(d) => d,
+            Err(outcome) => return Ok(outcome),
+        };
+        // 3. A new object.
+        let Some(version) = self
+            .retry("allocate version", || async {
+                self.meta.allocate_version()
+            })
+            .await
+        else {
+            return Ok(Outcome::Stopped);
+        };
+        let key = addr.key(version);
+        let put = self
+            .retry("upload", || async {
+                let _io = self.io.acquire(IoClass::Upload).await;
+                self.store.put(&key, data.clone()).await
+            })
+            .await;
+        if put.is_none() {
+            return Ok(Outcome::Stopped);
+        }
+        if self.crash_here(CrashPoint::AfterUpload) || self.cancel.is_cancelled() {
+            return Ok(Outcome::Stopped);
+        }
+        // 4. Commit, unless a truncate or remove came in between.
+        let gate = lock(&self.files).get(&snap.file).map(|s| s.gate.clone());
+        let committed = match gate {
+            None => None,
+            Some(gate) => {
+                let mut backoff = self.config.retry_initial;
+                loop {
+                    let attempt = {
+                        let g = lock(&gate);
+                        if *g != epoch {
+                            None
+                        } else {
+                            let new = BlockRef {
+                                version,
+                                len: data.len() as u32,
+                            };
+                            Some(self.meta.commit_block(addr, new))
+                        }
+                    };
+                    match attempt {
+                        None => break None,
+                        Some(Ok(old)) => break Some(old),
+                        Some(Err(e)) => {
+                            self.note_failure("commit block", &e);
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = self.cancel.cancelled() => return Ok(Outcome::Stopped),
+                            }
+                            backoff = (backoff * 2).min(self.config.retry_max);
+                        }
+                    }
+                }
+            }
+        };
+        let Some(old) = committed else {
+            // The object is nobody's: delete it now.
+            self.collect_now(key);
+            return Ok(Outcome::Discarded);
+        };
+        self.note_success();
+        if let Some(old) = old {
+            self.collect_later(addr.key(old.version));
+        }
+        if self.crash_here(CrashPoint::AfterMetaCommit) {
+            return Ok(Outcome::Stopped);
+        }
+        // 5. The log may forget these bytes.
+        if self.persister.is_enabled() {
+            let marker = FlushedMarker {
+                file: snap.file,
+                chunk: snap.chunk,
+                offset: snap.block_offset(),
+                len: BLOCK_SIZE as u32,
+                upto: snap.lsn,
+            };
+            self.persister
+                .append_flushed(&marker)
+                .map_err(|e| TransferError::Wal(e.to_string()))?;
+        }
+        // 6. Clean in the cache.
+        self.cache.mark_flushed(snap);
+        self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .upload_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        lock(&self.block_cache).insert(key, data);
+        Ok(Outcome::Committed)
+    }
+
+    /// The block image to upload: the committed block (cut to its valid
+    /// length), zero-extended, with the snapshot's bytes over it.
+    /// Takes the snapshot's bytes (its other fields stay for
+    /// `mark_flushed`). Fails with the outcome when the manager stops or
+    /// a truncate or remove made the snapshot stale meanwhile.
+    async fn merge(
+        &self,
+        addr: BlockAddr,
+        base: Option<BlockRef>,
+        snap: &mut BlockSnapshot,
+        epoch: u64,
+    ) -> Result<Bytes, Outcome> {
+        let off = snap.block_offset();
+        let snap_end = snap
+            .ranges
+            .last()
+            .map_or(0, |(o, b)| (o - off) as usize + b.len());
+        let base_len = base.map_or(0, |b| b.len as usize);
+        let len = snap_end.max(base_len);
+        let covered = snap.ranges.len() == 1 && snap.ranges[0].0 == off;
+        if covered && snap.ranges[0].1.len() >= len {
+            return Ok(Bytes::from(std::mem::take(&mut snap.ranges[0].1)));
+        }
+        let mut out = vec![0u8; len];
+        if let Some(b) = base
+            && b.len > 0
+        {
+            let key = addr.key(b.version);
+            let mut backoff = self.config.retry_initial;
+            let bytes = loop {
+                match self.fetch(key, IoClass::Upload).await {
+                    Ok(b) => break b,
+                    Err(e) => {
+                        // A truncate may have dropped the base meanwhile.
+                        if self.epoch_changed(addr.file, epoch) {
+                            return Err(Outcome::Discarded);
+                        }
+                        self.note_failure("read block for merge", &e);
+                        tokio::select! {
+                            _ = tokio::time::sleep(jitter(backoff)) => {}
+                            _ = self.cancel.cancelled() => return Err(Outcome::Stopped),
+                        }
+                        backoff = (backoff * 2).min(self.config.retry_max);
+                    }
+                }
+            };
+            self.note_success();
+            let n = base_len.min(bytes.len());
+            out[..n].copy_from_slice(&bytes[..n]);
+        }
+        for (o, b) in std::mem::take(&mut snap.ranges) {
+            let s = (o - off) as usize;
+            out[s..s + b.len()].copy_from_slice(&b);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// One block, deduplicated with downloads in flight and cached.
+    fn fetch(&self, key: BlockKey, class: IoClass) -> Download {
+        self.download(key, class)
+    }
+
+    fn download(&self, key: BlockKey, class: IoClass) -> Download {
+        if let Some(b) = lock(&self.block_cache).get(&key) {
+            self.counters
+                .block_cache_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return futures::future::ready(Ok(b)).boxed().shared();
+        }
+        let mut downloads = lock(&self.downloads);
+        if let Some(d) = downloads.get(&key) {
+            self.counters
+                .downloads_shared
+                .fetch_add(1, Ordering::Relaxed);
+            return d.clone();
+        }
+        let store = self.store.clone();
+        let io = self.io.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let url = self.store.url().to_string();
+        let fut = rx
+            .map(move |r: Result<Result<Bytes, Arc<BlockStoreError>>, _>| {
+                // The task only drops the sender by panicking.
+                r.unwrap_or_else(|_| {
+                    Err(Arc::new(BlockStoreError::Request {
+                        url: url.clone(),
+                        op: "get",
+                        key,
+                        source: Box::new(object_store::Error::Generic {
+                            store: "slicefs",
+                            source: "the download task failed".into(),
+                        }),
+                    }))
+                })
+            })
+            .boxed()
+            .shared();
+        downloads.insert(key, fut.clone());
+        drop(downloads);
+        // The download runs on its own so that a reader giving up does not
+        // cancel it for the others.
+        let this = self.me.clone();
+        tokio::spawn(async move {
+            let _io = io.acquire(class).await;
+            let r = store.get(&key).await.map_err(Arc::new);
+            if let Some(inner) = this.upgrade() {
+                if let Ok(b) = &r {
+                    inner.counters.downloads.fetch_add(1, Ordering::Relaxed);
+                    inner
+                        .counters
+                        .download_bytes
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                    lock(&inner.block_cache).insert(key, b.clone());
+                }
+                lock(&inner.downloads).remove(&key);
+            }
+            let _ = tx.send(r);
+        });
+        fut
+    }
+
+    async fn read_block(
+        &self,
+        addr: BlockAddr,
+        from: usize,
+        out: &mut [u8],
+    ) -> Result<(), TransferError> {
+        let deadline = Instant::now() + self.config.read_retry_for;
+        let mut backoff = self.config.retry_initial;
+        loop {
+            let attempt: Result<(), TransferError> = async {
+                let Some(r) = self.meta.block(addr)? else {
+                    out.fill(0);
+                    return Ok(());
+                };
+                let valid = (r.len as usize).saturating_sub(from).min(out.len());
+                if valid > 0 {
+                    let bytes = self.fetch(addr.key(r.version), IoClass::Demand).await?;
+                    let have = bytes.len().saturating_sub(from).min(valid);
+                    out[..have].copy_from_slice(&bytes[from..from + have]);
+                    out[have..].fill(0);
+                } else {
+                    out.fill(0);
+                }
+                Ok(())
+            }
+            .await;
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    if Instant::now() + backoff > deadline {
+                        return Err(e);
+                    }
+                    self.note_failure("read", &e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(backoff)) => {}
+                        _ = self.cancel.cancelled() => return Err(TransferError::Shutdown),
+                    }
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                }
+            }
+        }
+    }
+
+    fn read_ahead(self: Arc<Self>, file: FileId, first: u64, last: u64) {
+        let n = u64::from(self.config.readahead_blocks);
+        if n == 0 {
+            return;
+        }
+        let sequential = {
+            let mut readers = lock(&self.readers);
+            let next = readers.insert(file, last + 1);
+            next.map_or(first == 0, |b| first == b || first + 1 == b)
+        };
+        if !sequential {
+            return;
+        }
+        for b in last + 1..=last + n {
+            let addr = addr_of(file, b);
+            let Ok(Some(r)) = self.meta.block(addr) else {
+                break;
+            };
+            let key = addr.key(r.version);
+            if lock(&self.block_cache).contains(&key) || lock(&self.downloads).contains_key(&key) {
+                continue;
+            }
+            // Read-ahead only uses idle slots; it never queues.
+            let Some(permit) = self.io.try_acquire() else {
+                break;
+            };
+            drop(permit);
+            self.counters.prefetches.fetch_add(1, Ordering::Relaxed);
+            // The download runs on its own task; nobody waits for it here.
+            drop(self.download(key, IoClass::Prefetch));
+        }
+    }
+
+    /// Runs `op` until it succeeds, with backoff; `None` if the manager
+    /// stops first.
+    async fn retry<T, E, F, Fut>(&self, what: &'static str, mut op: F) -> Option<T>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut backoff = self.config.retry_initial;
+        loop {
+            if self.cancel.is_cancelled() {
+                return None;
+            }
+            match op().await {
+                Ok(v) => {
+                    self.note_success();
+                    return Some(v);
+                }
+                Err(e) => {
+                    self.note_failure(what, &e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(backoff)) => {}
+                        _ = self.cancel.cancelled() => return None,
+                    }
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                }
+            }
+        }
+    }
+
+    fn note_failure(&self, what: &str, e: &dyn std::fmt::Display) {
+        let n = self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        let mut stall = lock(&self.stall);
+        let since = *stall.0.get_or_insert_with(Instant::now);
+        stall.1 = Some(format!("{what}: {e}"));
+        drop(stall);
+        // Loud at first, then once in a while, so a long outage stays
+        // visible without flooding the log.
+        if n.is_multiple_of(20) {
+            tracing::warn!(
+                what,
+                error = %e,
+                stalled_for_s = since.elapsed().as_secs(),
+                "object store request failed; retrying"
+            );
+        }
+    }
+
+    fn note_success(&self) {
+        let mut stall = lock(&self.stall);
+        if let Some(since) = stall.0.take() {
+            tracing::info!(
+                stalled_for_ms = since.elapsed().as_millis() as u64,
+                "object store requests succeed again"
+            );
+        }
+    }
+
+    fn collect_later(&self, key: BlockKey) {
+        self.enqueue_gc(Instant::now() + self.config.gc_grace, key);
+    }
+
+    fn collect_now(&self, key: BlockKey) {
+        self.enqueue_gc(Instant::now(), key);
+    }
+
+    fn enqueue_gc(&self, due: Instant, key: BlockKey) {
+        match self.gc_tx.try_send((due, key)) {
+            Ok(()) => {
+                self.counters.gc_pending.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.counters.gc_deferred.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%key, "deletion queue full; left for the orphan sweep");
+            }
+        }
+    }
+
+    /// Deletes replaced objects once their grace period is over.
+    async fn collector(self: Arc<Self>, mut rx: mpsc::Receiver<(Instant, BlockKey)>) {
+        loop {
+            let (due, key) = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => return },
+                _ = self.cancel.cancelled() => return,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            lock(&self.block_cache).remove(&key);
+            let mut ok = false;
+            for attempt in 0..5u32 {
+                match self.store.delete(&key).await {
+                    Ok(()) => {
+                        ok = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%key, error = %e, attempt, "delete failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(jitter(self.config.retry_initial * 2u32.pow(attempt))) => {}
+                            _ = self.cancel.cancelled() => return,
+                        }
+                    }
+                }
+            }
+            self.counters.gc_pending.fetch_sub(1, Ordering::Relaxed);
+            if ok {
+                self.counters.gc_deleted.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.counters.gc_deferred.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%key, "could not delete a replaced block; left for the orphan sweep");
+            }
+        }
+    }
+}
+
+/// `d` scaled by a random factor in `[0.5, 1.0)` ("equal jitter").
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}

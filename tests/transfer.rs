@@ -1,0 +1,381 @@
+//! Transfer manager against `memory://` wrapped in a fault-injecting
+//! store: nothing lost, everything uploaded, reads always right; crashes
+//! between the upload steps; garbage collection; shared downloads and
+//! read-ahead.
+
+mod rig;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use slicefs::blockstore::{BlockStore, FaultConfig, FaultyStore};
+use slicefs::meta::MemBlockMap;
+use slicefs::transfer::{CrashPoint, TransferError};
+use slicefs_cache::{BLOCK_SIZE, CacheConfig, CacheError};
+use slicefs_wal::{FileId, NullPersister};
+
+use rig::{Rig, fast_config, mmap_persister};
+
+fn faulty_memory(config: FaultConfig) -> (Arc<FaultyStore>, BlockStore) {
+    let inner = Arc::new(object_store::memory::InMemory::new());
+    let faulty = Arc::new(FaultyStore::new(inner, config));
+    let store = BlockStore::from_store(faulty.clone(), "fs", "memory://fs");
+    (faulty, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_ops_through_a_failing_store_lose_nothing() {
+    let (faulty, store) = faulty_memory(FaultConfig {
+        put_failure: 0.3,
+        get_failure: 0.3,
+        latency: Duration::from_millis(1),
+    });
+    let meta = Arc::new(MemBlockMap::new());
+    let cache = CacheConfig {
+        capacity_bytes: 24 << 20,
+        dirty_max_bytes: 16 << 20,
+        dirty_wait: Duration::from_secs(30),
+    };
+    let rig = Rig::new(
+        cache.clone(),
+        Arc::new(NullPersister::new()),
+        meta.clone(),
+        store.clone(),
+        fast_config(),
+    );
+    let mut rng = StdRng::seed_from_u64(0x51ce);
+    let files = [FileId(1), FileId(2), FileId(3)];
+    for step in 0..400 {
+        let f = files[rng.random_range(0..files.len())];
+        match rng.random_range(0..100) {
+            0..70 => {
+                let max = 3 * BLOCK_SIZE as usize;
+                let off = rng.random_range(0..max) as u64;
+                let len = rng.random_range(1..=256 << 10);
+                let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                rig.write(f, off, &data).await.unwrap();
+            }
+            70..90 => {
+                let off = rng.random_range(0..4 * BLOCK_SIZE);
+                let len = rng.random_range(1..=2 << 20);
+                rig.check_read(f, off, len).await;
+            }
+            90..95 => {
+                let size = rng.random_range(0..3 * BLOCK_SIZE);
+                rig.truncate(f, size).await;
+            }
+            _ => {
+                // Let the flusher catch up and the cache evict, so reads
+                // must come from the store.
+                rig.tm.drain(Duration::from_secs(60)).await.unwrap();
+                rig.cache.evict_if_needed();
+            }
+        }
+        if step % 50 == 0 {
+            rig.check_all().await;
+        }
+    }
+    rig.tm.drain(Duration::from_secs(120)).await.unwrap();
+    assert_eq!(rig.cache.dirty_bytes(), 0);
+    assert!(faulty.injected_failures() > 0, "faults were injected");
+    assert!(rig.tm.stats().retries > 0);
+    rig.check_all().await;
+    let model = rig.model();
+    rig.tm.shutdown().await;
+
+    // Everything is in the store: a fresh cache reads it all back.
+    faulty.set_config(FaultConfig::default());
+    let fresh = Rig::with_model(
+        cache,
+        Arc::new(NullPersister::new()),
+        meta,
+        store,
+        fast_config(),
+        model,
+    );
+    fresh.check_all().await;
+    assert_eq!(fresh.cache.stats().memory_bytes, 0, "read from the store");
+    fresh.tm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_store_gives_back_pressure_and_resumes() {
+    let (faulty, store) = faulty_memory(FaultConfig::default());
+    let cache = CacheConfig {
+        capacity_bytes: 16 << 20,
+        dirty_max_bytes: 8 << 20,
+        dirty_wait: Duration::from_millis(300),
+    };
+    let rig = Rig::new(
+        cache,
+        Arc::new(NullPersister::new()),
+        Arc::new(MemBlockMap::new()),
+        store,
+        fast_config(),
+    );
+    faulty.set_offline(true);
+    let chunk = vec![7u8; 1 << 20];
+    let mut written = 0u64;
+    let full = loop {
+        match rig.write(FileId(9), written, &chunk).await {
+            Ok(()) => written += chunk.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(written <= 64 << 20, "the dirty limit never pushed back");
+    };
+    assert!(matches!(full, CacheError::CacheFull { .. }), "{full}");
+    assert!(written >= 7 << 20, "writers ran until the dirty limit");
+    let stats = rig.tm.stats();
+    assert!(stats.stalled_for.is_some(), "the stall shows in stats");
+    assert!(stats.last_error.is_some());
+    assert_eq!(stats.uploads, 0);
+
+    faulty.set_offline(false);
+    rig.tm.drain(Duration::from_secs(60)).await.unwrap();
+    assert!(rig.tm.stats().stalled_for.is_none());
+    rig.write(FileId(9), written, &chunk).await.unwrap();
+    rig.tm.drain(Duration::from_secs(60)).await.unwrap();
+    rig.check_all().await;
+    rig.tm.shutdown().await;
+}
+
+/// Crash at `point` during the upload of a synced write; restart from the
+/// log, the metadata and the store; check nothing is lost and the orphan
+/// (if any) is swept.
+async fn crash_and_restart(point: CrashPoint) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_faulty, store) = faulty_memory(FaultConfig::default());
+    let meta = Arc::new(MemBlockMap::new());
+    let cache = CacheConfig::default();
+    let mut config = fast_config();
+    config.crash_at = Some(point);
+
+    // A block committed before, so the crashed upload merges over it.
+    let first = {
+        let rig = Rig::new(
+            cache.clone(),
+            mmap_persister(dir.path()),
+            meta.clone(),
+            store.clone(),
+            fast_config(),
+        );
+        let base: Vec<u8> = (0..BLOCK_SIZE as usize).map(|i| (i % 251) as u8).collect();
+        rig.write(FileId(5), 0, &base).await.unwrap();
+        rig.tm.flush_file(FileId(5)).await.unwrap();
+        rig.persister.sync().unwrap();
+        rig.tm.shutdown().await;
+        rig.persister.close().unwrap();
+        rig.model()
+    };
+    let model = {
+        let rig = Rig::with_model(
+            cache.clone(),
+            mmap_persister(dir.path()),
+            meta.clone(),
+            store.clone(),
+            config,
+            first,
+        );
+        rig.write(FileId(5), 1000, &[0xAB; 5000]).await.unwrap();
+        rig.write(FileId(5), BLOCK_SIZE + 10, &[0xCD; 300])
+            .await
+            .unwrap();
+        rig.persister.sync().unwrap();
+        let r = rig.tm.flush_file(FileId(5)).await;
+        assert!(matches!(r, Err(TransferError::Shutdown)), "{r:?}");
+        assert!(rig.tm.crashed());
+        rig.tm.shutdown().await;
+        // The process dies: nothing more is written; the log is as synced.
+        rig.model()
+    };
+    let objects_at_crash = store.list(None).await.unwrap().len();
+    let referenced_at_crash = meta.snapshot().len();
+
+    let (rig, report) = Rig::recover(
+        cache,
+        mmap_persister(dir.path()),
+        meta.clone(),
+        store.clone(),
+        fast_config(),
+        model,
+    );
+    assert!(report.pending_bytes > 0, "the log replayed pending data");
+    // Recovered data is uploaded with no new write.
+    rig.tm.drain(Duration::from_secs(30)).await.unwrap();
+    assert!(rig.tm.stats().uploads > 0);
+    rig.check_all().await;
+    // A cold cache reads the same from the store.
+    let model = rig.model();
+    rig.tm.shutdown().await;
+    let cold = Rig::with_model(
+        CacheConfig::default(),
+        Arc::new(NullPersister::new()),
+        meta.clone(),
+        store.clone(),
+        fast_config(),
+        model,
+    );
+    cold.check_all().await;
+    let report = cold.tm.sweep_orphans(Duration::ZERO).await.unwrap();
+    let referenced = meta.snapshot().len() as u64;
+    assert_eq!(report.listed - report.deleted, referenced);
+    if point == CrashPoint::AfterUpload {
+        assert!(objects_at_crash > referenced_at_crash, "an orphan was left");
+        assert!(report.deleted >= 1, "the orphan of the crash is swept");
+    }
+    cold.check_all().await;
+    cold.tm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_upload_and_metadata_commit_loses_nothing() {
+    crash_and_restart(CrashPoint::AfterUpload).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_metadata_commit_and_flushed_marker_loses_nothing() {
+    crash_and_restart(CrashPoint::AfterMetaCommit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_blocks_merge_and_truncate_hides_old_bytes() {
+    let (_f, store) = faulty_memory(FaultConfig::default());
+    let meta = Arc::new(MemBlockMap::new());
+    let rig = Rig::new(
+        CacheConfig::default(),
+        Arc::new(NullPersister::new()),
+        meta.clone(),
+        store.clone(),
+        fast_config(),
+    );
+    let f = FileId(3);
+    rig.write(f, 0, &vec![1u8; BLOCK_SIZE as usize])
+        .await
+        .unwrap();
+    rig.tm.drain(Duration::from_secs(10)).await.unwrap();
+    // A small overwrite is merged over the committed block.
+    rig.write(f, 4096, &[2u8; 100]).await.unwrap();
+    rig.tm.drain(Duration::from_secs(10)).await.unwrap();
+    // Truncate into the block, then extend past the old bytes: they read
+    // as zeros, from the cache and from the store.
+    rig.truncate(f, 100).await;
+    rig.write(f, 200_000, &[3u8; 10]).await.unwrap();
+    rig.check_all().await;
+    rig.tm.drain(Duration::from_secs(10)).await.unwrap();
+    let model = rig.model();
+    rig.tm.shutdown().await;
+    let cold = Rig::with_model(
+        CacheConfig::default(),
+        Arc::new(NullPersister::new()),
+        meta.clone(),
+        store.clone(),
+        fast_config(),
+        model,
+    );
+    cold.check_all().await;
+    let mut buf = vec![0xFFu8; 1000];
+    cold.tm.read(f, 100, &mut buf).await.unwrap();
+    assert!(buf.iter().all(|&b| b == 0), "old bytes past a truncate");
+    cold.tm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_blocks_are_collected_after_the_grace_period() {
+    let (_f, store) = faulty_memory(FaultConfig::default());
+    let meta = Arc::new(MemBlockMap::new());
+    let mut config = fast_config();
+    config.gc_grace = Duration::from_millis(50);
+    let rig = Rig::new(
+        CacheConfig::default(),
+        Arc::new(NullPersister::new()),
+        meta.clone(),
+        store.clone(),
+        config,
+    );
+    for round in 0..5u8 {
+        rig.write(FileId(1), 0, &vec![round; 2 * BLOCK_SIZE as usize])
+            .await
+            .unwrap();
+        rig.write(FileId(2), 0, &[round; 10]).await.unwrap();
+        rig.tm.drain(Duration::from_secs(10)).await.unwrap();
+    }
+    rig.remove(FileId(2)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let objects = store.list(None).await.unwrap().len();
+        if objects == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{objects} objects left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = rig.tm.stats();
+    assert_eq!(stats.gc_deleted, 4 * 2 + 5);
+    assert_eq!(stats.gc_pending, 0);
+    rig.check_all().await;
+    rig.tm.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_share_a_download_and_sequential_reads_prefetch() {
+    let (_f, store) = faulty_memory(FaultConfig {
+        latency: Duration::from_millis(30),
+        ..FaultConfig::default()
+    });
+    let meta = Arc::new(MemBlockMap::new());
+    let writer = Rig::new(
+        CacheConfig::default(),
+        Arc::new(NullPersister::new()),
+        meta.clone(),
+        store.clone(),
+        fast_config(),
+    );
+    let data: Vec<u8> = (0..12 * BLOCK_SIZE as usize)
+        .map(|i| (i / 4096) as u8)
+        .collect();
+    writer.write(FileId(4), 0, &data).await.unwrap();
+    writer.tm.drain(Duration::from_secs(30)).await.unwrap();
+    let model = writer.model();
+    writer.tm.shutdown().await;
+
+    let mut config = fast_config();
+    config.readahead_blocks = 4;
+    let cold = Rig::with_model(
+        CacheConfig::default(),
+        Arc::new(NullPersister::new()),
+        meta.clone(),
+        store.clone(),
+        config,
+        model,
+    );
+    let reads = (0..8).map(|_| {
+        let tm = cold.tm.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            tm.read(FileId(4), 5 * BLOCK_SIZE, &mut buf).await.unwrap();
+            buf
+        })
+    });
+    for r in futures::future::join_all(reads).await {
+        assert_eq!(r.unwrap()[..], data[5 * BLOCK_SIZE as usize..][..4096]);
+    }
+    let s = cold.tm.stats();
+    assert_eq!(s.downloads, 1, "one download for eight readers");
+    assert_eq!(s.downloads_shared + s.block_cache_hits, 7);
+
+    // A sequential reader from the start gets blocks read ahead.
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..8u64 {
+        cold.tm.read(FileId(4), i << 20, &mut buf).await.unwrap();
+        assert_eq!(buf[..], data[(i << 20) as usize..][..1 << 20]);
+    }
+    let s = cold.tm.stats();
+    assert!(s.prefetches >= 2, "{s:?}");
+    cold.check_all().await;
+    cold.tm.shutdown().await;
+}
