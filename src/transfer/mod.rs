@@ -591,6 +591,42 @@ impl TransferManager {
         self.inner.tasks.wait().await;
     }
 
+    /// Graceful stop: drains for up to `timeout`, logging progress about
+    /// once a second (bytes left, upload rate), then shuts down. Bytes
+    /// still dirty at the end stay in the log for the next start.
+    ///
+    /// # Errors
+    /// The drain's error ([`TransferError::DrainTimeout`] with what is
+    /// left); the manager is shut down either way.
+    pub async fn close(&self, timeout: Duration) -> Result<(), TransferError> {
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        let result = self
+            .drain_with_progress(timeout, |p| {
+                if last_log.elapsed() >= Duration::from_secs(1) {
+                    last_log = Instant::now();
+                    let done = p.start_dirty_bytes.saturating_sub(p.dirty_bytes);
+                    let rate = done as f64 / started.elapsed().as_secs_f64() / 1e6;
+                    tracing::info!(
+                        dirty_bytes = p.dirty_bytes,
+                        uploads_in_flight = p.uploads_in_flight,
+                        rate_mb_s = format!("{rate:.1}"),
+                        "draining dirty data to the object store"
+                    );
+                }
+            })
+            .await;
+        match &result {
+            Ok(()) => tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "all dirty data uploaded"
+            ),
+            Err(e) => tracing::warn!(error = %e, "stopping with dirty data left in the log"),
+        }
+        self.shutdown().await;
+        result
+    }
+
     /// Whether a [`CrashPoint`] stopped the manager.
     #[doc(hidden)]
     pub fn crashed(&self) -> bool {
