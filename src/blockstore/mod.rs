@@ -103,11 +103,13 @@ pub enum BlockStoreError {
     },
     /// The store answered the start-up probe with an error: a missing
     /// bucket, rejected credentials, an unreachable endpoint...
-    #[error("block store {url} is not usable ({op} of a probe object failed): {source}")]
+    #[error(
+        "block store {url} is not usable (the {op} step of the start-up probe failed): {source}"
+    )]
     Unusable {
         /// The store URL.
         url: String,
-        /// The probe step that failed (`put`, `get`, `delete`).
+        /// The probe step that failed (`list`, `put`, `get`, `delete`).
         op: &'static str,
         /// The backend's error.
         #[source]
@@ -321,9 +323,10 @@ impl BlockStore {
         &self.store
     }
 
-    /// Start-up probe: writes, reads back and deletes a small object under
-    /// the prefix, so that a missing bucket, rejected credentials or an
-    /// unreachable endpoint fail before anything is mounted.
+    /// Start-up probe: lists the prefix, then writes, reads back and
+    /// deletes a small object under it, so that a missing bucket, rejected
+    /// credentials or an unreachable endpoint fail before anything is
+    /// mounted.
     ///
     /// # Errors
     /// [`BlockStoreError::Unusable`] naming the step that failed.
@@ -337,6 +340,12 @@ impl BlockStore {
             op,
             source: Box::new(source),
         };
+        // A listing first: it fails on a missing bucket where a put may
+        // create one (SeaweedFS does, for an admin identity).
+        self.store
+            .list_with_delimiter(Some(&self.prefix))
+            .await
+            .map_err(|e| unusable("list", e))?;
         let body = Bytes::from_static(b"slicefs probe");
         self.store
             .put(&path, PutPayload::from_bytes(body.clone()))
@@ -541,7 +550,7 @@ mod tests {
         let s = BlockStore::open(&c).unwrap();
         let err = s.check().await.unwrap_err();
         assert!(
-            matches!(err, BlockStoreError::Unusable { op: "put", .. }),
+            matches!(err, BlockStoreError::Unusable { op: "list", .. }),
             "{err}"
         );
     }
