@@ -6,7 +6,9 @@
 //! - `slicefs_wal` (`pkg-wal/`): the persister (write-ahead log);
 //! - `slicefs_cache` (`pkg-cache/`): the slice cache data structure;
 //! - [`blockstore`]: immutable block objects in an object store, by URL;
-//! - [`meta`]: metadata (so far the block map);
+//! - [`meta`]: metadata (inodes, dentries, xattrs, block map), SQLite or
+//!   memory;
+//! - [`error`]: the file system's errors and their errno mapping;
 //! - [`transfer`]: the transfer manager, which uploads dirty blocks and
 //!   downloads committed ones;
 //! - the `slicefs` binary (`src/main.rs`, command line in `src/cli/`).
@@ -15,5 +17,6 @@
 //! `doc/DESIGN.md` describes the design.
 
 pub mod blockstore;
+pub mod error;
 pub mod meta;
 pub mod transfer;

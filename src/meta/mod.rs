@@ -1,17 +1,29 @@
-//! Metadata: the block map (which object holds each block of each file).
+//! Metadata: inodes, directory entries, symlink targets, extended
+//! attributes and the block map (which object holds each block of each
+//! file).
 //!
-//! The transfer manager commits a block reference here after the object
-//! is in the store and before the persister is told the bytes are
-//! flushed; readers look blocks up here. The full metadata store (inodes,
-//! dentries) builds on this trait.
+//! [`MetaStore`] is the store, over SQLite (the embedded default) or
+//! memory; the namespace rules are written once (`ops`) over a
+//! transaction trait both backends implement. The transfer manager sees
+//! only [`BlockMap`]: it commits a block reference after the object is in
+//! the store and before the persister is told the bytes are flushed.
 
 mod memory;
+mod memstore;
+pub mod ops;
+mod sqlite;
+mod store;
+pub mod types;
 
 use slicefs_wal::{ChunkIndex, FileId};
 
 use crate::blockstore::BlockKey;
 
 pub use memory::MemBlockMap;
+pub use ops::{LINK_MAX, NAME_MAX, XattrFlags};
+pub use sqlite::SCHEMA_VERSION;
+pub use store::MetaStore;
+pub use types::{DirEntry, FileKind, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage};
 
 /// Address of one block of one file: 4 MiB at
 /// `chunk * 64 MiB + block * 4 MiB`.

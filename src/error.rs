@@ -1,0 +1,146 @@
+//! [`FsError`]: the file system's errors, and their one mapping to errno.
+
+/// An error of a file system operation. [`FsError::errno`] is the one
+/// place errors become errno values for the front ends.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsError {
+    /// `ENOENT`: no such file or directory.
+    #[error("no such file or directory")]
+    NotFound,
+    /// `EEXIST`: the name exists.
+    #[error("file exists")]
+    Exists,
+    /// `ENOTDIR`: a directory was needed.
+    #[error("not a directory")]
+    NotDir,
+    /// `EISDIR`: a non-directory was needed.
+    #[error("is a directory")]
+    IsDir,
+    /// `ENOTEMPTY`: the directory has entries.
+    #[error("directory not empty")]
+    NotEmpty,
+    /// `EINVAL`: a bad argument (the reason says which).
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    /// `ENAMETOOLONG`: a name is longer than 255 bytes.
+    #[error("file name too long")]
+    NameTooLong,
+    /// `EACCES`: the permission bits refuse the access.
+    #[error("permission denied")]
+    Access,
+    /// `EPERM`: only the owner or root may do this.
+    #[error("operation not permitted")]
+    NotPermitted,
+    /// `ELOOP`: too many symbolic links.
+    #[error("too many levels of symbolic links")]
+    Loop,
+    /// `EMLINK`: too many hard links.
+    #[error("too many links")]
+    TooManyLinks,
+    /// `ENODATA`: no such extended attribute.
+    #[error("no such attribute")]
+    NoAttr,
+    /// `ERANGE`: the caller's buffer is too small.
+    #[error("result too large for the buffer")]
+    Range,
+    /// `EBADF`: the handle is not open, or not for this access.
+    #[error("bad file handle")]
+    BadHandle,
+    /// `EFBIG`: past the largest file size.
+    #[error("file too large")]
+    TooBig,
+    /// `ENOSPC`: the write-back cache stayed full for the configured wait
+    /// (the object store is not taking uploads), or the log's disk is
+    /// full. Nothing was written.
+    #[error("no space: {0}")]
+    NoSpace(String),
+    /// `EIO`: a component failed (metadata database, log, object store).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl FsError {
+    /// The errno value a front end returns for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::Access => libc::EACCES,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::Loop => libc::ELOOP,
+            FsError::TooManyLinks => libc::EMLINK,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            FsError::BadHandle => libc::EBADF,
+            FsError::TooBig => libc::EFBIG,
+            FsError::NoSpace(_) => libc::ENOSPC,
+            FsError::Io { .. } => libc::EIO,
+        }
+    }
+
+    /// An [`FsError::Io`] with context.
+    pub fn io(
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> FsError {
+        FsError::Io {
+            context,
+            source: source.into(),
+        }
+    }
+}
+
+impl From<crate::meta::MetaError> for FsError {
+    fn from(e: crate::meta::MetaError) -> Self {
+        FsError::io("metadata", e)
+    }
+}
+
+impl From<rusqlite::Error> for FsError {
+    fn from(e: rusqlite::Error) -> Self {
+        FsError::io("metadata database", e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_errno() {
+        let cases: Vec<(FsError, i32)> = vec![
+            (FsError::NotFound, libc::ENOENT),
+            (FsError::Exists, libc::EEXIST),
+            (FsError::NotDir, libc::ENOTDIR),
+            (FsError::IsDir, libc::EISDIR),
+            (FsError::NotEmpty, libc::ENOTEMPTY),
+            (FsError::Invalid("x"), libc::EINVAL),
+            (FsError::NameTooLong, libc::ENAMETOOLONG),
+            (FsError::Access, libc::EACCES),
+            (FsError::NotPermitted, libc::EPERM),
+            (FsError::Loop, libc::ELOOP),
+            (FsError::TooManyLinks, libc::EMLINK),
+            (FsError::NoAttr, libc::ENODATA),
+            (FsError::Range, libc::ERANGE),
+            (FsError::BadHandle, libc::EBADF),
+            (FsError::TooBig, libc::EFBIG),
+            (FsError::NoSpace("cache".into()), libc::ENOSPC),
+            (FsError::io("x", "boom"), libc::EIO),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.errno(), want, "{e}");
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! The namespace rules, written once over [`Tx`] (one transaction of a
+//! backend): every operation here runs inside one transaction, so it
+//! applies whole or not at all. Backends (`sqlite`, `memory`) only store
+//! rows.
+
+use super::types::{
+    DirEntry, FileKind, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage,
+};
+use super::{BlockAddr, BlockRef};
+use crate::blockstore::BlockKey;
+use crate::error::FsError;
+
+/// Longest name of a directory entry, in bytes (as ext4).
+pub const NAME_MAX: usize = 255;
+/// Most hard links of one file.
+pub const LINK_MAX: u32 = 65_000;
+
+type Result<T> = std::result::Result<T, FsError>;
+
+/// Row access inside one transaction.
+pub(crate) trait Tx {
+    fn inode(&mut self, ino: Ino) -> Result<Option<Inode>>;
+    fn put_inode(&mut self, inode: &Inode) -> Result<()>;
+    /// Deletes the inode, its symlink target, xattrs and block map rows.
+    fn delete_inode(&mut self, ino: Ino) -> Result<()>;
+    fn dentry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, FileKind)>>;
+    fn put_dentry(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        ino: Ino,
+        kind: FileKind,
+        cookie: u64,
+    ) -> Result<()>;
+    fn delete_dentry(&mut self, parent: Ino, name: &[u8]) -> Result<()>;
+    fn dir_has_entries(&mut self, dir: Ino) -> Result<bool>;
+    fn list_dir(&mut self, dir: Ino, after: u64, limit: usize) -> Result<Vec<DirEntry>>;
+    /// The next value of a named counter (`ino`, `version`, `cookie`).
+    fn next(&mut self, counter: &'static str) -> Result<u64>;
+    fn symlink(&mut self, ino: Ino) -> Result<Option<Vec<u8>>>;
+    fn put_symlink(&mut self, ino: Ino, target: &[u8]) -> Result<()>;
+    fn xattr(&mut self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> Result<()>;
+    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<bool>;
+    fn xattr_names(&mut self, ino: Ino) -> Result<Vec<Vec<u8>>>;
+    fn block(&mut self, addr: BlockAddr) -> Result<Option<BlockRef>>;
+    fn put_block(&mut self, addr: BlockAddr, r: BlockRef) -> Result<()>;
+    fn delete_block(&mut self, addr: BlockAddr) -> Result<()>;
+    fn file_blocks(&mut self, ino: Ino) -> Result<Vec<(BlockAddr, BlockRef)>>;
+    fn orphans(&mut self) -> Result<Vec<Ino>>;
+    fn usage(&mut self) -> Result<Usage>;
+}
+
+/// Checks a name for a new directory entry.
+pub fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." {
+        return Err(FsError::Invalid("empty, '.' or '..' as a new name"));
+    }
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::Invalid("'/' or NUL in a name"));
+    }
+    Ok(())
+}
+
+fn get(tx: &mut dyn Tx, ino: Ino) -> Result<Inode> {
+    tx.inode(ino)?.ok_or(FsError::NotFound)
+}
+
+fn dir(tx: &mut dyn Tx, ino: Ino) -> Result<Inode> {
+    let d = get(tx, ino)?;
+    if d.kind != FileKind::Directory {
+        return Err(FsError::NotDir);
+    }
+    Ok(d)
+}
+
+/// Creates the root directory if the store is empty.
+pub(crate) fn init_root(tx: &mut dyn Tx, uid: u32, gid: u32, now: Timespec) -> Result<()> {
+    if tx.inode(Ino::ROOT)?.is_some() {
+        return Ok(());
+    }
+    // Counter `ino` starts at 1: the root takes it.
+    let ino = tx.next("ino")?;
+    debug_assert_eq!(ino, Ino::ROOT.0);
+    tx.put_inode(&Inode {
+        ino: Ino::ROOT,
+        kind: FileKind::Directory,
+        perm: 0o755,
+        uid,
+        gid,
+        size: 0,
+        nlink: 2,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        rdev: 0,
+        parent: Ino::ROOT,
+        truncate_lsn: 0,
+    })
+}
+
+pub(crate) fn lookup(tx: &mut dyn Tx, parent: Ino, name: &[u8]) -> Result<Inode> {
+    let p = dir(tx, parent)?;
+    if name == b"." {
+        return Ok(p);
+    }
+    if name == b".." {
+        return get(tx, p.parent);
+    }
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    match tx.dentry(parent, name)? {
+        Some((ino, _)) => get(tx, ino),
+        None => Err(FsError::NotFound),
+    }
+}
+
+fn touch_dir(tx: &mut dyn Tx, d: &mut Inode, now: Timespec) -> Result<()> {
+    d.mtime = now;
+    d.ctime = now;
+    tx.put_inode(d)
+}
+
+pub(crate) fn create(
+    tx: &mut dyn Tx,
+    parent: Ino,
+    name: &[u8],
+    node: &NewNode<'_>,
+    now: Timespec,
+) -> Result<Inode> {
+    check_name(name)?;
+    let mut p = dir(tx, parent)?;
+    if p.nlink == 0 {
+        return Err(FsError::NotFound);
+    }
+    if tx.dentry(parent, name)?.is_some() {
+        return Err(FsError::Exists);
+    }
+    let ino = Ino(tx.next("ino")?);
+    let is_dir = node.kind == FileKind::Directory;
+    let size = node.target.map_or(0, |t| t.len() as u64);
+    let inode = Inode {
+        ino,
+        kind: node.kind,
+        perm: node.perm & 0o7777,
+        uid: node.uid,
+        gid: node.gid,
+        size,
+        nlink: if is_dir { 2 } else { 1 },
+        atime: now,
+        mtime: now,
+        ctime: now,
+        rdev: node.rdev,
+        parent: if is_dir { parent } else { Ino(0) },
+        truncate_lsn: 0,
+    };
+    tx.put_inode(&inode)?;
+    if let Some(t) = node.target {
+        tx.put_symlink(ino, t)?;
+    }
+    let cookie = tx.next("cookie")?;
+    tx.put_dentry(parent, name, ino, node.kind, cookie)?;
+    if is_dir {
+        p.nlink += 1;
+    }
+    touch_dir(tx, &mut p, now)?;
+    Ok(inode)
+}
+
+pub(crate) fn link(
+    tx: &mut dyn Tx,
+    ino: Ino,
+    parent: Ino,
+    name: &[u8],
+    now: Timespec,
+) -> Result<Inode> {
+    check_name(name)?;
+    let mut f = get(tx, ino)?;
+    if f.kind == FileKind::Directory {
+        return Err(FsError::NotPermitted);
+    }
+    if f.nlink >= LINK_MAX {
+        return Err(FsError::TooManyLinks);
+    }
+    let mut p = dir(tx, parent)?;
+    if p.nlink == 0 {
+        return Err(FsError::NotFound);
+    }
+    if tx.dentry(parent, name)?.is_some() {
+        return Err(FsError::Exists);
+    }
+    let cookie = tx.next("cookie")?;
+    tx.put_dentry(parent, name, ino, f.kind, cookie)?;
+    f.nlink += 1;
+    f.ctime = now;
+    tx.put_inode(&f)?;
+    touch_dir(tx, &mut p, now)?;
+    Ok(f)
+}
+
+/// Removes a non-directory entry; returns the inode with its new link
+/// count (0: the caller frees it once no handle is open).
+pub(crate) fn unlink(tx: &mut dyn Tx, parent: Ino, name: &[u8], now: Timespec) -> Result<Inode> {
+    let mut p = dir(tx, parent)?;
+    let (ino, kind) = tx.dentry(parent, name)?.ok_or(FsError::NotFound)?;
+    if kind == FileKind::Directory {
+        return Err(FsError::IsDir);
+    }
+    let mut f = get(tx, ino)?;
+    tx.delete_dentry(parent, name)?;
+    f.nlink = f.nlink.saturating_sub(1);
+    f.ctime = now;
+    tx.put_inode(&f)?;
+    touch_dir(tx, &mut p, now)?;
+    Ok(f)
+}
+
+/// Removes an empty directory; returns it (link count 0).
+pub(crate) fn rmdir(tx: &mut dyn Tx, parent: Ino, name: &[u8], now: Timespec) -> Result<Inode> {
+    if name == b"." {
+        return Err(FsError::Invalid("rmdir of '.'"));
+    }
+    if name == b".." {
+        return Err(FsError::NotEmpty);
+    }
+    let mut p = dir(tx, parent)?;
+    let (ino, kind) = tx.dentry(parent, name)?.ok_or(FsError::NotFound)?;
+    if kind != FileKind::Directory {
+        return Err(FsError::NotDir);
+    }
+    if tx.dir_has_entries(ino)? {
+        return Err(FsError::NotEmpty);
+    }
+    let mut d = get(tx, ino)?;
+    tx.delete_dentry(parent, name)?;
+    d.nlink = 0;
+    d.ctime = now;
+    tx.put_inode(&d)?;
+    p.nlink = p.nlink.saturating_sub(1);
+    touch_dir(tx, &mut p, now)?;
+    Ok(d)
+}
+
+/// Whether `dir` is `ancestor` or below it.
+fn is_within(tx: &mut dyn Tx, mut dir: Ino, ancestor: Ino) -> Result<bool> {
+    // Bounded by the tree's depth; a cycle would be corruption.
+    for _ in 0..100_000 {
+        if dir == ancestor {
+            return Ok(true);
+        }
+        if dir == Ino::ROOT {
+            return Ok(false);
+        }
+        dir = get(tx, dir)?.parent;
+    }
+    Err(FsError::io(
+        "rename",
+        "directory tree deeper than 100000 or cyclic",
+    ))
+}
+
+/// Renames `parent/name` to `new_parent/new_name`. Returns the inode the
+/// target name held before (its link count already lowered; 0: free it
+/// once unused), if any and not exchanged.
+pub(crate) fn rename(
+    tx: &mut dyn Tx,
+    parent: Ino,
+    name: &[u8],
+    new_parent: Ino,
+    new_name: &[u8],
+    flags: RenameFlags,
+    now: Timespec,
+) -> Result<Option<Inode>> {
+    if flags.noreplace && flags.exchange {
+        return Err(FsError::Invalid("RENAME_NOREPLACE with RENAME_EXCHANGE"));
+    }
+    if name == b"." || name == b".." {
+        return Err(FsError::Invalid("rename of '.' or '..'"));
+    }
+    check_name(new_name)?;
+    dir(tx, parent)?;
+    dir(tx, new_parent)?;
+    let (src_ino, src_kind) = tx.dentry(parent, name)?.ok_or(FsError::NotFound)?;
+    let dst = tx.dentry(new_parent, new_name)?;
+    if src_kind == FileKind::Directory && is_within(tx, new_parent, src_ino)? {
+        return Err(FsError::Invalid("a directory moved below itself"));
+    }
+    if flags.exchange {
+        let (dst_ino, dst_kind) = dst.ok_or(FsError::NotFound)?;
+        if dst_ino == src_ino {
+            return Ok(None);
+        }
+        if dst_kind == FileKind::Directory && is_within(tx, parent, dst_ino)? {
+            return Err(FsError::Invalid("a directory moved below itself"));
+        }
+        let c1 = tx.next("cookie")?;
+        let c2 = tx.next("cookie")?;
+        tx.put_dentry(parent, name, dst_ino, dst_kind, c1)?;
+        tx.put_dentry(new_parent, new_name, src_ino, src_kind, c2)?;
+        for (ino, new_dir) in [(src_ino, new_parent), (dst_ino, parent)] {
+            let mut f = get(tx, ino)?;
+            if f.kind == FileKind::Directory {
+                f.parent = new_dir;
+            }
+            f.ctime = now;
+            tx.put_inode(&f)?;
+        }
+        let src_dir = src_kind == FileKind::Directory;
+        let dst_dir = dst_kind == FileKind::Directory;
+        if parent != new_parent && src_dir != dst_dir {
+            let (gain, lose) = if src_dir {
+                (new_parent, parent)
+            } else {
+                (parent, new_parent)
+            };
+            let mut g = get(tx, gain)?;
+            g.nlink += 1;
+            tx.put_inode(&g)?;
+            let mut l = get(tx, lose)?;
+            l.nlink = l.nlink.saturating_sub(1);
+            tx.put_inode(&l)?;
+        }
+        for d in [parent, new_parent] {
+            let mut d = get(tx, d)?;
+            touch_dir(tx, &mut d, now)?;
+        }
+        return Ok(None);
+    }
+    let mut replaced = None;
+    if let Some((dst_ino, dst_kind)) = dst {
+        if flags.noreplace {
+            return Err(FsError::Exists);
+        }
+        if dst_ino == src_ino {
+            // Two links to one file, or the same name: nothing to do.
+            return Ok(None);
+        }
+        match (
+            src_kind == FileKind::Directory,
+            dst_kind == FileKind::Directory,
+        ) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            (true, true) if tx.dir_has_entries(dst_ino)? => return Err(FsError::NotEmpty),
+            _ => {}
+        }
+        let mut old = get(tx, dst_ino)?;
+        tx.delete_dentry(new_parent, new_name)?;
+        if old.kind == FileKind::Directory {
+            old.nlink = 0;
+            let mut np = get(tx, new_parent)?;
+            np.nlink = np.nlink.saturating_sub(1);
+            tx.put_inode(&np)?;
+        } else {
+            old.nlink = old.nlink.saturating_sub(1);
+        }
+        old.ctime = now;
+        tx.put_inode(&old)?;
+        replaced = Some(old);
+    }
+    tx.delete_dentry(parent, name)?;
+    let cookie = tx.next("cookie")?;
+    tx.put_dentry(new_parent, new_name, src_ino, src_kind, cookie)?;
+    let mut f = get(tx, src_ino)?;
+    f.ctime = now;
+    if f.kind == FileKind::Directory && parent != new_parent {
+        f.parent = new_parent;
+        let mut op = get(tx, parent)?;
+        op.nlink = op.nlink.saturating_sub(1);
+        tx.put_inode(&op)?;
+        let mut np = get(tx, new_parent)?;
+        np.nlink += 1;
+        tx.put_inode(&np)?;
+    }
+    tx.put_inode(&f)?;
+    for d in [parent, new_parent] {
+        let mut d = get(tx, d)?;
+        touch_dir(tx, &mut d, now)?;
+    }
+    Ok(replaced)
+}
+
+pub(crate) fn setattr(tx: &mut dyn Tx, ino: Ino, set: &SetAttr) -> Result<Inode> {
+    let mut f = get(tx, ino)?;
+    if let Some(p) = set.perm {
+        f.perm = p & 0o7777;
+    }
+    if let Some(u) = set.uid {
+        f.uid = u;
+    }
+    if let Some(g) = set.gid {
+        f.gid = g;
+    }
+    if let Some(s) = set.size {
+        if f.kind == FileKind::Directory {
+            return Err(FsError::IsDir);
+        }
+        f.size = s;
+    }
+    if let Some(t) = set.atime {
+        f.atime = t;
+    }
+    if let Some(t) = set.mtime {
+        f.mtime = t;
+    }
+    if let Some(t) = set.ctime {
+        f.ctime = t;
+    }
+    if let Some(l) = set.truncate_lsn {
+        f.truncate_lsn = f.truncate_lsn.max(l);
+    }
+    tx.put_inode(&f)?;
+    Ok(f)
+}
+
+/// Cuts the block map of `ino` to `size`; returns the objects dropped.
+pub(crate) fn truncate_blocks(tx: &mut dyn Tx, ino: Ino, size: u64) -> Result<Vec<BlockKey>> {
+    let mut dropped = Vec::new();
+    for (addr, mut r) in tx.file_blocks(ino)? {
+        let start = addr.file_offset();
+        if start >= size {
+            tx.delete_block(addr)?;
+            dropped.push(addr.key(r.version));
+        } else if start + u64::from(r.len) > size {
+            r.len = (size - start) as u32;
+            tx.put_block(addr, r)?;
+        }
+    }
+    Ok(dropped)
+}
+
+/// Commits a block; a file's size grows to cover it (the size of data
+/// that reached the store is never lost with a lost attribute update).
+pub(crate) fn commit_block(
+    tx: &mut dyn Tx,
+    addr: BlockAddr,
+    new: BlockRef,
+) -> Result<Option<BlockRef>> {
+    let old = tx.block(addr)?;
+    tx.put_block(addr, new)?;
+    if let Some(mut f) = tx.inode(Ino(addr.file.0))? {
+        let end = addr.file_offset() + u64::from(new.len);
+        if end > f.size {
+            f.size = end;
+            tx.put_inode(&f)?;
+        }
+    }
+    Ok(old)
+}
+
+pub(crate) fn readdir(
+    tx: &mut dyn Tx,
+    dir_ino: Ino,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<DirEntry>> {
+    dir(tx, dir_ino)?;
+    tx.list_dir(dir_ino, after, limit)
+}
+
+pub(crate) fn readlink(tx: &mut dyn Tx, ino: Ino) -> Result<Vec<u8>> {
+    let f = get(tx, ino)?;
+    if f.kind != FileKind::Symlink {
+        return Err(FsError::Invalid("not a symbolic link"));
+    }
+    tx.symlink(ino)?
+        .ok_or_else(|| FsError::io("readlink", "symlink without a target"))
+}
+
+/// Deletes an inode whose link count is 0 (no handle open); returns its
+/// block objects for garbage collection.
+pub(crate) fn purge(tx: &mut dyn Tx, ino: Ino) -> Result<Vec<BlockKey>> {
+    let Some(f) = tx.inode(ino)? else {
+        return Ok(Vec::new());
+    };
+    if f.nlink > 0 {
+        return Err(FsError::Invalid("purge of a linked inode"));
+    }
+    let keys = tx
+        .file_blocks(ino)?
+        .into_iter()
+        .map(|(a, r)| a.key(r.version))
+        .collect();
+    tx.delete_inode(ino)?;
+    Ok(keys)
+}
+
+/// Extended attribute set modes (`XATTR_CREATE`, `XATTR_REPLACE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XattrFlags {
+    /// Fail with `EEXIST` if the attribute exists.
+    pub create: bool,
+    /// Fail with `ENODATA` if it does not.
+    pub replace: bool,
+}
+
+pub(crate) fn set_xattr(
+    tx: &mut dyn Tx,
+    ino: Ino,
+    name: &[u8],
+    value: &[u8],
+    flags: XattrFlags,
+    now: Timespec,
+) -> Result<()> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(if name.is_empty() {
+            FsError::Invalid("empty attribute name")
+        } else {
+            FsError::Range
+        });
+    }
+    if value.len() > 65_536 {
+        return Err(FsError::TooBig);
+    }
+    let mut f = get(tx, ino)?;
+    let exists = tx.xattr(ino, name)?.is_some();
+    if flags.create && exists {
+        return Err(FsError::Exists);
+    }
+    if flags.replace && !exists {
+        return Err(FsError::NoAttr);
+    }
+    tx.put_xattr(ino, name, value)?;
+    f.ctime = now;
+    tx.put_inode(&f)
+}
+
+pub(crate) fn remove_xattr(tx: &mut dyn Tx, ino: Ino, name: &[u8], now: Timespec) -> Result<()> {
+    let mut f = get(tx, ino)?;
+    if !tx.delete_xattr(ino, name)? {
+        return Err(FsError::NoAttr);
+    }
+    f.ctime = now;
+    tx.put_inode(&f)
+}
+
+pub(crate) fn get_xattr(tx: &mut dyn Tx, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+    get(tx, ino)?;
+    tx.xattr(ino, name)?.ok_or(FsError::NoAttr)
+}
+
+pub(crate) fn list_xattr(tx: &mut dyn Tx, ino: Ino) -> Result<Vec<Vec<u8>>> {
+    get(tx, ino)?;
+    tx.xattr_names(ino)
+}
+
+pub(crate) fn getattr(tx: &mut dyn Tx, ino: Ino) -> Result<Inode> {
+    get(tx, ino)
+}

@@ -1,0 +1,433 @@
+//! The SQLite backend of [`MetaStore`](super::MetaStore): the embedded
+//! default, one database file in the data directory.
+//!
+//! Schema version 1 (checked at open; a database of another version is
+//! refused, never rewritten):
+//!
+//! ```sql
+//! info(key TEXT PRIMARY KEY, value INTEGER)          -- schema_version
+//! counters(name TEXT PRIMARY KEY, value INTEGER)     -- ino, version, cookie
+//! inodes(ino PRIMARY KEY, kind, perm, uid, gid, size, nlink,
+//!        atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns,
+//!        rdev, parent, truncate_lsn)
+//! dentries(parent, name BLOB, ino, kind, cookie, PRIMARY KEY(parent, name))
+//!   + index (parent, cookie)
+//! symlinks(ino PRIMARY KEY, target BLOB)
+//! xattrs(ino, name BLOB, value BLOB, PRIMARY KEY(ino, name))
+//! blocks(ino, chunk, block, version, len, PRIMARY KEY(ino, chunk, block))
+//! ```
+//!
+//! Journal mode WAL with `synchronous=NORMAL`: a commit survives a crash of
+//! the process at once, and a power loss after the next sync;
+//! [`TxMode::Durable`] transactions and `sync` run with
+//! `synchronous=FULL`, whose WAL fsync also covers every commit before.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::ops::Tx;
+use super::store::{Backend, TxMode};
+use super::types::{DirEntry, FileKind, Ino, Inode, Timespec, Usage};
+use super::{BlockAddr, BlockRef};
+use crate::error::FsError;
+use slicefs_wal::{ChunkIndex, FileId};
+
+type Result<T> = std::result::Result<T, FsError>;
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE info(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE inodes(
+    ino INTEGER PRIMARY KEY, kind INTEGER NOT NULL, perm INTEGER NOT NULL,
+    uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    atime_s INTEGER NOT NULL, atime_ns INTEGER NOT NULL,
+    mtime_s INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    ctime_s INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    rdev INTEGER NOT NULL, parent INTEGER NOT NULL, truncate_lsn INTEGER NOT NULL);
+CREATE INDEX inodes_orphans ON inodes(nlink) WHERE nlink = 0;
+CREATE TABLE dentries(
+    parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
+    kind INTEGER NOT NULL, cookie INTEGER NOT NULL, PRIMARY KEY(parent, name));
+CREATE INDEX dentries_cookie ON dentries(parent, cookie);
+CREATE TABLE symlinks(ino INTEGER PRIMARY KEY, target BLOB NOT NULL);
+CREATE TABLE xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY(ino, name));
+CREATE TABLE blocks(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER NOT NULL,
+    version INTEGER NOT NULL, len INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block));
+";
+
+pub(crate) struct SqliteBackend {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteBackend {
+    pub(crate) fn open(path: &Path) -> Result<SqliteBackend> {
+        let conn =
+            Connection::open(path).map_err(|e| FsError::io("open the metadata database", e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let has_info: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='info'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)?;
+        if has_info {
+            let v: Option<i64> = conn
+                .query_row(
+                    "SELECT value FROM info WHERE key='schema_version'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if v != Some(SCHEMA_VERSION) {
+                return Err(FsError::io(
+                    "open the metadata database",
+                    format!(
+                        "{}: schema version {v:?}, this build knows {SCHEMA_VERSION}",
+                        path.display()
+                    ),
+                ));
+            }
+        } else {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute(
+                "INSERT INTO info(key, value) VALUES ('schema_version', ?1)",
+                params![SCHEMA_VERSION],
+            )?;
+            tx.commit()?;
+        }
+        Ok(SqliteBackend {
+            conn: Mutex::new(conn),
+        })
+    }
+}
+
+struct SqlTx<'a, 'c> {
+    tx: &'a Transaction<'c>,
+}
+
+fn kind_of(code: i64) -> rusqlite::Result<FileKind> {
+    FileKind::from_code(code as u8).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, code))
+}
+
+fn row_inode(r: &rusqlite::Row<'_>) -> rusqlite::Result<Inode> {
+    Ok(Inode {
+        ino: Ino(r.get::<_, i64>(0)? as u64),
+        kind: kind_of(r.get(1)?)?,
+        perm: r.get::<_, i64>(2)? as u16,
+        uid: r.get::<_, i64>(3)? as u32,
+        gid: r.get::<_, i64>(4)? as u32,
+        size: r.get::<_, i64>(5)? as u64,
+        nlink: r.get::<_, i64>(6)? as u32,
+        atime: Timespec {
+            sec: r.get(7)?,
+            nsec: r.get::<_, i64>(8)? as u32,
+        },
+        mtime: Timespec {
+            sec: r.get(9)?,
+            nsec: r.get::<_, i64>(10)? as u32,
+        },
+        ctime: Timespec {
+            sec: r.get(11)?,
+            nsec: r.get::<_, i64>(12)? as u32,
+        },
+        rdev: r.get::<_, i64>(13)? as u32,
+        parent: Ino(r.get::<_, i64>(14)? as u64),
+        truncate_lsn: r.get::<_, i64>(15)? as u64,
+    })
+}
+
+const INODE_COLS: &str = "ino, kind, perm, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, \
+                          mtime_ns, ctime_s, ctime_ns, rdev, parent, truncate_lsn";
+
+impl Tx for SqlTx<'_, '_> {
+    fn inode(&mut self, ino: Ino) -> Result<Option<Inode>> {
+        let mut st = self
+            .tx
+            .prepare_cached(&format!("SELECT {INODE_COLS} FROM inodes WHERE ino = ?1"))?;
+        Ok(st.query_row(params![ino.0 as i64], row_inode).optional()?)
+    }
+
+    fn put_inode(&mut self, i: &Inode) -> Result<()> {
+        let mut st = self.tx.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO inodes({INODE_COLS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+        ))?;
+        st.execute(params![
+            i.ino.0 as i64,
+            i64::from(i.kind.code()),
+            i64::from(i.perm),
+            i64::from(i.uid),
+            i64::from(i.gid),
+            i.size as i64,
+            i64::from(i.nlink),
+            i.atime.sec,
+            i64::from(i.atime.nsec),
+            i.mtime.sec,
+            i64::from(i.mtime.nsec),
+            i.ctime.sec,
+            i64::from(i.ctime.nsec),
+            i64::from(i.rdev),
+            i.parent.0 as i64,
+            i.truncate_lsn as i64,
+        ])?;
+        Ok(())
+    }
+
+    fn delete_inode(&mut self, ino: Ino) -> Result<()> {
+        for table in ["inodes", "symlinks", "xattrs", "blocks"] {
+            self.tx
+                .prepare_cached(&format!("DELETE FROM {table} WHERE ino = ?1"))?
+                .execute(params![ino.0 as i64])?;
+        }
+        Ok(())
+    }
+
+    fn dentry(&mut self, parent: Ino, name: &[u8]) -> Result<Option<(Ino, FileKind)>> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT ino, kind FROM dentries WHERE parent = ?1 AND name = ?2")?;
+        Ok(st
+            .query_row(params![parent.0 as i64, name], |r| {
+                Ok((Ino(r.get::<_, i64>(0)? as u64), kind_of(r.get(1)?)?))
+            })
+            .optional()?)
+    }
+
+    fn put_dentry(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        ino: Ino,
+        kind: FileKind,
+        cookie: u64,
+    ) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO dentries(parent, name, ino, kind, cookie) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                parent.0 as i64,
+                name,
+                ino.0 as i64,
+                i64::from(kind.code()),
+                cookie as i64
+            ])?;
+        Ok(())
+    }
+
+    fn delete_dentry(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.tx
+            .prepare_cached("DELETE FROM dentries WHERE parent = ?1 AND name = ?2")?
+            .execute(params![parent.0 as i64, name])?;
+        Ok(())
+    }
+
+    fn dir_has_entries(&mut self, dir: Ino) -> Result<bool> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT 1 FROM dentries WHERE parent = ?1 LIMIT 1")?;
+        Ok(st.exists(params![dir.0 as i64])?)
+    }
+
+    fn list_dir(&mut self, dir: Ino, after: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT name, ino, kind, cookie FROM dentries WHERE parent = ?1 AND cookie > ?2 \
+             ORDER BY cookie LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![
+                dir.0 as i64,
+                after.min(i64::MAX as u64) as i64,
+                limit.min(i64::MAX as usize) as i64
+            ],
+            |r| {
+                Ok(DirEntry {
+                    name: r.get(0)?,
+                    ino: Ino(r.get::<_, i64>(1)? as u64),
+                    kind: kind_of(r.get(2)?)?,
+                    cookie: r.get::<_, i64>(3)? as u64,
+                })
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn next(&mut self, counter: &'static str) -> Result<u64> {
+        let mut st = self.tx.prepare_cached(
+            "INSERT INTO counters(name, value) VALUES (?1, 1) \
+             ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+        )?;
+        Ok(st.query_row(params![counter], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    fn symlink(&mut self, ino: Ino) -> Result<Option<Vec<u8>>> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT target FROM symlinks WHERE ino = ?1")?;
+        Ok(st
+            .query_row(params![ino.0 as i64], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn put_symlink(&mut self, ino: Ino, target: &[u8]) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT OR REPLACE INTO symlinks(ino, target) VALUES (?1, ?2)")?
+            .execute(params![ino.0 as i64, target])?;
+        Ok(())
+    }
+
+    fn xattr(&mut self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT value FROM xattrs WHERE ino = ?1 AND name = ?2")?;
+        Ok(st
+            .query_row(params![ino.0 as i64, name], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> Result<()> {
+        self.tx
+            .prepare_cached("INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES (?1, ?2, ?3)")?
+            .execute(params![ino.0 as i64, name, value])?;
+        Ok(())
+    }
+
+    fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<bool> {
+        let n = self
+            .tx
+            .prepare_cached("DELETE FROM xattrs WHERE ino = ?1 AND name = ?2")?
+            .execute(params![ino.0 as i64, name])?;
+        Ok(n > 0)
+    }
+
+    fn xattr_names(&mut self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT name FROM xattrs WHERE ino = ?1 ORDER BY name")?;
+        let rows = st.query_map(params![ino.0 as i64], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn block(&mut self, a: BlockAddr) -> Result<Option<BlockRef>> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT version, len FROM blocks WHERE ino = ?1 AND chunk = ?2 AND block = ?3",
+        )?;
+        Ok(st
+            .query_row(params![a.file.0 as i64, a.chunk.0, a.block], |r| {
+                Ok(BlockRef {
+                    version: r.get::<_, i64>(0)? as u64,
+                    len: r.get::<_, i64>(1)? as u32,
+                })
+            })
+            .optional()?)
+    }
+
+    fn put_block(&mut self, a: BlockAddr, r: BlockRef) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO blocks(ino, chunk, block, version, len) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                a.file.0 as i64,
+                a.chunk.0,
+                a.block,
+                r.version as i64,
+                r.len
+            ])?;
+        Ok(())
+    }
+
+    fn delete_block(&mut self, a: BlockAddr) -> Result<()> {
+        self.tx
+            .prepare_cached("DELETE FROM blocks WHERE ino = ?1 AND chunk = ?2 AND block = ?3")?
+            .execute(params![a.file.0 as i64, a.chunk.0, a.block])?;
+        Ok(())
+    }
+
+    fn file_blocks(&mut self, ino: Ino) -> Result<Vec<(BlockAddr, BlockRef)>> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT chunk, block, version, len FROM blocks WHERE ino = ?1 ORDER BY chunk, block",
+        )?;
+        let rows = st.query_map(params![ino.0 as i64], |r| {
+            Ok((
+                BlockAddr {
+                    file: FileId(ino.0),
+                    chunk: ChunkIndex(r.get(0)?),
+                    block: r.get(1)?,
+                },
+                BlockRef {
+                    version: r.get::<_, i64>(2)? as u64,
+                    len: r.get::<_, i64>(3)? as u32,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn orphans(&mut self) -> Result<Vec<Ino>> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT ino FROM inodes WHERE nlink = 0 ORDER BY ino")?;
+        let rows = st.query_map([], |r| Ok(Ino(r.get::<_, i64>(0)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn usage(&mut self) -> Result<Usage> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT count(*), coalesce(sum(CASE WHEN kind = 8 THEN size ELSE 0 END), 0) FROM inodes",
+        )?;
+        Ok(st.query_row([], |r| {
+            Ok(Usage {
+                inodes: r.get::<_, i64>(0)? as u64,
+                bytes: r.get::<_, i64>(1)? as u64,
+            })
+        })?)
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn run(&self, mode: TxMode, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if mode == TxMode::Durable {
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        let result = (|| {
+            let behavior = match mode {
+                TxMode::Read => TransactionBehavior::Deferred,
+                _ => TransactionBehavior::Immediate,
+            };
+            let tx = conn.transaction_with_behavior(behavior)?;
+            f(&mut SqlTx { tx: &tx })?;
+            if mode == TxMode::Read {
+                tx.rollback()?;
+            } else {
+                tx.commit()?;
+            }
+            Ok(())
+        })();
+        if mode == TxMode::Durable {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        result
+    }
+
+    fn sync(&self) -> Result<()> {
+        // A FULL commit fsyncs the WAL file, which covers every commit
+        // before it.
+        self.run(TxMode::Durable, &mut |tx| tx.next("sync").map(|_| ()))
+    }
+}

@@ -1,0 +1,335 @@
+//! [`MetaStore`]: the metadata store, over a backend (SQLite or memory).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use slicefs_wal::FileId;
+
+use super::ops::{self, Tx, XattrFlags};
+use super::types::{DirEntry, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage};
+use super::{
+    BlockAddr, BlockMap, BlockRef, MetaError, memstore::MemBackend, sqlite::SqliteBackend,
+};
+use crate::blockstore::BlockKey;
+use crate::error::FsError;
+
+type Result<T> = std::result::Result<T, FsError>;
+
+/// How a backend runs a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TxMode {
+    /// Read only.
+    Read,
+    /// Atomic; survives a process crash once it returns.
+    Write,
+    /// Atomic and durable against power loss once it returns.
+    Durable,
+}
+
+/// Runs transactions: all of `f` or nothing.
+pub(crate) trait Backend: Send + Sync {
+    fn run(&self, mode: TxMode, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// Makes every committed transaction durable against power loss.
+    fn sync(&self) -> Result<()>;
+}
+
+/// The metadata store: inodes, directory entries, symlink targets,
+/// extended attributes and the block map. Every namespace operation is one
+/// transaction. Cheap to clone.
+///
+/// Durability: a mutation survives a crash of the process once it
+/// returns; against power loss, once [`MetaStore::sync`] (fsync of a file
+/// or directory) returned after it. Block map commits are durable on
+/// return (the log forgets the bytes after them).
+#[derive(Clone)]
+pub struct MetaStore {
+    backend: Arc<dyn Backend>,
+}
+
+impl MetaStore {
+    /// The SQLite store in `path` (created if missing; WAL journal mode).
+    /// A new store gets a root directory owned by `uid`/`gid`.
+    ///
+    /// # Errors
+    /// [`FsError::Io`] if the database cannot be opened or has a schema
+    /// version this build does not know.
+    pub fn open_sqlite(path: &Path, uid: u32, gid: u32) -> Result<MetaStore> {
+        let s = MetaStore {
+            backend: Arc::new(SqliteBackend::open(path)?),
+        };
+        s.init(uid, gid)?;
+        Ok(s)
+    }
+
+    /// A store in memory (ephemeral runs, tests).
+    pub fn memory(uid: u32, gid: u32) -> MetaStore {
+        let s = MetaStore {
+            backend: Arc::new(MemBackend::default()),
+        };
+        s.init(uid, gid).expect("the memory backend cannot fail");
+        s
+    }
+
+    fn init(&self, uid: u32, gid: u32) -> Result<()> {
+        self.write(TxMode::Durable, |tx| {
+            ops::init_root(tx, uid, gid, Timespec::now())
+        })
+    }
+
+    fn write<T>(&self, mode: TxMode, mut f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        let mut out = None;
+        self.backend.run(mode, &mut |tx| {
+            out = Some(f(tx)?);
+            Ok(())
+        })?;
+        Ok(out.expect("set on success"))
+    }
+
+    fn read<T>(&self, f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        self.write(TxMode::Read, f)
+    }
+
+    /// Makes every change so far durable against power loss.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn sync(&self) -> Result<()> {
+        self.backend.sync()
+    }
+
+    /// The inode `name` in directory `parent` (`.` and `..` included).
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR`, `ENAMETOOLONG`.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Inode> {
+        self.read(|tx| ops::lookup(tx, parent, name))
+    }
+
+    /// The inode `ino`.
+    ///
+    /// # Errors
+    /// `ENOENT`.
+    pub fn getattr(&self, ino: Ino) -> Result<Inode> {
+        self.read(|tx| ops::getattr(tx, ino))
+    }
+
+    /// Creates `name` in `parent` (any type); updates the parent's times.
+    ///
+    /// # Errors
+    /// `EEXIST`, `ENOENT`, `ENOTDIR`, `ENAMETOOLONG`, `EINVAL`.
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        node: &NewNode<'_>,
+        now: Timespec,
+    ) -> Result<Inode> {
+        self.write(TxMode::Write, |tx| ops::create(tx, parent, name, node, now))
+    }
+
+    /// Adds the hard link `parent/name` to `ino`.
+    ///
+    /// # Errors
+    /// `EPERM` for a directory, `EMLINK`, `EEXIST`, `ENOENT`, `ENOTDIR`.
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8], now: Timespec) -> Result<Inode> {
+        self.write(TxMode::Write, |tx| ops::link(tx, ino, parent, name, now))
+    }
+
+    /// Removes the entry of a non-directory; returns the inode with its
+    /// new link count.
+    ///
+    /// # Errors
+    /// `ENOENT`, `EISDIR`, `ENOTDIR`.
+    pub fn unlink(&self, parent: Ino, name: &[u8], now: Timespec) -> Result<Inode> {
+        self.write(TxMode::Write, |tx| ops::unlink(tx, parent, name, now))
+    }
+
+    /// Removes an empty directory.
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR`, `ENOTEMPTY`, `EINVAL`.
+    pub fn rmdir(&self, parent: Ino, name: &[u8], now: Timespec) -> Result<Inode> {
+        self.write(TxMode::Write, |tx| ops::rmdir(tx, parent, name, now))
+    }
+
+    /// Renames; returns the inode the target name held (link count already
+    /// lowered), if any.
+    ///
+    /// # Errors
+    /// `ENOENT`, `EEXIST` (noreplace), `ENOTDIR`, `EISDIR`, `ENOTEMPTY`,
+    /// `EINVAL` (a directory below itself). Never `EXDEV`.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+        now: Timespec,
+    ) -> Result<Option<Inode>> {
+        self.write(TxMode::Write, |tx| {
+            ops::rename(tx, parent, name, new_parent, new_name, flags, now)
+        })
+    }
+
+    /// Sets attributes.
+    ///
+    /// # Errors
+    /// `ENOENT`; `EISDIR` for a size on a directory.
+    pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Inode> {
+        self.write(TxMode::Write, |tx| ops::setattr(tx, ino, set))
+    }
+
+    /// Truncates: sets the size (and the truncate LSN) and cuts the block
+    /// map in one transaction; returns the inode and the objects dropped.
+    ///
+    /// # Errors
+    /// `ENOENT`, `EISDIR`.
+    pub fn truncate(&self, ino: Ino, set: &SetAttr) -> Result<(Inode, Vec<BlockKey>)> {
+        let size = set
+            .size
+            .ok_or(FsError::Invalid("truncate without a size"))?;
+        self.write(TxMode::Write, |tx| {
+            let f = ops::setattr(tx, ino, set)?;
+            let dropped = ops::truncate_blocks(tx, ino, size)?;
+            Ok((f, dropped))
+        })
+    }
+
+    /// Up to `limit` entries of `dir` after position `after` (0: from the
+    /// start), in position order. `.` and `..` are not included.
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR`.
+    pub fn readdir(&self, dir: Ino, after: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        self.read(|tx| ops::readdir(tx, dir, after, limit))
+    }
+
+    /// A symlink's target.
+    ///
+    /// # Errors
+    /// `ENOENT`, `EINVAL` for a non-symlink.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.read(|tx| ops::readlink(tx, ino))
+    }
+
+    /// Deletes an unlinked inode (link count 0, no handle open); returns
+    /// its objects for garbage collection.
+    ///
+    /// # Errors
+    /// `EINVAL` if it is still linked.
+    pub fn purge(&self, ino: Ino) -> Result<Vec<BlockKey>> {
+        self.write(TxMode::Write, |tx| ops::purge(tx, ino))
+    }
+
+    /// Inodes with link count 0 (left by a crash while open-unlinked).
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn orphans(&self) -> Result<Vec<Ino>> {
+        self.read(|tx| tx.orphans())
+    }
+
+    /// Extended attribute `name` of `ino`.
+    ///
+    /// # Errors
+    /// `ENODATA`, `ENOENT`.
+    pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.read(|tx| ops::get_xattr(tx, ino, name))
+    }
+
+    /// Sets an extended attribute.
+    ///
+    /// # Errors
+    /// `EEXIST` / `ENODATA` per `flags`, `ERANGE` for a name over 255
+    /// bytes, `EFBIG` for a value over 64 KiB.
+    pub fn set_xattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: XattrFlags,
+        now: Timespec,
+    ) -> Result<()> {
+        self.write(TxMode::Write, |tx| {
+            ops::set_xattr(tx, ino, name, value, flags, now)
+        })
+    }
+
+    /// Names of the extended attributes of `ino`.
+    ///
+    /// # Errors
+    /// `ENOENT`.
+    pub fn list_xattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        self.read(|tx| ops::list_xattr(tx, ino))
+    }
+
+    /// Removes an extended attribute.
+    ///
+    /// # Errors
+    /// `ENODATA`, `ENOENT`.
+    pub fn remove_xattr(&self, ino: Ino, name: &[u8], now: Timespec) -> Result<()> {
+        self.write(TxMode::Write, |tx| ops::remove_xattr(tx, ino, name, now))
+    }
+
+    /// Inodes and bytes in use.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn usage(&self) -> Result<Usage> {
+        self.read(|tx| tx.usage())
+    }
+}
+
+fn meta_err(op: &'static str) -> impl Fn(FsError) -> MetaError {
+    move |e| MetaError::Backend {
+        op,
+        source: Box::new(e),
+    }
+}
+
+impl BlockMap for MetaStore {
+    fn block(&self, addr: BlockAddr) -> std::result::Result<Option<BlockRef>, MetaError> {
+        self.read(|tx| tx.block(addr)).map_err(meta_err("block"))
+    }
+
+    fn allocate_version(&self) -> std::result::Result<u64, MetaError> {
+        self.write(TxMode::Write, |tx| tx.next("version"))
+            .map_err(meta_err("allocate version"))
+    }
+
+    fn commit_block(
+        &self,
+        addr: BlockAddr,
+        new: BlockRef,
+    ) -> std::result::Result<Option<BlockRef>, MetaError> {
+        self.write(TxMode::Durable, |tx| ops::commit_block(tx, addr, new))
+            .map_err(meta_err("commit block"))
+    }
+
+    fn truncate_blocks(
+        &self,
+        file: FileId,
+        size: u64,
+    ) -> std::result::Result<Vec<BlockKey>, MetaError> {
+        self.write(TxMode::Write, |tx| {
+            ops::truncate_blocks(tx, Ino(file.0), size)
+        })
+        .map_err(meta_err("truncate blocks"))
+    }
+
+    fn remove_blocks(&self, file: FileId) -> std::result::Result<Vec<BlockKey>, MetaError> {
+        self.write(TxMode::Write, |tx| ops::truncate_blocks(tx, Ino(file.0), 0))
+            .map_err(meta_err("remove blocks"))
+    }
+
+    fn is_referenced(&self, key: &BlockKey) -> std::result::Result<bool, MetaError> {
+        let addr = BlockAddr {
+            file: key.file,
+            chunk: key.chunk,
+            block: key.block,
+        };
+        self.read(|tx| Ok(tx.block(addr)?.is_some_and(|r| r.version == key.version)))
+            .map_err(meta_err("is referenced"))
+    }
+}

@@ -1,0 +1,431 @@
+//! Conformance of the metadata store: every test runs against the SQLite
+//! backend and the memory backend, which must behave the same.
+
+use slicefs::error::FsError;
+use slicefs::meta::{
+    BlockAddr, BlockMap, BlockRef, FileKind, Ino, MetaStore, NewNode, RenameFlags, SetAttr,
+    Timespec, XattrFlags,
+};
+use slicefs_wal::{ChunkIndex, FileId};
+
+fn stores() -> Vec<(&'static str, MetaStore, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = MetaStore::open_sqlite(&dir.path().join("meta.db"), 0, 0).unwrap();
+    vec![
+        ("sqlite", sqlite, dir),
+        (
+            "memory",
+            MetaStore::memory(0, 0),
+            tempfile::tempdir().unwrap(),
+        ),
+    ]
+}
+
+fn t(sec: i64) -> Timespec {
+    Timespec { sec, nsec: 7 }
+}
+
+fn node(kind: FileKind) -> NewNode<'static> {
+    NewNode {
+        kind,
+        perm: 0o644,
+        uid: 1000,
+        gid: 100,
+        rdev: 0,
+        target: None,
+    }
+}
+
+fn errno(r: Result<impl std::fmt::Debug, FsError>) -> i32 {
+    r.unwrap_err().errno()
+}
+
+#[test]
+fn create_lookup_and_parent_times() {
+    for (name, m, _d) in stores() {
+        let root = m.getattr(Ino::ROOT).unwrap();
+        assert_eq!((root.kind, root.nlink), (FileKind::Directory, 2), "{name}");
+        let f = m
+            .create(Ino::ROOT, b"a", &node(FileKind::Regular), t(10))
+            .unwrap();
+        assert_eq!(m.lookup(Ino::ROOT, b"a").unwrap(), f, "{name}");
+        assert_eq!((f.nlink, f.perm, f.uid, f.gid), (1, 0o644, 1000, 100));
+        let root = m.getattr(Ino::ROOT).unwrap();
+        assert_eq!((root.mtime, root.ctime), (t(10), t(10)), "{name}");
+        let d = m
+            .create(Ino::ROOT, b"d", &node(FileKind::Directory), t(11))
+            .unwrap();
+        assert_eq!(d.nlink, 2);
+        assert_eq!(
+            m.getattr(Ino::ROOT).unwrap().nlink,
+            3,
+            "{name}: subdir counts"
+        );
+        assert_eq!(m.lookup(d.ino, b"..").unwrap().ino, Ino::ROOT);
+        assert_eq!(m.lookup(d.ino, b".").unwrap().ino, d.ino);
+        assert_eq!(
+            errno(m.create(Ino::ROOT, b"a", &node(FileKind::Regular), t(12))),
+            libc::EEXIST
+        );
+        assert_eq!(errno(m.lookup(Ino::ROOT, b"nope")), libc::ENOENT);
+        assert_eq!(errno(m.lookup(f.ino, b"x")), libc::ENOTDIR);
+        assert_eq!(
+            errno(m.create(f.ino, b"x", &node(FileKind::Regular), t(12))),
+            libc::ENOTDIR
+        );
+        let long = vec![b'x'; 256];
+        assert_eq!(
+            errno(m.create(Ino::ROOT, &long, &node(FileKind::Regular), t(12))),
+            libc::ENAMETOOLONG
+        );
+        assert!(
+            m.create(Ino::ROOT, &long[..255], &node(FileKind::Regular), t(12))
+                .is_ok()
+        );
+        assert_eq!(
+            errno(m.create(Ino::ROOT, b"a/b", &node(FileKind::Regular), t(12))),
+            libc::EINVAL
+        );
+        let s = m
+            .create(
+                Ino::ROOT,
+                b"s",
+                &NewNode {
+                    target: Some(b"a/target"),
+                    ..node(FileKind::Symlink)
+                },
+                t(13),
+            )
+            .unwrap();
+        assert_eq!(m.readlink(s.ino).unwrap(), b"a/target");
+        assert_eq!(s.size, 8);
+        assert_eq!(errno(m.readlink(f.ino)), libc::EINVAL);
+        let dev = m
+            .create(
+                Ino::ROOT,
+                b"dev",
+                &NewNode {
+                    rdev: 0x0103,
+                    ..node(FileKind::CharDevice)
+                },
+                t(14),
+            )
+            .unwrap();
+        assert_eq!(m.getattr(dev.ino).unwrap().rdev, 0x0103, "{name}");
+    }
+}
+
+#[test]
+fn unlink_rmdir_link_and_orphans() {
+    for (name, m, _d) in stores() {
+        let f = m
+            .create(Ino::ROOT, b"f", &node(FileKind::Regular), t(1))
+            .unwrap();
+        let d = m
+            .create(Ino::ROOT, b"d", &node(FileKind::Directory), t(1))
+            .unwrap();
+        let l = m.link(f.ino, d.ino, b"g", t(2)).unwrap();
+        assert_eq!((l.nlink, l.ctime), (2, t(2)), "{name}");
+        assert_eq!(errno(m.link(d.ino, Ino::ROOT, b"d2", t(2))), libc::EPERM);
+        assert_eq!(errno(m.rmdir(Ino::ROOT, b"d", t(3))), libc::ENOTEMPTY);
+        assert_eq!(errno(m.unlink(Ino::ROOT, b"d", t(3))), libc::EISDIR);
+        assert_eq!(errno(m.rmdir(Ino::ROOT, b"f", t(3))), libc::ENOTDIR);
+        assert_eq!(m.unlink(Ino::ROOT, b"f", t(3)).unwrap().nlink, 1);
+        let last = m.unlink(d.ino, b"g", t(4)).unwrap();
+        assert_eq!(last.nlink, 0, "{name}");
+        // Unlinked but not purged: an orphan until its last handle closes.
+        assert_eq!(m.orphans().unwrap(), vec![f.ino], "{name}");
+        assert_eq!(m.getattr(f.ino).unwrap().nlink, 0);
+        m.purge(f.ino).unwrap();
+        assert!(m.orphans().unwrap().is_empty());
+        assert_eq!(errno(m.getattr(f.ino)), libc::ENOENT);
+        m.rmdir(Ino::ROOT, b"d", t(5)).unwrap();
+        assert_eq!(m.getattr(Ino::ROOT).unwrap().nlink, 2, "{name}");
+        assert_eq!(errno(m.rmdir(Ino::ROOT, b".", t(5))), libc::EINVAL);
+    }
+}
+
+#[test]
+fn rename_rules() {
+    for (name, m, _d) in stores() {
+        let a = m
+            .create(Ino::ROOT, b"a", &node(FileKind::Directory), t(1))
+            .unwrap();
+        let b = m
+            .create(Ino::ROOT, b"b", &node(FileKind::Directory), t(1))
+            .unwrap();
+        let f = m
+            .create(a.ino, b"f", &node(FileKind::Regular), t(1))
+            .unwrap();
+        let g = m
+            .create(b.ino, b"g", &node(FileKind::Regular), t(1))
+            .unwrap();
+        let none = RenameFlags::default();
+        // Into its own subtree.
+        assert_eq!(
+            errno(m.rename(Ino::ROOT, b"a", a.ino, b"x", none, t(2))),
+            libc::EINVAL
+        );
+        // Dir over a non-empty dir, file over dir, dir over file.
+        assert_eq!(
+            errno(m.rename(Ino::ROOT, b"a", Ino::ROOT, b"b", none, t(2))),
+            libc::ENOTEMPTY
+        );
+        let e = m
+            .create(Ino::ROOT, b"e", &node(FileKind::Directory), t(2))
+            .unwrap();
+        assert_eq!(
+            errno(m.rename(a.ino, b"f", Ino::ROOT, b"e", none, t(2))),
+            libc::EISDIR
+        );
+        assert_eq!(
+            errno(m.rename(Ino::ROOT, b"e", a.ino, b"f", none, t(2))),
+            libc::ENOTDIR
+        );
+        // Nothing changed after the failures.
+        assert_eq!(m.lookup(a.ino, b"f").unwrap().ino, f.ino, "{name}");
+        // Replace a file: the old one loses its link.
+        let old = m
+            .rename(a.ino, b"f", b.ino, b"g", none, t(3))
+            .unwrap()
+            .unwrap();
+        assert_eq!((old.ino, old.nlink), (g.ino, 0), "{name}");
+        assert_eq!(m.lookup(b.ino, b"g").unwrap().ino, f.ino);
+        assert_eq!(errno(m.lookup(a.ino, b"f")), libc::ENOENT);
+        // Move a directory: link counts and `..` follow.
+        m.rename(Ino::ROOT, b"e", a.ino, b"e2", none, t(4)).unwrap();
+        assert_eq!(m.getattr(a.ino).unwrap().nlink, 3, "{name}");
+        assert_eq!(m.getattr(Ino::ROOT).unwrap().nlink, 4, "{name}");
+        assert_eq!(m.lookup(e.ino, b"..").unwrap().ino, a.ino);
+        // NOREPLACE and EXCHANGE.
+        let h = m
+            .create(a.ino, b"h", &node(FileKind::Regular), t(5))
+            .unwrap();
+        let noreplace = RenameFlags {
+            noreplace: true,
+            exchange: false,
+        };
+        assert_eq!(
+            errno(m.rename(a.ino, b"h", b.ino, b"g", noreplace, t(5))),
+            libc::EEXIST
+        );
+        let exchange = RenameFlags {
+            noreplace: false,
+            exchange: true,
+        };
+        assert_eq!(
+            m.rename(a.ino, b"h", b.ino, b"g", exchange, t(6)).unwrap(),
+            None
+        );
+        assert_eq!(m.lookup(a.ino, b"h").unwrap().ino, f.ino, "{name}");
+        assert_eq!(m.lookup(b.ino, b"g").unwrap().ino, h.ino, "{name}");
+        assert_eq!(
+            errno(m.rename(a.ino, b"h", b.ino, b"zz", exchange, t(6))),
+            libc::ENOENT
+        );
+        // Exchanging a directory with a file across parents moves a link.
+        m.rename(a.ino, b"e2", b.ino, b"g", exchange, t(7)).unwrap();
+        assert_eq!(m.getattr(a.ino).unwrap().nlink, 2, "{name}");
+        assert_eq!(m.getattr(b.ino).unwrap().nlink, 3, "{name}");
+        assert_eq!(m.lookup(e.ino, b"..").unwrap().ino, b.ino);
+    }
+}
+
+#[test]
+fn readdir_positions_survive_changes() {
+    for (name, m, _d) in stores() {
+        for i in 0..10 {
+            m.create(
+                Ino::ROOT,
+                format!("f{i}").as_bytes(),
+                &node(FileKind::Regular),
+                t(1),
+            )
+            .unwrap();
+        }
+        let first = m.readdir(Ino::ROOT, 0, 4).unwrap();
+        assert_eq!(first.len(), 4);
+        // Remove an entry already listed and one not yet, add one.
+        m.unlink(Ino::ROOT, &first[0].name, t(2)).unwrap();
+        m.unlink(Ino::ROOT, b"f7", t(2)).unwrap();
+        m.create(Ino::ROOT, b"new", &node(FileKind::Regular), t(2))
+            .unwrap();
+        let rest = m.readdir(Ino::ROOT, first[3].cookie, 100).unwrap();
+        let names: Vec<String> = first
+            .iter()
+            .chain(&rest)
+            .map(|e| String::from_utf8(e.name.clone()).unwrap())
+            .collect();
+        let want: Vec<String> = (0..10)
+            .filter(|&i| i != 7)
+            .map(|i| format!("f{i}"))
+            .chain(["new".to_string()])
+            .collect();
+        assert_eq!(
+            names, want,
+            "{name}: no repeat, no skip of entries that stayed"
+        );
+        assert_eq!(errno(m.readdir(first[1].ino, 0, 10)), libc::ENOTDIR);
+    }
+}
+
+#[test]
+fn xattrs_and_setattr() {
+    for (name, m, _d) in stores() {
+        let f = m
+            .create(Ino::ROOT, b"f", &node(FileKind::Regular), t(1))
+            .unwrap();
+        let create = XattrFlags {
+            create: true,
+            replace: false,
+        };
+        let replace = XattrFlags {
+            create: false,
+            replace: true,
+        };
+        assert_eq!(
+            errno(m.set_xattr(f.ino, b"user.a", b"1", replace, t(2))),
+            libc::ENODATA
+        );
+        m.set_xattr(f.ino, b"user.a", b"1", create, t(2)).unwrap();
+        assert_eq!(
+            errno(m.set_xattr(f.ino, b"user.a", b"2", create, t(2))),
+            libc::EEXIST
+        );
+        m.set_xattr(f.ino, b"user.b", b"", XattrFlags::default(), t(3))
+            .unwrap();
+        assert_eq!(m.get_xattr(f.ino, b"user.a").unwrap(), b"1");
+        assert_eq!(
+            m.list_xattr(f.ino).unwrap(),
+            vec![b"user.a".to_vec(), b"user.b".to_vec()]
+        );
+        assert_eq!(m.getattr(f.ino).unwrap().ctime, t(3), "{name}");
+        m.remove_xattr(f.ino, b"user.a", t(4)).unwrap();
+        assert_eq!(errno(m.get_xattr(f.ino, b"user.a")), libc::ENODATA);
+        assert_eq!(errno(m.remove_xattr(f.ino, b"user.a", t(4))), libc::ENODATA);
+        assert_eq!(
+            errno(m.set_xattr(f.ino, &[b'x'; 256], b"", XattrFlags::default(), t(4))),
+            libc::ERANGE
+        );
+
+        let set = SetAttr {
+            perm: Some(0o4755),
+            uid: Some(5),
+            gid: Some(6),
+            mtime: Some(t(9)),
+            ..SetAttr::default()
+        };
+        let a = m.setattr(f.ino, &set).unwrap();
+        assert_eq!(
+            (a.perm, a.uid, a.gid, a.mtime),
+            (0o4755, 5, 6, t(9)),
+            "{name}"
+        );
+        assert_eq!(
+            errno(m.setattr(
+                Ino::ROOT,
+                &SetAttr {
+                    size: Some(1),
+                    ..SetAttr::default()
+                }
+            )),
+            libc::EISDIR
+        );
+    }
+}
+
+#[test]
+fn block_map_commit_grows_size_and_truncate_cuts() {
+    for (name, m, _d) in stores() {
+        let f = m
+            .create(Ino::ROOT, b"f", &node(FileKind::Regular), t(1))
+            .unwrap();
+        let addr = |chunk, block| BlockAddr {
+            file: FileId(f.ino.0),
+            chunk: ChunkIndex(chunk),
+            block,
+        };
+        let v1 = m.allocate_version().unwrap();
+        let v2 = m.allocate_version().unwrap();
+        assert!(v2 > v1);
+        m.commit_block(
+            addr(0, 1),
+            BlockRef {
+                version: v1,
+                len: 100,
+            },
+        )
+        .unwrap();
+        assert_eq!(m.getattr(f.ino).unwrap().size, (4 << 20) + 100, "{name}");
+        m.commit_block(
+            addr(1, 0),
+            BlockRef {
+                version: v2,
+                len: 4 << 20,
+            },
+        )
+        .unwrap();
+        assert!(m.is_referenced(&addr(1, 0).key(v2)).unwrap());
+        let (a, dropped) = m
+            .truncate(
+                f.ino,
+                &SetAttr {
+                    size: Some((4 << 20) + 50),
+                    truncate_lsn: Some(77),
+                    ..SetAttr::default()
+                },
+            )
+            .unwrap();
+        assert_eq!((a.size, a.truncate_lsn), ((4 << 20) + 50, 77), "{name}");
+        assert_eq!(dropped, vec![addr(1, 0).key(v2)]);
+        assert_eq!(
+            m.block(addr(0, 1)).unwrap(),
+            Some(BlockRef {
+                version: v1,
+                len: 50
+            })
+        );
+        // Purge returns the file's objects.
+        m.unlink(Ino::ROOT, b"f", t(2)).unwrap();
+        assert_eq!(m.purge(f.ino).unwrap(), vec![addr(0, 1).key(v1)], "{name}");
+        assert_eq!(m.block(addr(0, 1)).unwrap(), None);
+    }
+}
+
+#[test]
+fn sqlite_store_persists_and_refuses_other_schema_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    let f = {
+        let m = MetaStore::open_sqlite(&path, 0, 0).unwrap();
+        let f = m
+            .create(Ino::ROOT, b"kept", &node(FileKind::Regular), t(1))
+            .unwrap();
+        m.set_xattr(f.ino, b"user.k", b"v", XattrFlags::default(), t(1))
+            .unwrap();
+        m.sync().unwrap();
+        f
+    };
+    let m = MetaStore::open_sqlite(&path, 0, 0).unwrap();
+    assert_eq!(
+        m.lookup(Ino::ROOT, b"kept").unwrap(),
+        m.getattr(f.ino).unwrap()
+    );
+    assert_eq!(m.get_xattr(f.ino, b"user.k").unwrap(), b"v");
+    let g = m
+        .create(Ino::ROOT, b"next", &node(FileKind::Regular), t(2))
+        .unwrap();
+    assert!(g.ino > f.ino, "inode numbers are not reused across opens");
+    drop(m);
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE info SET value = 99 WHERE key = 'schema_version'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let err = MetaStore::open_sqlite(&path, 0, 0).err().expect("refused");
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(err.to_string().contains("schema"), "{err}");
+}
