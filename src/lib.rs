@@ -13,10 +13,13 @@
 //!   downloads committed ones;
 //! - the `slicefs` binary (`src/main.rs`, command line in `src/cli/`).
 //!
-//! Planned: `vfs` (POSIX semantics) and the `fuse` and `nfs` front ends.
+//! - [`vfs`]: the VFS core (POSIX semantics over all of the above).
+//!
+//! Planned: the `fuse` and `nfs` front ends.
 //! `doc/DESIGN.md` describes the design.
 
 pub mod blockstore;
 pub mod error;
 pub mod meta;
 pub mod transfer;
+pub mod vfs;

@@ -180,10 +180,10 @@ async fn crash_and_restart(point: CrashPoint) {
             config,
             first,
         );
+        // Both inside block 0: the upload that crashes merges over the
+        // committed block.
         rig.write(FileId(5), 1000, &[0xAB; 5000]).await.unwrap();
-        rig.write(FileId(5), BLOCK_SIZE + 10, &[0xCD; 300])
-            .await
-            .unwrap();
+        rig.write(FileId(5), 100_000, &[0xCD; 300]).await.unwrap();
         rig.persister.sync().unwrap();
         let r = rig.tm.flush_file(FileId(5)).await;
         assert!(matches!(r, Err(TransferError::Shutdown)), "{r:?}");
@@ -260,6 +260,21 @@ async fn partial_blocks_merge_and_truncate_hides_old_bytes() {
     // A small overwrite is merged over the committed block.
     rig.write(f, 4096, &[2u8; 100]).await.unwrap();
     rig.tm.drain(Duration::from_secs(10)).await.unwrap();
+    // The merged object, read cold from the store.
+    let mut block = vec![0u8; BLOCK_SIZE as usize];
+    let cold_tm = Rig::with_model(
+        CacheConfig::default(),
+        Arc::new(NullPersister::new()),
+        meta.clone(),
+        store.clone(),
+        fast_config(),
+        rig.model(),
+    );
+    cold_tm.tm.read(f, 0, &mut block).await.unwrap();
+    assert!(block[..4096].iter().all(|&b| b == 1));
+    assert!(block[4096..4196].iter().all(|&b| b == 2));
+    assert!(block[4196..].iter().all(|&b| b == 1));
+    cold_tm.tm.shutdown().await;
     // Truncate into the block, then extend past the old bytes: they read
     // as zeros, from the cache and from the store.
     rig.truncate(f, 100).await;
@@ -345,15 +360,17 @@ async fn concurrent_reads_share_a_download_and_sequential_reads_prefetch() {
     let model = writer.model();
     writer.tm.shutdown().await;
 
+    // Eight concurrent readers of one cold block, no read-ahead: one
+    // download.
     let mut config = fast_config();
-    config.readahead_blocks = 4;
+    config.readahead_blocks = 0;
     let cold = Rig::with_model(
         CacheConfig::default(),
         Arc::new(NullPersister::new()),
         meta.clone(),
         store.clone(),
         config,
-        model,
+        model.clone(),
     );
     let reads = (0..8).map(|_| {
         let tm = cold.tm.clone();
@@ -367,17 +384,32 @@ async fn concurrent_reads_share_a_download_and_sequential_reads_prefetch() {
         assert_eq!(r.unwrap()[..], data[5 * BLOCK_SIZE as usize..][..4096]);
     }
     let s = cold.tm.stats();
-    assert_eq!(s.downloads, 1, "one download for eight readers");
-    assert_eq!(s.downloads_shared + s.block_cache_hits, 7);
+    assert_eq!(s.downloads, 1, "one download for eight readers: {s:?}");
+    assert_eq!(s.downloads_shared + s.block_cache_hits, 7, "{s:?}");
+    assert_eq!(s.prefetches, 0);
+    cold.tm.shutdown().await;
 
-    // A sequential reader from the start gets blocks read ahead.
+    // A sequential reader from the start gets blocks read ahead, which
+    // later reads find downloaded or in flight.
+    let mut config = fast_config();
+    config.readahead_blocks = 4;
+    let cold = Rig::with_model(
+        CacheConfig::default(),
+        Arc::new(NullPersister::new()),
+        meta.clone(),
+        store.clone(),
+        config,
+        model,
+    );
     let mut buf = vec![0u8; 1 << 20];
-    for i in 0..8u64 {
+    for i in 0..32u64 {
         cold.tm.read(FileId(4), i << 20, &mut buf).await.unwrap();
         assert_eq!(buf[..], data[(i << 20) as usize..][..1 << 20]);
     }
     let s = cold.tm.stats();
-    assert!(s.prefetches >= 2, "{s:?}");
+    assert!(s.prefetches >= 4, "{s:?}");
+    // Blocks 0..8 read, up to 4 past them read ahead; none twice.
+    assert!((8..=12).contains(&s.downloads), "{s:?}");
     cold.check_all().await;
     cold.tm.shutdown().await;
 }

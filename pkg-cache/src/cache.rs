@@ -403,6 +403,21 @@ impl SliceCache {
         fc.chunks.values().filter_map(|c| c.min_pending_lsn()).min()
     }
 
+    /// The end of the highest cached byte of `file` (0: nothing cached).
+    /// After recovery every cached byte is pending, so this is how far the
+    /// log's surviving writes reach.
+    pub fn cached_end(&self, file: FileId) -> u64 {
+        let Some(f) = self.file(file) else {
+            return 0;
+        };
+        let fc = lock(&f);
+        fc.chunks
+            .iter()
+            .rev()
+            .find_map(|(&idx, c)| c.end().map(|e| u64::from(idx) * CHUNK + u64::from(e)))
+            .unwrap_or(0)
+    }
+
     /// Files with pending bytes.
     pub fn dirty_files(&self) -> Vec<FileId> {
         let files: Vec<(FileId, Arc<Mutex<FileCache>>)> = self

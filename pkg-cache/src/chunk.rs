@@ -27,6 +27,9 @@ pub(crate) enum State {
 pub(crate) struct Extent {
     pub(crate) len: u32,
     pub(crate) lsn: Lsn,
+    /// The lowest LSN among the extent's bytes (an extension raises `lsn`
+    /// to the newest write's, never this).
+    pub(crate) first_lsn: Lsn,
     pub(crate) state: State,
     /// The bytes are `buf[at..at + len]`.
     pub(crate) buf: Arc<Vec<u8>>,
@@ -319,6 +322,7 @@ impl Chunk {
             let ext = Extent {
                 len: e - s,
                 lsn,
+                first_lsn: lsn,
                 state: State::Pending,
                 buf: buf.clone(),
                 at: (s - offset) as usize,
@@ -408,12 +412,20 @@ impl Chunk {
         out
     }
 
+    /// End (within the chunk) of the highest extent.
+    pub(crate) fn end(&self) -> Option<u32> {
+        self.extents
+            .iter()
+            .next_back()
+            .map(|(&s, e)| s + e.bytes().len() as u32)
+    }
+
     /// The lowest LSN among pending bytes.
     pub(crate) fn min_pending_lsn(&self) -> Option<Lsn> {
         self.extents
             .values()
             .filter(|e| e.state == State::Pending)
-            .map(|e| e.lsn)
+            .map(|e| e.first_lsn)
             .min()
     }
 

@@ -23,6 +23,11 @@ pub struct RecoveryReport {
     pub flushed_bytes_dropped: u64,
     /// The highest LSN replayed.
     pub last_lsn: u64,
+    /// Per file, the last truncate in the log (after its last remove):
+    /// `(file, lsn, size)`, by file. The metadata store applies one it has
+    /// not recorded (a crash between the log append and the metadata
+    /// update).
+    pub truncates: Vec<(FileId, slicefs_wal::Lsn, u64)>,
     /// Time taken (scan and rebuild).
     pub duration: Duration,
 }
@@ -51,6 +56,7 @@ pub fn recover(
     let before = cache.stats().dirty_bytes;
     let mut rec = persister.recover()?;
     let mut dropped = 0u64;
+    let mut truncates = std::collections::BTreeMap::new();
     while let Some(r) = rec.next_record() {
         let r = r?;
         report.records += 1;
@@ -62,16 +68,26 @@ pub fn recover(
                 let offset = u64::from(w.chunk.0) * CHUNK_SIZE + u64::from(w.offset);
                 cache.insert_replayed(w.file, offset, w.data, r.lsn);
             }
-            RecordKind::Remove { file } => cache.remove(file),
-            RecordKind::Truncate { file, size } => cache.truncate(file, size),
+            RecordKind::Remove { file } => {
+                truncates.remove(&file);
+                cache.remove(file);
+            }
+            RecordKind::Truncate { file, size } => {
+                truncates.insert(file, (r.lsn, size));
+                cache.truncate(file, size);
+            }
             RecordKind::Flushed(m) => {
-                let pending = cache.stats().dirty_bytes;
+                let pending = cache.dirty_bytes();
                 cache.drop_flushed(m.file, m.chunk, m.offset, m.len, m.upto);
-                dropped += pending.saturating_sub(cache.stats().dirty_bytes);
+                dropped += pending.saturating_sub(cache.dirty_bytes());
             }
         }
     }
     report.flushed_bytes_dropped = dropped;
+    report.truncates = truncates
+        .into_iter()
+        .map(|(f, (lsn, size))| (f, lsn, size))
+        .collect();
     report.pending_bytes = cache.stats().dirty_bytes.saturating_sub(before);
     let mut files: BTreeSet<FileId> = cache.dirty_files().into_iter().collect();
     report.files_with_pending = std::mem::take(&mut files).into_iter().collect();

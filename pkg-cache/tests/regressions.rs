@@ -242,3 +242,44 @@ fn a_stale_flushed_mark_does_not_end_a_newer_upload_of_the_block() {
         "block 0 snapshotted again while {new:?} is in flight: {again:?}"
     );
 }
+
+/// A sequential write extends the newest extent and raises its LSN; the
+/// oldest pending LSN (what a flush of "everything written before" waits
+/// on) must still be the first write's, or `fsync` with upload would
+/// return before that write is uploaded.
+#[test]
+fn regression_extension_keeps_the_oldest_pending_lsn() {
+    let c = cache();
+    put(&c, F, 0, &[1; 100], 50);
+    put(&c, F, 100, &[2; 100], 60);
+    assert_eq!(c.debug_extents(F), 1, "extended in place");
+    assert_eq!(c.oldest_pending_lsn(F), Some(Lsn(50)));
+    assert_eq!(c.cached_end(F), 200);
+}
+
+/// `dirty_blocks_with` takes only full blocks when asked, at most the
+/// given count, and leaves the others free to be snapshotted later.
+#[test]
+fn snapshot_options_choose_full_blocks_and_bound_the_count() {
+    let c = cache();
+    let b = BLOCK_SIZE;
+    put(&c, F, 0, &vec![1; b as usize], 1); // block 0 full
+    put(&c, F, b, &[2; 10], 2); // block 1 partial
+    put(&c, F, 2 * b, &vec![3; b as usize], 3); // block 2 full
+    let full = slicefs_cache::SnapshotOptions {
+        full_blocks_only: true,
+        max_blocks: 1,
+    };
+    let s = c.dirty_blocks_with(F, &full);
+    assert_eq!(s.iter().map(|s| s.block).collect::<Vec<_>>(), vec![0]);
+    let s2 = c.dirty_blocks_with(
+        F,
+        &slicefs_cache::SnapshotOptions {
+            max_blocks: 10,
+            ..full
+        },
+    );
+    assert_eq!(s2.iter().map(|s| s.block).collect::<Vec<_>>(), vec![2]);
+    let rest = c.dirty_blocks(F);
+    assert_eq!(rest.iter().map(|s| s.block).collect::<Vec<_>>(), vec![1]);
+}

@@ -1,4 +1,4 @@
-//! The namespace rules, written once over [`Tx`] (one transaction of a
+//! The namespace rules, written once over `Tx` (one transaction of a
 //! backend): every operation here runs inside one transaction, so it
 //! applies whole or not at all. Backends (`sqlite`, `memory`) only store
 //! rows.

@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 use crate::blockstore::{BlockKey, BlockStore, BlockStoreError};
 use crate::meta::{BlockAddr, BlockMap, BlockRef, MetaError};
 use blockcache::BlockCache;
-use sched::{IoClass, IoScheduler};
+use sched::{IoClass, IoPermit, IoScheduler};
 
 /// Start-up settings of a [`TransferManager`].
 #[derive(Clone, Debug)]
@@ -130,6 +130,12 @@ pub enum TransferError {
     /// The manager is shutting down or stopped.
     #[error("the transfer manager is shut down")]
     Shutdown,
+    /// A read past the largest offset the chunk index can address.
+    #[error("offset {offset} is past the largest file offset")]
+    OutOfRange {
+        /// The offset asked for.
+        offset: u64,
+    },
     /// [`TransferManager::drain`] ran out of time.
     #[error("drain timed out with {dirty_bytes} dirty bytes left")]
     DrainTimeout {
@@ -268,6 +274,8 @@ struct Inner {
     block_cache: Mutex<BlockCache>,
     gc_tx: mpsc::Sender<(Instant, BlockKey)>,
     draining: AtomicBool,
+    /// Objects put but not yet committed or given up: never orphans.
+    uploading: Arc<Mutex<std::collections::HashSet<BlockKey>>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     stall: Mutex<(Option<Instant>, Option<String>)>,
@@ -288,6 +296,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 const GC_QUEUE_MAX: usize = 1 << 16;
+
+/// Largest file offset the manager addresses: `u32` chunk indexes of
+/// 64 MiB.
+pub const MAX_OFFSET: u64 = (u32::MAX as u64) * CHUNK_SIZE;
 
 impl TransferManager {
     /// Starts the manager on the current Tokio runtime. Every file the
@@ -322,6 +334,7 @@ impl TransferManager {
             downloads: Mutex::new(HashMap::new()),
             gc_tx,
             draining: AtomicBool::new(false),
+            uploading: Arc::new(Mutex::new(std::collections::HashSet::new())),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             stall: Mutex::new((None, None)),
@@ -351,7 +364,7 @@ impl TransferManager {
     /// Tells the manager that `len` bytes at `offset` of `file` were
     /// written (after the cache insert). Cheap; never blocks on I/O.
     pub fn notify_write(&self, file: FileId, offset: u64, len: u64) {
-        let end = offset + len;
+        let end = offset.saturating_add(len);
         let filled =
             len > 0 && (end.is_multiple_of(BLOCK_SIZE) || offset / BLOCK_SIZE != end / BLOCK_SIZE);
         let mut files = lock(&self.inner.files);
@@ -470,7 +483,10 @@ impl TransferManager {
         buf: &mut [u8],
     ) -> Result<(), TransferError> {
         let inner = &self.inner;
-        let end = offset + buf.len() as u64;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= MAX_OFFSET)
+            .ok_or(TransferError::OutOfRange { offset })?;
         let mut pos = offset;
         while pos < end {
             let bidx = pos / BLOCK_SIZE;
@@ -499,14 +515,8 @@ impl TransferManager {
     /// # Errors
     /// The metadata store's error (nothing changed).
     pub fn truncate(&self, file: FileId, size: u64) -> Result<(), TransferError> {
-        let gate = self.inner.bump_epoch(file, false);
-        let guard = lock(&gate);
-        let dropped = self.inner.meta.truncate_blocks(file, size)?;
-        drop(guard);
-        for k in dropped {
-            self.inner.collect_later(k);
-        }
-        Ok(())
+        let meta = self.inner.meta.clone();
+        self.change_blocks(file, false, || Ok(((), meta.truncate_blocks(file, size)?)))
     }
 
     /// The file is gone for good (last link and last open handle): drops
@@ -516,15 +526,36 @@ impl TransferManager {
     /// # Errors
     /// The metadata store's error (nothing changed).
     pub fn remove(&self, file: FileId) -> Result<(), TransferError> {
-        let gate = self.inner.bump_epoch(file, true);
+        let meta = self.inner.meta.clone();
+        self.change_blocks(file, true, || Ok(((), meta.remove_blocks(file)?)))
+    }
+
+    /// Runs `change`, a metadata transaction that cuts the block map of
+    /// `file` (a truncate with its size update, or a removal) and returns
+    /// the objects it dropped, so that no upload of the file commits
+    /// meanwhile and every upload snapshotted before is discarded. The
+    /// dropped objects are deleted after the grace period. `removed`: the
+    /// file is gone for good.
+    ///
+    /// # Errors
+    /// `change`'s error.
+    pub fn change_blocks<T, E>(
+        &self,
+        file: FileId,
+        removed: bool,
+        change: impl FnOnce() -> Result<(T, Vec<BlockKey>), E>,
+    ) -> Result<T, E> {
+        let gate = self.inner.bump_epoch(file, removed);
         let guard = lock(&gate);
-        let dropped = self.inner.meta.remove_blocks(file)?;
+        let (value, dropped) = change()?;
         drop(guard);
-        lock(&self.inner.readers).remove(&file);
+        if removed {
+            lock(&self.inner.readers).remove(&file);
+        }
         for k in dropped {
             self.inner.collect_later(k);
         }
-        Ok(())
+        Ok(value)
     }
 
     /// Deletes block objects that no committed metadata references and
@@ -541,7 +572,7 @@ impl TransferManager {
         let now = SystemTime::now();
         for (key, modified) in inner.store.list(None).await? {
             report.listed += 1;
-            if inner.meta.is_referenced(&key)? {
+            if inner.meta.is_referenced(&key)? || lock(&inner.uploading).contains(&key) {
                 continue;
             }
             let age = now.duration_since(modified).unwrap_or_default();
@@ -647,6 +678,37 @@ fn addr_of(file: FileId, block_in_file: u64) -> BlockAddr {
     }
 }
 
+/// The file state a snapshot was taken under: its commit is valid only if
+/// the gate is still the file's and its epoch unchanged (no truncate or
+/// remove since).
+#[derive(Clone)]
+struct Stamp {
+    epoch: u64,
+    gate: Arc<Mutex<u64>>,
+}
+
+/// Marks an object as being uploaded while alive.
+struct Uploading {
+    set: Arc<Mutex<std::collections::HashSet<BlockKey>>>,
+    key: BlockKey,
+}
+
+impl Uploading {
+    fn new(set: &Arc<Mutex<std::collections::HashSet<BlockKey>>>, key: BlockKey) -> Uploading {
+        lock(set).insert(key);
+        Uploading {
+            set: set.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for Uploading {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.key);
+    }
+}
+
 /// How an upload ended.
 enum Outcome {
     Committed,
@@ -676,10 +738,15 @@ impl Inner {
             st.dirty_since = None;
         }
         let gate = st.gate.clone();
-        *lock(&gate) = st.epoch;
+        let epoch = st.epoch;
         if removed && st.uploads == 0 {
             files.remove(&file);
         }
+        drop(files);
+        // Not under `files`: a commit may hold the gate for a while.
+        let mut g = lock(&gate);
+        *g = (*g).max(epoch);
+        drop(g);
         gate
     }
 
@@ -713,7 +780,7 @@ impl Inner {
                 // served; wait for an upload to finish.
                 continue;
             }
-            for (since, file, opts, epoch) in self.plan() {
+            for (since, file, opts, stamp) in self.plan() {
                 if room == 0 {
                     self.replan(file, since, &opts);
                     continue;
@@ -730,14 +797,29 @@ impl Inner {
                     self.replan(file, since, &opts);
                 }
                 room -= snaps.len();
+                let counted = {
+                    let mut files = lock(&self.files);
+                    match files.get_mut(&file) {
+                        Some(st) if Arc::ptr_eq(&st.gate, &stamp.gate) && !st.removed => {
+                            st.uploads += snaps.len();
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if !counted {
+                    // Removed (or removed and seen again) since planning.
+                    for snap in &snaps {
+                        self.cache.abort_snapshot(snap);
+                    }
+                    continue;
+                }
                 for snap in snaps {
                     self.uploads_in_flight.fetch_add(1, Ordering::SeqCst);
-                    if let Some(st) = lock(&self.files).get_mut(&file) {
-                        st.uploads += 1;
-                    }
                     let me = self.clone();
+                    let stamp = stamp.clone();
                     self.tasks
-                        .spawn(async move { me.upload(snap, epoch).await });
+                        .spawn(async move { me.upload(snap, stamp).await });
                 }
             }
         }
@@ -763,13 +845,13 @@ impl Inner {
     /// Which files to snapshot now, oldest dirty first.
     /// Takes the chosen files' triggers; [`Inner::replan`] puts back what
     /// is not served.
-    fn plan(&self) -> Vec<(Instant, FileId, SnapshotOptions, u64)> {
+    fn plan(&self) -> Vec<(Instant, FileId, SnapshotOptions, Stamp)> {
         let now = Instant::now();
         let pressure = self.cache.dirty_bytes() as f64
             > self.config.pressure_ratio * self.cache.config().dirty_max_bytes as f64;
         let draining = self.draining.load(Ordering::SeqCst);
         let mut files = lock(&self.files);
-        let mut plan: Vec<(Instant, FileId, SnapshotOptions, u64)> = Vec::new();
+        let mut plan: Vec<(Instant, FileId, SnapshotOptions, Stamp)> = Vec::new();
         for (&f, st) in files.iter_mut() {
             let Some(since) = st.dirty_since else {
                 continue;
@@ -782,23 +864,31 @@ impl Inner {
                 st.dirty_since = None;
                 st.flush_requested = false;
                 st.full_block = false;
-                plan.push((since, f, SnapshotOptions::default(), st.epoch));
+                let stamp = Stamp {
+                    epoch: st.epoch,
+                    gate: st.gate.clone(),
+                };
+                plan.push((since, f, SnapshotOptions::default(), stamp));
             } else if st.full_block {
                 st.full_block = false;
                 let opts = SnapshotOptions {
                     full_blocks_only: true,
                     ..Default::default()
                 };
-                plan.push((since, f, opts, st.epoch));
+                let stamp = Stamp {
+                    epoch: st.epoch,
+                    gate: st.gate.clone(),
+                };
+                plan.push((since, f, opts, stamp));
             }
         }
         plan.sort_by_key(|p| p.0);
         plan
     }
 
-    async fn upload(self: Arc<Self>, mut snap: BlockSnapshot, epoch: u64) {
+    async fn upload(self: Arc<Self>, mut snap: BlockSnapshot, stamp: Stamp) {
         let file = snap.file;
-        let outcome = match self.upload_inner(&mut snap, epoch).await {
+        let outcome = match self.upload_inner(&mut snap, &stamp).await {
             Ok(o) => o,
             Err(e) => {
                 // Only a failed log gets here: uploads stop for good.
@@ -828,8 +918,10 @@ impl Inner {
         }
         {
             let mut files = lock(&self.files);
-            if let Some(st) = files.get_mut(&file) {
-                st.uploads -= 1;
+            if let Some(st) = files.get_mut(&file)
+                && Arc::ptr_eq(&st.gate, &stamp.gate)
+            {
+                st.uploads = st.uploads.saturating_sub(1);
                 if st.removed && st.uploads == 0 {
                     files.remove(&file);
                 }
@@ -840,10 +932,8 @@ impl Inner {
         self.wake.notify_one();
     }
 
-    fn epoch_changed(&self, file: FileId, epoch: u64) -> bool {
-        lock(&self.files)
-            .get(&file)
-            .is_none_or(|st| st.epoch != epoch)
+    fn stale(&self, stamp: &Stamp) -> bool {
+        *lock(&stamp.gate) != stamp.epoch
     }
 
     fn crash_stopped(&self) -> bool {
@@ -862,7 +952,7 @@ impl Inner {
     async fn upload_inner(
         &self,
         snap: &mut BlockSnapshot,
-        epoch: u64,
+        stamp: &Stamp,
     ) -> Result<Outcome, TransferError> {
         let _slot = tokio::select! {
             s = self.upload_slots.acquire() => s,
@@ -888,7 +978,7 @@ impl Inner {
         else {
             return Ok(Outcome::Stopped);
         };
-        let data = match self.merge(addr, base, snap, epoch).await {
+        let data = match self.merge(addr, base, snap, stamp).await {
             Ok(d) => d,
             Err(outcome) => return Ok(outcome),
         };
@@ -902,6 +992,8 @@ impl Inner {
             return Ok(Outcome::Stopped);
         };
         let key = addr.key(version);
+        // Not an orphan for the sweep until committed or given up.
+        let _uploading = Uploading::new(&self.uploading, key);
         let put = self
             .retry("upload", || async {
                 let _io = self.io.acquire(IoClass::Upload).await;
@@ -915,15 +1007,14 @@ impl Inner {
             return Ok(Outcome::Stopped);
         }
         // 4. Commit, unless a truncate or remove came in between.
-        let gate = lock(&self.files).get(&snap.file).map(|s| s.gate.clone());
-        let committed = match gate {
-            None => None,
-            Some(gate) => {
+        let committed = {
+            {
+                let gate = &stamp.gate;
                 let mut backoff = self.config.retry_initial;
                 loop {
                     let attempt = {
-                        let g = lock(&gate);
-                        if *g != epoch {
+                        let g = lock(gate);
+                        if *g != stamp.epoch {
                             None
                         } else {
                             let new = BlockRef {
@@ -995,7 +1086,7 @@ impl Inner {
         addr: BlockAddr,
         base: Option<BlockRef>,
         snap: &mut BlockSnapshot,
-        epoch: u64,
+        stamp: &Stamp,
     ) -> Result<Bytes, Outcome> {
         let off = snap.block_offset();
         let snap_end = snap
@@ -1014,13 +1105,26 @@ impl Inner {
         {
             let key = addr.key(b.version);
             let mut backoff = self.config.retry_initial;
+            let mut missing = 0;
             let bytes = loop {
-                match self.fetch(key, IoClass::Upload).await {
+                match self.fetch(key, IoClass::Upload, None).await {
                     Ok(b) => break b,
                     Err(e) => {
                         // A truncate may have dropped the base meanwhile.
-                        if self.epoch_changed(addr.file, epoch) {
+                        if self.stale(stamp) {
                             return Err(Outcome::Discarded);
+                        }
+                        if matches!(*e, BlockStoreError::NotFound { .. }) {
+                            missing += 1;
+                            if missing >= 5 {
+                                // The committed object is gone from the
+                                // store (not by us: the epoch is the
+                                // same). Its bytes are lost; say so loudly
+                                // and keep the snapshot's bytes moving.
+                                tracing::error!(%key, "committed block object missing from the store; its bytes outside this write read as zeros");
+                                self.note_failure("read block for merge", &e);
+                                break Bytes::new();
+                            }
                         }
                         self.note_failure("read block for merge", &e);
                         tokio::select! {
@@ -1043,11 +1147,12 @@ impl Inner {
     }
 
     /// One block, deduplicated with downloads in flight and cached.
-    fn fetch(&self, key: BlockKey, class: IoClass) -> Download {
-        self.download(key, class)
+    /// `permit`: a request slot the caller already holds (read-ahead).
+    fn fetch(&self, key: BlockKey, class: IoClass, permit: Option<IoPermit>) -> Download {
+        self.download(key, class, permit)
     }
 
-    fn download(&self, key: BlockKey, class: IoClass) -> Download {
+    fn download(&self, key: BlockKey, class: IoClass, permit: Option<IoPermit>) -> Download {
         if let Some(b) = lock(&self.block_cache).get(&key) {
             self.counters
                 .block_cache_hits
@@ -1088,7 +1193,10 @@ impl Inner {
         // cancel it for the others.
         let this = self.me.clone();
         tokio::spawn(async move {
-            let _io = io.acquire(class).await;
+            let _io = match permit {
+                Some(p) => p,
+                None => io.acquire(class).await,
+            };
             let r = store.get(&key).await.map_err(Arc::new);
             if let Some(inner) = this.upgrade() {
                 if let Ok(b) = &r {
@@ -1122,9 +1230,13 @@ impl Inner {
                 };
                 let valid = (r.len as usize).saturating_sub(from).min(out.len());
                 if valid > 0 {
-                    let bytes = self.fetch(addr.key(r.version), IoClass::Demand).await?;
+                    let bytes = self
+                        .fetch(addr.key(r.version), IoClass::Demand, None)
+                        .await?;
                     let have = bytes.len().saturating_sub(from).min(valid);
-                    out[..have].copy_from_slice(&bytes[from..from + have]);
+                    if have > 0 {
+                        out[..have].copy_from_slice(&bytes[from..from + have]);
+                    }
                     out[have..].fill(0);
                 } else {
                     out.fill(0);
@@ -1175,10 +1287,10 @@ impl Inner {
             let Some(permit) = self.io.try_acquire() else {
                 break;
             };
-            drop(permit);
             self.counters.prefetches.fetch_add(1, Ordering::Relaxed);
-            // The download runs on its own task; nobody waits for it here.
-            drop(self.download(key, IoClass::Prefetch));
+            // The download runs on its own task with this slot; nobody
+            // waits for it here.
+            drop(self.download(key, IoClass::Prefetch, Some(permit)));
         }
     }
 

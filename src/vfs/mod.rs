@@ -1,0 +1,1083 @@
+//! The VFS core: POSIX semantics over the metadata store, the log, the
+//! slice cache and the transfer manager. It knows no protocol; the FUSE
+//! and NFS front ends call it with inode numbers and map [`FsError`] to
+//! errno (or nfsstat3) through [`FsError::errno`].
+//!
+//! Locking: `ns` (namespace mutations: permission check and change as one
+//! step) -> one node's state mutex (writes, attribute changes of an open
+//! file) -> the cache's and the log's own locks. Reads take no VFS lock
+//! but the node's for the size.
+//!
+//! Calls block (the log's group commit, reads from the object store); a
+//! front end calls them from its own threads (FUSE) or through
+//! `spawn_blocking` (async servers), never from a Tokio worker.
+
+mod perm;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use slicefs_cache::{CHUNK_SIZE, CacheError, SliceCache, chunk_ranges};
+use slicefs_wal::{Persister, SliceWrite, WalError};
+
+use crate::error::FsError;
+use crate::meta::{
+    DirEntry, FileKind, Ino, Inode, MetaStore, NewNode, RenameFlags, SetAttr, Timespec, Usage,
+    XattrFlags,
+};
+use crate::transfer::TransferManager;
+pub use perm::{Access, Creds};
+
+type Result<T> = std::result::Result<T, FsError>;
+
+/// Largest file size: 2^50 bytes (1 PiB), far inside the chunk index.
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+
+/// Per-mount settings of the VFS.
+#[derive(Clone, Debug, Default)]
+pub struct VfsConfig {
+    /// `fsync` also waits until the file's data is in the object store
+    /// (not only durable in the log). Default: false.
+    pub fsync_upload: bool,
+}
+
+/// How a file is opened (the `O_*` flags that matter here).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFlags {
+    /// Readable.
+    pub read: bool,
+    /// Writable.
+    pub write: bool,
+    /// `O_APPEND`: every write goes to the end.
+    pub append: bool,
+    /// `O_TRUNC`: cut to 0 at open.
+    pub truncate: bool,
+}
+
+impl OpenFlags {
+    /// From Linux `open(2)` flags.
+    pub fn from_libc(flags: i32) -> OpenFlags {
+        let acc = flags & libc::O_ACCMODE;
+        OpenFlags {
+            read: acc == libc::O_RDONLY || acc == libc::O_RDWR,
+            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            append: flags & libc::O_APPEND != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+        }
+    }
+}
+
+/// Attribute changes requested by `setattr` (`utimensat` semantics for
+/// times).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttrRequest {
+    /// chmod: permission bits.
+    pub perm: Option<u16>,
+    /// chown: owner.
+    pub uid: Option<u32>,
+    /// chown: group.
+    pub gid: Option<u32>,
+    /// truncate: size.
+    pub size: Option<u64>,
+    /// atime.
+    pub atime: Option<TimeSet>,
+    /// mtime.
+    pub mtime: Option<TimeSet>,
+}
+
+/// A time to set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    /// `UTIME_NOW`.
+    Now,
+    /// An explicit time.
+    At(Timespec),
+}
+
+/// One open file or directory handle.
+struct Handle {
+    node: Arc<Node>,
+    flags: OpenFlags,
+}
+
+/// An inode with open handles: its size and times are kept here while
+/// writes change them, and written to metadata on fsync and last close.
+struct Node {
+    ino: Ino,
+    state: Mutex<NodeState>,
+}
+
+struct NodeState {
+    attr: Inode,
+    /// `attr` has changes metadata does not have yet.
+    dirty: bool,
+    opens: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wal_err(e: WalError) -> FsError {
+    match e {
+        WalError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            FsError::NoSpace(e.to_string())
+        }
+        e => FsError::io("write-ahead log", e),
+    }
+}
+
+fn cache_err(e: CacheError) -> FsError {
+    match e {
+        e @ CacheError::CacheFull { .. } => FsError::NoSpace(e.to_string()),
+        e => FsError::io("slice cache", e),
+    }
+}
+
+/// What [`Vfs::recover`] did at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct VfsRecovery {
+    /// Files whose size grew to cover writes the log still had.
+    pub sizes_fixed: u64,
+    /// Truncates found in the log that metadata lacked, applied.
+    pub truncates_applied: u64,
+    /// Files in the log that metadata does not know (created but not
+    /// synced before a power loss): their data is dropped.
+    pub unknown_files: u64,
+    /// Unlinked inodes freed (open when the process stopped).
+    pub orphans_freed: u64,
+}
+
+/// The file system. Cheap to share (`Arc<Vfs>`).
+pub struct Vfs {
+    meta: MetaStore,
+    cache: Arc<SliceCache>,
+    persister: Arc<dyn Persister>,
+    tm: TransferManager,
+    rt: tokio::runtime::Handle,
+    config: VfsConfig,
+    nodes: Mutex<HashMap<Ino, Arc<Node>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    ns: Mutex<()>,
+}
+
+impl Vfs {
+    /// Joins the parts. The cache must already hold what the log
+    /// recovered (`slicefs_cache::recover`), and `report` is that
+    /// recovery's report: sizes, truncates and unknown files are settled
+    /// against metadata here, before any request. `rt` runs the transfer
+    /// manager's reads.
+    ///
+    /// # Errors
+    /// Metadata or log errors while settling recovery.
+    pub fn new(
+        meta: MetaStore,
+        cache: Arc<SliceCache>,
+        persister: Arc<dyn Persister>,
+        tm: TransferManager,
+        rt: tokio::runtime::Handle,
+        config: VfsConfig,
+        report: &slicefs_cache::RecoveryReport,
+    ) -> Result<(Vfs, VfsRecovery)> {
+        let vfs = Vfs {
+            meta,
+            cache,
+            persister,
+            tm,
+            rt,
+            config,
+            nodes: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            ns: Mutex::new(()),
+        };
+        let rec = vfs.recover(report)?;
+        Ok((vfs, rec))
+    }
+
+    fn recover(&self, report: &slicefs_cache::RecoveryReport) -> Result<VfsRecovery> {
+        let mut rec = VfsRecovery::default();
+        for &(file, lsn, size) in &report.truncates {
+            let ino = Ino(file.0);
+            match self.meta.getattr(ino) {
+                Ok(a) if a.truncate_lsn < lsn.0 => {
+                    let set = SetAttr {
+                        size: Some(size),
+                        truncate_lsn: Some(lsn.0),
+                        ..SetAttr::default()
+                    };
+                    self.tm
+                        .change_blocks(file, false, || self.meta.truncate(ino, &set))?;
+                    rec.truncates_applied += 1;
+                }
+                _ => {}
+            }
+        }
+        for file in &report.files_with_pending {
+            let ino = Ino(file.0);
+            match self.meta.getattr(ino) {
+                Ok(a) => {
+                    let end = self.cache.cached_end(*file);
+                    if end > a.size {
+                        self.meta.setattr(
+                            ino,
+                            &SetAttr {
+                                size: Some(end),
+                                ..SetAttr::default()
+                            },
+                        )?;
+                        rec.sizes_fixed += 1;
+                    }
+                }
+                Err(FsError::NotFound) => {
+                    tracing::warn!(
+                        ino = ino.0,
+                        "the log has data of a file metadata does not know; dropped"
+                    );
+                    self.persister.append_remove(*file).map_err(wal_err)?;
+                    self.cache.remove(*file);
+                    rec.unknown_files += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for ino in self.meta.orphans()? {
+            self.free(ino)?;
+            rec.orphans_freed += 1;
+        }
+        self.meta.sync()?;
+        Ok(rec)
+    }
+
+    /// The metadata store.
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    /// The transfer manager.
+    pub fn transfer(&self) -> &TransferManager {
+        &self.tm
+    }
+
+    /// The slice cache.
+    pub fn cache(&self) -> &Arc<SliceCache> {
+        &self.cache
+    }
+
+    fn node(&self, ino: Ino) -> Option<Arc<Node>> {
+        lock(&self.nodes).get(&ino).cloned()
+    }
+
+    /// Attributes, with the in-memory size and times of an open file.
+    fn attr(&self, ino: Ino) -> Result<Inode> {
+        if let Some(n) = self.node(ino) {
+            return Ok(lock(&n.state).attr.clone());
+        }
+        self.meta.getattr(ino)
+    }
+
+    /// Writes an open node's changed attributes to metadata.
+    fn persist(&self, n: &Node) -> Result<()> {
+        let mut st = lock(&n.state);
+        if !st.dirty {
+            return Ok(());
+        }
+        let a = &st.attr;
+        let set = SetAttr {
+            perm: Some(a.perm),
+            size: Some(a.size),
+            mtime: Some(a.mtime),
+            ctime: Some(a.ctime),
+            ..SetAttr::default()
+        };
+        // Size only grows here (a truncate goes to metadata at once), and
+        // a committed block may already have grown it further.
+        let cur = self.meta.getattr(n.ino)?;
+        let set = SetAttr {
+            size: Some(cur.size.max(a.size)),
+            ..set
+        };
+        let stored = self.meta.setattr(n.ino, &set)?;
+        st.attr.size = stored.size;
+        st.dirty = false;
+        Ok(())
+    }
+
+    /// `lookup`: the inode of `name` in `parent`.
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR`, `EACCES` (no search permission),
+    /// `ENAMETOOLONG`.
+    pub fn lookup(&self, creds: &Creds, parent: Ino, name: &[u8]) -> Result<Inode> {
+        let p = self.attr(parent)?;
+        if p.kind != FileKind::Directory {
+            return Err(FsError::NotDir);
+        }
+        perm::check(creds, &p, Access::EXEC)?;
+        let f = self.meta.lookup(parent, name)?;
+        self.attr(f.ino)
+    }
+
+    /// `getattr`.
+    ///
+    /// # Errors
+    /// `ENOENT`.
+    pub fn getattr(&self, ino: Ino) -> Result<Inode> {
+        self.attr(ino)
+    }
+
+    /// `access(2)`: whether `creds` may access `ino` as `mask` says.
+    ///
+    /// # Errors
+    /// `EACCES`, `ENOENT`.
+    pub fn access(&self, creds: &Creds, ino: Ino, mask: Access) -> Result<()> {
+        perm::check(creds, &self.attr(ino)?, mask)
+    }
+
+    /// `setattr`: chmod, chown, truncate, utimes, with POSIX permission
+    /// rules (owner or root; setuid/setgid cleared by chown and by a chmod
+    /// of a non-member's group; times need ownership, or write permission
+    /// for `UTIME_NOW`).
+    ///
+    /// # Errors
+    /// `EPERM`, `EACCES`, `EISDIR` (size of a directory), `EFBIG`,
+    /// `ENOENT`, `EIO`.
+    pub fn setattr(&self, creds: &Creds, ino: Ino, req: &SetAttrRequest) -> Result<Inode> {
+        let cur = self.attr(ino)?;
+        let now = Timespec::now();
+        let mut set = SetAttr::default();
+        let owner = creds.uid == 0 || creds.uid == cur.uid;
+        if let Some(p) = req.perm {
+            if !owner {
+                return Err(FsError::NotPermitted);
+            }
+            let mut p = p & 0o7777;
+            if creds.uid != 0 && !creds.in_group(cur.gid) {
+                p &= !0o2000;
+            }
+            set.perm = Some(p);
+        }
+        if req.uid.is_some() || req.gid.is_some() {
+            let uid_change = req.uid.is_some_and(|u| u != cur.uid);
+            let gid_change = req.gid.is_some_and(|g| g != cur.gid);
+            if creds.uid != 0 {
+                if uid_change || (gid_change && creds.uid != cur.uid) {
+                    return Err(FsError::NotPermitted);
+                }
+                if gid_change && !creds.in_group(req.gid.unwrap_or(cur.gid)) {
+                    return Err(FsError::NotPermitted);
+                }
+            }
+            set.uid = req.uid;
+            set.gid = req.gid;
+            if cur.kind != FileKind::Directory && (uid_change || gid_change || creds.uid != 0) {
+                // chown clears setuid, and setgid of group-executable files.
+                let mut p = set.perm.unwrap_or(cur.perm);
+                p &= !0o4000;
+                if p & 0o010 != 0 {
+                    p &= !0o2000;
+                }
+                set.perm = Some(p);
+            }
+        }
+        for (t, slot) in [(req.atime, &mut set.atime), (req.mtime, &mut set.mtime)] {
+            match t {
+                None => {}
+                Some(TimeSet::Now) => {
+                    if !owner {
+                        perm::check(creds, &cur, Access::WRITE).map_err(|_| FsError::Access)?;
+                    }
+                    *slot = Some(now);
+                }
+                Some(TimeSet::At(ts)) => {
+                    if !owner {
+                        return Err(FsError::NotPermitted);
+                    }
+                    *slot = Some(ts);
+                }
+            }
+        }
+        if let Some(size) = req.size {
+            if cur.kind == FileKind::Directory {
+                return Err(FsError::IsDir);
+            }
+            if cur.kind != FileKind::Regular {
+                return Err(FsError::Invalid("truncate of a special file"));
+            }
+            perm::check(creds, &cur, Access::WRITE)?;
+            self.truncate(ino, size, now, &mut set)?;
+        }
+        set.ctime = Some(now);
+        let n = self.node(ino);
+        let _st = n.as_ref().map(|n| lock(&n.state));
+        let stored = self.meta.setattr(ino, &set)?;
+        drop(_st);
+        if let Some(n) = n {
+            let mut st = lock(&n.state);
+            let (size, mtime, dirty) = (st.attr.size, st.attr.mtime, st.dirty);
+            st.attr = stored.clone();
+            if dirty && req.size.is_none() {
+                // Writes newer than metadata stay.
+                st.attr.size = st.attr.size.max(size);
+                if req.mtime.is_none() {
+                    st.attr.mtime = mtime;
+                }
+            }
+            return Ok(st.attr.clone());
+        }
+        Ok(stored)
+    }
+
+    /// Truncates `ino` to `size`: log, cache, then metadata (size,
+    /// truncate LSN and block map in one transaction).
+    fn truncate(&self, ino: Ino, size: u64, now: Timespec, set: &mut SetAttr) -> Result<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
+        let n = self.node(ino);
+        let mut st = n.as_ref().map(|n| lock(&n.state));
+        let lsn = self
+            .persister
+            .append_truncate(ino.file(), size)
+            .map_err(wal_err)?;
+        // The block map may only lose blocks once the log cannot lose the
+        // truncate (else a crash would keep the old bytes in the log and
+        // lose them in the store).
+        self.sync_log(lsn)?;
+        self.cache.truncate(ino.file(), size);
+        let mut t = set.clone();
+        t.size = Some(size);
+        t.truncate_lsn = Some(lsn.0);
+        t.mtime = Some(set.mtime.unwrap_or(now));
+        t.ctime = Some(now);
+        let (a, ()) = self.tm.change_blocks(ino.file(), false, || {
+            self.meta.truncate(ino, &t).map(|(a, d)| ((a, ()), d))
+        })?;
+        if let Some(st) = st.as_mut() {
+            st.attr = a;
+            st.dirty = false;
+        }
+        set.mtime = t.mtime;
+        Ok(())
+    }
+
+    /// Creates a node of any type (`mknod`, `mkdir`, `symlink`, `create`)
+    /// with POSIX ownership: the caller's uid; the directory's gid in a
+    /// setgid directory (and a new directory inherits setgid), else the
+    /// caller's gid.
+    ///
+    /// # Errors
+    /// `EEXIST`, `EACCES`, `ENOTDIR`, `ENOENT`, `ENAMETOOLONG`, `EPERM`
+    /// (device nodes by non-root).
+    pub fn mknod(
+        &self,
+        creds: &Creds,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        rdev: u32,
+    ) -> Result<Inode> {
+        if kind == FileKind::Symlink {
+            return Err(FsError::Invalid("mknod of a symlink"));
+        }
+        self.make(creds, parent, name, kind, perm, rdev, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        creds: &Creds,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u16,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> Result<Inode> {
+        if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) && creds.uid != 0 {
+            return Err(FsError::NotPermitted);
+        }
+        let _ns = lock(&self.ns);
+        let p = self.meta.getattr(parent)?;
+        if p.kind != FileKind::Directory {
+            return Err(FsError::NotDir);
+        }
+        perm::check(creds, &p, Access::WRITE | Access::EXEC)?;
+        let sgid_dir = p.perm & 0o2000 != 0;
+        let gid = if sgid_dir { p.gid } else { creds.gid };
+        let mut perm = perm & 0o7777;
+        if kind == FileKind::Directory && sgid_dir {
+            perm |= 0o2000;
+        }
+        if kind == FileKind::Symlink {
+            perm = 0o777;
+        }
+        if kind != FileKind::Directory && creds.uid != 0 && !creds.in_group(gid) {
+            perm &= !0o2000;
+        }
+        self.meta.create(
+            parent,
+            name,
+            &NewNode {
+                kind,
+                perm,
+                uid: creds.uid,
+                gid,
+                rdev,
+                target,
+            },
+            Timespec::now(),
+        )
+    }
+
+    /// `mkdir`.
+    ///
+    /// # Errors
+    /// As [`Vfs::mknod`].
+    pub fn mkdir(&self, creds: &Creds, parent: Ino, name: &[u8], perm: u16) -> Result<Inode> {
+        self.make(creds, parent, name, FileKind::Directory, perm, 0, None)
+    }
+
+    /// `symlink`.
+    ///
+    /// # Errors
+    /// As [`Vfs::mknod`]; `ENAMETOOLONG` for a target over 4095 bytes.
+    pub fn symlink(&self, creds: &Creds, parent: Ino, name: &[u8], target: &[u8]) -> Result<Inode> {
+        if target.len() >= libc::PATH_MAX as usize {
+            return Err(FsError::NameTooLong);
+        }
+        if target.is_empty() {
+            return Err(FsError::NotFound);
+        }
+        self.make(
+            creds,
+            parent,
+            name,
+            FileKind::Symlink,
+            0o777,
+            0,
+            Some(target),
+        )
+    }
+
+    /// `readlink`.
+    ///
+    /// # Errors
+    /// `EINVAL` for a non-symlink, `ENOENT`.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.meta.readlink(ino)
+    }
+
+    /// `create` (`open` with `O_CREAT`): creates a regular file and opens
+    /// it; with `exclusive` (`O_EXCL`) an existing name is `EEXIST`,
+    /// without it the existing file is opened.
+    ///
+    /// # Errors
+    /// As [`Vfs::mknod`] and [`Vfs::open`].
+    pub fn create(
+        &self,
+        creds: &Creds,
+        parent: Ino,
+        name: &[u8],
+        perm: u16,
+        flags: OpenFlags,
+        exclusive: bool,
+    ) -> Result<(Inode, u64)> {
+        match self.make(creds, parent, name, FileKind::Regular, perm, 0, None) {
+            Ok(a) => {
+                // A new file: the creator may write it whatever the mode.
+                let fh = self.open_node(
+                    &a,
+                    OpenFlags {
+                        truncate: false,
+                        ..flags
+                    },
+                )?;
+                Ok((self.attr(a.ino)?, fh))
+            }
+            Err(FsError::Exists) if !exclusive => {
+                let a = self.meta.lookup(parent, name)?;
+                let fh = self.open(creds, a.ino, flags)?;
+                Ok((self.attr(a.ino)?, fh))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `open`: checks permissions, applies `O_TRUNC`, returns a handle.
+    ///
+    /// # Errors
+    /// `EACCES`, `EISDIR` (a directory for writing), `ELOOP` (a symlink),
+    /// `ENOENT`.
+    pub fn open(&self, creds: &Creds, ino: Ino, flags: OpenFlags) -> Result<u64> {
+        let a = self.attr(ino)?;
+        match a.kind {
+            FileKind::Directory if flags.write => return Err(FsError::IsDir),
+            FileKind::Symlink => return Err(FsError::Loop),
+            _ => {}
+        }
+        let mut mask = Access::empty();
+        if flags.read {
+            mask |= Access::READ;
+        }
+        if flags.write || flags.truncate {
+            mask |= Access::WRITE;
+        }
+        perm::check(creds, &a, mask)?;
+        let fh = self.open_node(&a, flags)?;
+        if flags.truncate && a.kind == FileKind::Regular && a.size > 0 {
+            let r = self.setattr(
+                creds,
+                ino,
+                &SetAttrRequest {
+                    size: Some(0),
+                    ..SetAttrRequest::default()
+                },
+            );
+            if let Err(e) = r {
+                self.release(fh)?;
+                return Err(e);
+            }
+        }
+        Ok(fh)
+    }
+
+    fn open_node(&self, a: &Inode, flags: OpenFlags) -> Result<u64> {
+        let node = {
+            let mut nodes = lock(&self.nodes);
+            let n = nodes.entry(a.ino).or_insert_with(|| {
+                Arc::new(Node {
+                    ino: a.ino,
+                    state: Mutex::new(NodeState {
+                        attr: a.clone(),
+                        dirty: false,
+                        opens: 0,
+                    }),
+                })
+            });
+            lock(&n.state).opens += 1;
+            n.clone()
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Handle { node, flags });
+        Ok(fh)
+    }
+
+    fn handle(&self, fh: u64) -> Result<(Arc<Node>, OpenFlags)> {
+        lock(&self.handles)
+            .get(&fh)
+            .map(|h| (h.node.clone(), h.flags))
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// `read`: up to `len` bytes at `offset` (short at the end of the
+    /// file). Cached bytes, then committed blocks from the object store;
+    /// holes read as zeros. Access times are not updated (`noatime`).
+    ///
+    /// # Errors
+    /// `EBADF` (not open for reading), `EISDIR`, `EIO` (the object store
+    /// failed past its retries).
+    pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let (node, flags) = self.handle(fh)?;
+        if !flags.read {
+            return Err(FsError::BadHandle);
+        }
+        let (size, kind) = {
+            let st = lock(&node.state);
+            (st.attr.size, st.attr.kind)
+        };
+        if kind == FileKind::Directory {
+            return Err(FsError::IsDir);
+        }
+        if offset >= size {
+            return Ok(Vec::new());
+        }
+        let n = (size - offset).min(u64::from(len)) as usize;
+        let mut out = vec![0u8; n];
+        let file = node.ino.file();
+        let missing = self.cache.read(file, offset, &mut out);
+        for m in missing {
+            let from = (m.start - offset) as usize;
+            let to = (m.end - offset) as usize;
+            self.rt
+                .block_on(self.tm.read(file, m.start, &mut out[from..to]))
+                .map_err(|e| FsError::io("read from the object store", e))?;
+        }
+        Ok(out)
+    }
+
+    /// `write`: logs the bytes (durable per the log's mode), caches them,
+    /// and returns the count. Clears setuid/setgid as ext4 does when a
+    /// non-root caller writes.
+    ///
+    /// # Errors
+    /// `EBADF` (not open for writing), `EFBIG`, `ENOSPC` (the dirty cache
+    /// stayed full for its wait, or the log's disk is full; nothing was
+    /// written), `EIO`.
+    pub fn write(&self, creds: &Creds, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let (node, flags) = self.handle(fh)?;
+        if !flags.write {
+            return Err(FsError::BadHandle);
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let file = node.ino.file();
+        let mut st = lock(&node.state);
+        let offset = if flags.append { st.attr.size } else { offset };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooBig)?;
+        let mut res = self.cache.reserve(data.len() as u64).map_err(cache_err)?;
+        for r in chunk_ranges(offset, data.len() as u64) {
+            let bytes = &data[r.buf.clone()];
+            let lsn = self
+                .persister
+                .append_slice(&SliceWrite {
+                    file,
+                    chunk: r.chunk,
+                    slice: self.cache.next_slice_id(),
+                    offset: r.offset,
+                    data: bytes,
+                })
+                .map_err(wal_err)?;
+            let at = u64::from(r.chunk.0) * CHUNK_SIZE + u64::from(r.offset);
+            self.cache.insert(file, at, bytes, lsn, Some(&mut res));
+        }
+        drop(res);
+        let now = Timespec::now();
+        st.attr.size = st.attr.size.max(end);
+        st.attr.mtime = now;
+        st.attr.ctime = now;
+        if creds.uid != 0 && st.attr.perm & 0o6000 != 0 {
+            st.attr.perm &= !0o4000;
+            if st.attr.perm & 0o010 != 0 {
+                st.attr.perm &= !0o2000;
+            }
+        }
+        st.dirty = true;
+        drop(st);
+        self.tm.notify_write(file, offset, data.len() as u64);
+        Ok(data.len() as u32)
+    }
+
+    /// `flush` (each `close` of a descriptor): writes the size and times
+    /// to metadata, so other clients see them.
+    ///
+    /// # Errors
+    /// `EBADF`, `EIO`.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        let (node, _) = self.handle(fh)?;
+        self.persist(&node)
+    }
+
+    /// `fsync`/`fdatasync`: returns once every write to the file that
+    /// returned before is durable in the log, and its size and times (and
+    /// the names leading to it, as far as this store has them) are durable
+    /// in metadata. With `fsync_upload`, also once the data is in the
+    /// object store.
+    ///
+    /// # Errors
+    /// `EBADF`, `EIO` (a failed log sync: the log refuses further work).
+    pub fn fsync(&self, fh: u64, _datasync: bool) -> Result<()> {
+        let (node, _) = self.handle(fh)?;
+        self.persister.sync().map_err(wal_err)?;
+        self.persist(&node)?;
+        self.meta.sync()?;
+        if self.config.fsync_upload {
+            self.rt
+                .block_on(self.tm.flush_file(node.ino.file()))
+                .map_err(|e| FsError::io("upload for fsync", e))?;
+        }
+        Ok(())
+    }
+
+    /// `fsync` of a directory: its entries are durable.
+    ///
+    /// # Errors
+    /// `EIO`.
+    pub fn fsyncdir(&self, _ino: Ino) -> Result<()> {
+        self.meta.sync()
+    }
+
+    /// `release`: the last close of a handle. On the last handle of a
+    /// file, its attributes go to metadata, and an unlinked file is freed.
+    ///
+    /// # Errors
+    /// `EBADF`, `EIO`.
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let h = lock(&self.handles).remove(&fh).ok_or(FsError::BadHandle)?;
+        let node = h.node;
+        let last = {
+            let mut st = lock(&node.state);
+            st.opens -= 1;
+            st.opens == 0
+        };
+        if !last {
+            return Ok(());
+        }
+        self.persist(&node)?;
+        let mut nodes = lock(&self.nodes);
+        if lock(&node.state).opens > 0 {
+            return Ok(());
+        }
+        nodes.remove(&node.ino);
+        drop(nodes);
+        if self.meta.getattr(node.ino).is_ok_and(|a| a.nlink == 0) {
+            self.free(node.ino)?;
+        }
+        Ok(())
+    }
+
+    fn sync_log(&self, lsn: slicefs_wal::Lsn) -> Result<()> {
+        if self.persister.durable_lsn() < lsn {
+            self.persister.sync().map_err(wal_err)?;
+        }
+        Ok(())
+    }
+
+    /// Frees an inode with no links and no handles: log, cache, block map
+    /// and the inode.
+    fn free(&self, ino: Ino) -> Result<()> {
+        let lsn = self.persister.append_remove(ino.file()).map_err(wal_err)?;
+        self.sync_log(lsn)?;
+        self.cache.remove(ino.file());
+        self.tm
+            .change_blocks(ino.file(), true, || self.meta.purge(ino).map(|k| ((), k)))
+    }
+
+    fn check_sticky(&self, creds: &Creds, dir: &Inode, victim: &Inode) -> Result<()> {
+        if dir.perm & 0o1000 != 0
+            && creds.uid != 0
+            && creds.uid != dir.uid
+            && creds.uid != victim.uid
+        {
+            return Err(FsError::NotPermitted);
+        }
+        Ok(())
+    }
+
+    /// `unlink`. A file still open stays readable and writable through its
+    /// handles and is freed at its last release.
+    ///
+    /// # Errors
+    /// `ENOENT`, `EISDIR`, `EACCES`, `EPERM` (sticky directory).
+    pub fn unlink(&self, creds: &Creds, parent: Ino, name: &[u8]) -> Result<()> {
+        let _ns = lock(&self.ns);
+        let p = self.meta.getattr(parent)?;
+        perm::check(creds, &p, Access::WRITE | Access::EXEC)?;
+        let victim = self.meta.lookup(parent, name)?;
+        self.check_sticky(creds, &p, &victim)?;
+        let a = self.meta.unlink(parent, name, Timespec::now())?;
+        if let Some(n) = self.node(a.ino) {
+            let mut st = lock(&n.state);
+            st.attr.nlink = a.nlink;
+            st.attr.ctime = a.ctime;
+            return Ok(());
+        }
+        if a.nlink == 0 {
+            self.free(a.ino)?;
+        }
+        Ok(())
+    }
+
+    /// `rmdir`.
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR`, `ENOTEMPTY`, `EACCES`, `EPERM`, `EINVAL`.
+    pub fn rmdir(&self, creds: &Creds, parent: Ino, name: &[u8]) -> Result<()> {
+        let _ns = lock(&self.ns);
+        let p = self.meta.getattr(parent)?;
+        perm::check(creds, &p, Access::WRITE | Access::EXEC)?;
+        if name != b"." && name != b".." {
+            let victim = self.meta.lookup(parent, name)?;
+            self.check_sticky(creds, &p, &victim)?;
+        }
+        let d = self.meta.rmdir(parent, name, Timespec::now())?;
+        if self.node(d.ino).is_none() {
+            self.free(d.ino)?;
+        }
+        Ok(())
+    }
+
+    /// `rename`/`renameat2` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    ///
+    /// # Errors
+    /// `ENOENT`, `EEXIST`, `ENOTDIR`, `EISDIR`, `ENOTEMPTY`, `EINVAL`,
+    /// `EACCES`, `EPERM` (sticky directories). Never `EXDEV`.
+    pub fn rename(
+        &self,
+        creds: &Creds,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let _ns = lock(&self.ns);
+        let p = self.meta.getattr(parent)?;
+        let np = self.meta.getattr(new_parent)?;
+        perm::check(creds, &p, Access::WRITE | Access::EXEC)?;
+        perm::check(creds, &np, Access::WRITE | Access::EXEC)?;
+        let src = self.meta.lookup(parent, name)?;
+        self.check_sticky(creds, &p, &src)?;
+        if let Ok(dst) = self.meta.lookup(new_parent, new_name) {
+            self.check_sticky(creds, &np, &dst)?;
+        }
+        // Moving a directory rewrites its `..`: it needs write permission.
+        if src.kind == FileKind::Directory && parent != new_parent {
+            perm::check(creds, &src, Access::WRITE)?;
+        }
+        let replaced =
+            self.meta
+                .rename(parent, name, new_parent, new_name, flags, Timespec::now())?;
+        if let Some(old) = replaced {
+            if let Some(n) = self.node(old.ino) {
+                lock(&n.state).attr.nlink = old.nlink;
+            } else if old.nlink == 0 {
+                self.free(old.ino)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `link`.
+    ///
+    /// # Errors
+    /// `EPERM` (a directory), `EEXIST`, `EMLINK`, `EACCES`, `ENOENT`.
+    pub fn link(&self, creds: &Creds, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Inode> {
+        let _ns = lock(&self.ns);
+        let np = self.meta.getattr(new_parent)?;
+        perm::check(creds, &np, Access::WRITE | Access::EXEC)?;
+        let a = self.meta.link(ino, new_parent, new_name, Timespec::now())?;
+        if let Some(n) = self.node(ino) {
+            let mut st = lock(&n.state);
+            st.attr.nlink = a.nlink;
+            st.attr.ctime = a.ctime;
+        }
+        self.attr(ino)
+    }
+
+    /// `opendir`: checks read permission and returns a handle.
+    ///
+    /// # Errors
+    /// `ENOTDIR`, `EACCES`, `ENOENT`.
+    pub fn opendir(&self, creds: &Creds, ino: Ino) -> Result<u64> {
+        let a = self.attr(ino)?;
+        if a.kind != FileKind::Directory {
+            return Err(FsError::NotDir);
+        }
+        perm::check(creds, &a, Access::READ)?;
+        self.open_node(
+            &a,
+            OpenFlags {
+                read: true,
+                ..OpenFlags::default()
+            },
+        )
+    }
+
+    /// `readdir`: entries after `offset` (0: from the start), `.` and `..`
+    /// first (offsets 1 and 2). Each entry's `cookie` is the offset to
+    /// continue from; offsets stay valid while entries are added and
+    /// removed.
+    ///
+    /// # Errors
+    /// `ENOTDIR`, `ENOENT`.
+    pub fn readdir(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        let a = self.attr(ino)?;
+        if a.kind != FileKind::Directory {
+            return Err(FsError::NotDir);
+        }
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(DirEntry {
+                name: b".".to_vec(),
+                ino,
+                kind: FileKind::Directory,
+                cookie: 1,
+            });
+        }
+        if offset < 2 {
+            out.push(DirEntry {
+                name: b"..".to_vec(),
+                ino: a.parent,
+                kind: FileKind::Directory,
+                cookie: 2,
+            });
+        }
+        let after = offset.saturating_sub(2);
+        let want = limit.saturating_sub(out.len());
+        for mut e in self.meta.readdir(ino, after, want)? {
+            e.cookie += 2;
+            out.push(e);
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// `releasedir`.
+    ///
+    /// # Errors
+    /// `EBADF`.
+    pub fn releasedir(&self, fh: u64) -> Result<()> {
+        self.release(fh)
+    }
+
+    /// `statfs`: inodes and bytes in use (the store has no fixed size; a
+    /// capacity of 1 PiB is reported).
+    ///
+    /// # Errors
+    /// `EIO`.
+    pub fn statfs(&self) -> Result<Usage> {
+        self.meta.usage()
+    }
+
+    /// `getxattr`.
+    ///
+    /// # Errors
+    /// `ENODATA`, `EACCES`, `ENOENT`.
+    pub fn getxattr(&self, creds: &Creds, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        perm::check(creds, &self.attr(ino)?, Access::READ)?;
+        self.meta.get_xattr(ino, name)
+    }
+
+    /// `setxattr` (`XATTR_CREATE`, `XATTR_REPLACE`): needs write
+    /// permission.
+    ///
+    /// # Errors
+    /// `EEXIST`, `ENODATA`, `ERANGE`, `EFBIG`, `EACCES`, `ENOENT`.
+    pub fn setxattr(
+        &self,
+        creds: &Creds,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: XattrFlags,
+    ) -> Result<()> {
+        perm::check(creds, &self.attr(ino)?, Access::WRITE)?;
+        self.meta
+            .set_xattr(ino, name, value, flags, Timespec::now())
+    }
+
+    /// `listxattr`.
+    ///
+    /// # Errors
+    /// `ENOENT`.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        self.meta.list_xattr(ino)
+    }
+
+    /// `removexattr`.
+    ///
+    /// # Errors
+    /// `ENODATA`, `EACCES`, `ENOENT`.
+    pub fn removexattr(&self, creds: &Creds, ino: Ino, name: &[u8]) -> Result<()> {
+        perm::check(creds, &self.attr(ino)?, Access::WRITE)?;
+        self.meta.remove_xattr(ino, name, Timespec::now())
+    }
+}
