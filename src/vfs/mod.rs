@@ -135,7 +135,7 @@ fn cache_err(e: CacheError) -> FsError {
     }
 }
 
-/// What [`Vfs::recover`] did at start-up.
+/// What [`Vfs::new`] settled at start-up, after the log replay.
 #[derive(Clone, Debug, Default)]
 pub struct VfsRecovery {
     /// Files whose size grew to cover writes the log still had.

@@ -1,0 +1,460 @@
+//! The VFS core: POSIX behaviour (both metadata backends), permissions,
+//! open-unlinked files, and restarts from the data directory (SQLite
+//! metadata, mmap log, `file://` block store).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slicefs::blockstore::{BlockStore, StoreConfig};
+use slicefs::error::FsError;
+use slicefs::meta::{FileKind, Ino, MetaStore, RenameFlags, XattrFlags};
+use slicefs::transfer::{TransferConfig, TransferManager};
+use slicefs::vfs::{Creds, OpenFlags, SetAttrRequest, TimeSet, Vfs, VfsConfig, VfsRecovery};
+use slicefs_cache::{CacheConfig, SliceCache, recover};
+use slicefs_wal::{MmapPersister, NullPersister, Persister, WalConfig};
+
+/// A VFS with its runtime. `dir` is `None` for an ephemeral one (memory
+/// metadata, null log, memory store).
+struct Fs {
+    vfs: Vfs,
+    rt: tokio::runtime::Runtime,
+    persister: Arc<dyn Persister>,
+    recovery: VfsRecovery,
+}
+
+fn open_fs(dir: Option<&Path>) -> Fs {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (meta, persister, store): (MetaStore, Arc<dyn Persister>, BlockStore) = match dir {
+        Some(d) => {
+            let url = url::Url::from_directory_path(d.join("blocks")).unwrap();
+            (
+                MetaStore::open_sqlite(&d.join("meta.db"), 0, 0).unwrap(),
+                Arc::new(MmapPersister::open(d.join("wal"), WalConfig::default()).unwrap()),
+                BlockStore::open(&StoreConfig::new(url.as_str())).unwrap(),
+            )
+        }
+        None => (
+            MetaStore::memory(0, 0),
+            Arc::new(NullPersister::new()),
+            BlockStore::open(&StoreConfig::new("memory:///")).unwrap(),
+        ),
+    };
+    let cache = Arc::new(SliceCache::new(CacheConfig::default()).unwrap());
+    let report = recover(persister.as_ref(), &cache).unwrap();
+    let tm = {
+        let _g = rt.enter();
+        TransferManager::start(
+            cache.clone(),
+            persister.clone(),
+            Arc::new(meta.clone()),
+            store,
+            TransferConfig {
+                upload_delay: Duration::from_millis(200),
+                ..TransferConfig::default()
+            },
+        )
+    };
+    let (vfs, recovery) = Vfs::new(
+        meta,
+        cache,
+        persister.clone(),
+        tm,
+        rt.handle().clone(),
+        VfsConfig::default(),
+        &report,
+    )
+    .unwrap();
+    Fs {
+        vfs,
+        rt,
+        persister,
+        recovery,
+    }
+}
+
+impl Fs {
+    /// Stops like a crash after the last sync: no drain, no release.
+    fn crash(self) {
+        self.rt.block_on(self.vfs.transfer().shutdown());
+        self.persister.close().unwrap();
+    }
+
+    /// A clean stop: everything uploaded.
+    fn unmount(self) {
+        self.rt
+            .block_on(self.vfs.transfer().close(Duration::from_secs(60)))
+            .unwrap();
+        self.persister.close().unwrap();
+    }
+}
+
+const RW: OpenFlags = OpenFlags {
+    read: true,
+    write: true,
+    append: false,
+    truncate: false,
+};
+
+fn errno<T: std::fmt::Debug>(r: Result<T, FsError>) -> i32 {
+    r.unwrap_err().errno()
+}
+
+fn write_file(fs: &Fs, c: &Creds, parent: Ino, name: &str, data: &[u8]) -> Ino {
+    let (a, fh) = fs
+        .vfs
+        .create(c, parent, name.as_bytes(), 0o644, RW, true)
+        .unwrap();
+    assert_eq!(fs.vfs.write(c, fh, 0, data).unwrap() as usize, data.len());
+    fs.vfs.fsync(fh, false).unwrap();
+    fs.vfs.release(fh).unwrap();
+    a.ino
+}
+
+fn read_all(fs: &Fs, ino: Ino) -> Vec<u8> {
+    let fh = fs
+        .vfs
+        .open(
+            &Creds::root(),
+            ino,
+            OpenFlags {
+                read: true,
+                ..OpenFlags::default()
+            },
+        )
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let chunk = fs.vfs.read(fh, out.len() as u64, 1 << 20).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend(chunk);
+    }
+    fs.vfs.release(fh).unwrap();
+    out
+}
+
+fn both(test: impl Fn(&Fs)) {
+    test(&open_fs(None));
+    let dir = tempfile::tempdir().unwrap();
+    let fs = open_fs(Some(dir.path()));
+    test(&fs);
+    fs.unmount();
+}
+
+#[test]
+fn files_directories_links_and_names() {
+    both(|fs| {
+        let root = Creds::root();
+        let v = &fs.vfs;
+        let d = v.mkdir(&root, Ino::ROOT, b"d", 0o755).unwrap();
+        let f = write_file(fs, &root, d.ino, "f", b"hello world");
+        assert_eq!(v.getattr(f).unwrap().size, 11);
+        assert_eq!(read_all(fs, f), b"hello world");
+        // O_APPEND writes at the end whatever the offset.
+        let fh = v.open(&root, f, OpenFlags { append: true, ..RW }).unwrap();
+        v.write(&root, fh, 0, b"!").unwrap();
+        v.release(fh).unwrap();
+        assert_eq!(read_all(fs, f), b"hello world!");
+        // O_EXCL on an existing name; without it the file is opened.
+        assert_eq!(
+            errno(v.create(&root, d.ino, b"f", 0o644, RW, true)),
+            libc::EEXIST
+        );
+        let (_, fh) = v.create(&root, d.ino, b"f", 0o644, RW, false).unwrap();
+        v.release(fh).unwrap();
+        // O_TRUNC.
+        let fh = v
+            .open(
+                &root,
+                f,
+                OpenFlags {
+                    truncate: true,
+                    ..RW
+                },
+            )
+            .unwrap();
+        assert_eq!(v.getattr(f).unwrap().size, 0);
+        v.write(&root, fh, 3, b"xy").unwrap();
+        v.release(fh).unwrap();
+        assert_eq!(read_all(fs, f), b"\0\0\0xy", "a hole reads as zeros");
+        // Links, symlinks, rename.
+        v.link(&root, f, Ino::ROOT, b"hard").unwrap();
+        assert_eq!(v.getattr(f).unwrap().nlink, 2);
+        let s = v.symlink(&root, Ino::ROOT, b"sym", b"d/f").unwrap();
+        assert_eq!(v.readlink(s.ino).unwrap(), b"d/f");
+        assert_eq!(errno(v.open(&root, s.ino, RW)), libc::ELOOP);
+        v.rename(
+            &root,
+            Ino::ROOT,
+            b"hard",
+            d.ino,
+            b"f",
+            RenameFlags::default(),
+        )
+        .unwrap();
+        // Both names are links of one file: POSIX makes it a no-op.
+        assert_eq!(v.getattr(f).unwrap().nlink, 2);
+        assert_eq!(v.lookup(&root, Ino::ROOT, b"hard").unwrap().ino, f);
+        assert_eq!(errno(v.rmdir(&root, Ino::ROOT, b"d")), libc::ENOTEMPTY);
+        assert_eq!(errno(v.open(&root, d.ino, RW)), libc::EISDIR);
+        // readdir: `.` and `..` first, positions survive a removal.
+        let dh = v.opendir(&root, Ino::ROOT).unwrap();
+        let all = v.readdir(Ino::ROOT, 0, 100).unwrap();
+        let names: Vec<&[u8]> = all.iter().map(|e| e.name.as_slice()).collect();
+        assert_eq!(names, vec![&b"."[..], b"..", b"d", b"hard", b"sym"]);
+        let rest = v.readdir(Ino::ROOT, all[2].cookie, 100).unwrap();
+        assert_eq!(rest.len(), 2);
+        v.releasedir(dh).unwrap();
+        // Special files.
+        let fifo = v
+            .mknod(&root, Ino::ROOT, b"fifo", FileKind::Fifo, 0o600, 0)
+            .unwrap();
+        assert_eq!(fifo.kind, FileKind::Fifo);
+        let dev = v
+            .mknod(
+                &root,
+                Ino::ROOT,
+                b"null",
+                FileKind::CharDevice,
+                0o666,
+                0x0103,
+            )
+            .unwrap();
+        assert_eq!(v.getattr(dev.ino).unwrap().rdev, 0x0103);
+        // Extended attributes.
+        v.setxattr(&root, f, b"user.k", b"v", XattrFlags::default())
+            .unwrap();
+        assert_eq!(v.getxattr(&root, f, b"user.k").unwrap(), b"v");
+        assert_eq!(v.listxattr(f).unwrap(), vec![b"user.k".to_vec()]);
+        v.removexattr(&root, f, b"user.k").unwrap();
+        assert_eq!(errno(v.getxattr(&root, f, b"user.k")), libc::ENODATA);
+        assert!(v.statfs().unwrap().inodes >= 5);
+        // Names.
+        assert_eq!(
+            errno(v.mkdir(&root, Ino::ROOT, &[b'n'; 256], 0o755)),
+            libc::ENAMETOOLONG
+        );
+        assert_eq!(errno(v.lookup(&root, f, b"x")), libc::ENOTDIR);
+    });
+}
+
+#[test]
+fn open_unlinked_files_live_until_the_last_release() {
+    both(|fs| {
+        let root = Creds::root();
+        let v = &fs.vfs;
+        let (a, fh) = v.create(&root, Ino::ROOT, b"tmp", 0o600, RW, true).unwrap();
+        v.write(&root, fh, 0, &vec![7u8; 5 << 20]).unwrap();
+        v.unlink(&root, Ino::ROOT, b"tmp").unwrap();
+        assert_eq!(errno(v.lookup(&root, Ino::ROOT, b"tmp")), libc::ENOENT);
+        // Still readable and writable through the handle.
+        v.write(&root, fh, 5 << 20, b"tail").unwrap();
+        assert_eq!(v.read(fh, (5 << 20) - 2, 10).unwrap(), b"\x07\x07tail");
+        assert_eq!(v.getattr(a.ino).unwrap().nlink, 0);
+        v.release(fh).unwrap();
+        assert_eq!(
+            errno(v.getattr(a.ino)),
+            libc::ENOENT,
+            "freed at the last release"
+        );
+        assert!(v.meta().orphans().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn permissions_as_ext4() {
+    both(|fs| {
+        let root = Creds::root();
+        let alice = Creds::user(1000, 1000);
+        let bob = Creds::user(1001, 1001);
+        let v = &fs.vfs;
+        // No write permission in a root-owned 0755 directory.
+        assert_eq!(
+            errno(v.create(&alice, Ino::ROOT, b"a", 0o644, RW, true)),
+            libc::EACCES
+        );
+        // A sticky, world-writable directory: only owners may remove.
+        let tmp = v.mkdir(&root, Ino::ROOT, b"tmp", 0o1777).unwrap();
+        let (af, fh) = v
+            .create(&alice, tmp.ino, b"alice", 0o644, RW, true)
+            .unwrap();
+        v.release(fh).unwrap();
+        assert_eq!(af.uid, 1000);
+        assert_eq!(errno(v.unlink(&bob, tmp.ino, b"alice")), libc::EPERM);
+        assert_eq!(
+            errno(v.rename(
+                &bob,
+                tmp.ino,
+                b"alice",
+                tmp.ino,
+                b"bob",
+                RenameFlags::default()
+            )),
+            libc::EPERM
+        );
+        // Reading needs the read bit.
+        let fh = v
+            .open(
+                &bob,
+                af.ino,
+                OpenFlags {
+                    read: true,
+                    ..OpenFlags::default()
+                },
+            )
+            .unwrap();
+        v.release(fh).unwrap();
+        assert_eq!(errno(v.open(&bob, af.ino, RW)), libc::EACCES);
+        // chmod and chown: owner or root.
+        let chmod = |p| SetAttrRequest {
+            perm: Some(p),
+            ..SetAttrRequest::default()
+        };
+        assert_eq!(errno(v.setattr(&bob, af.ino, &chmod(0o777))), libc::EPERM);
+        v.setattr(&alice, af.ino, &chmod(0o4755)).unwrap();
+        let chown = SetAttrRequest {
+            uid: Some(1001),
+            ..SetAttrRequest::default()
+        };
+        assert_eq!(errno(v.setattr(&alice, af.ino, &chown)), libc::EPERM);
+        // A write by a non-root caller clears setuid.
+        let fh = v.open(&alice, af.ino, RW).unwrap();
+        v.write(&alice, fh, 0, b"x").unwrap();
+        v.release(fh).unwrap();
+        assert_eq!(v.getattr(af.ino).unwrap().perm, 0o755);
+        // chown by root clears setuid too.
+        v.setattr(&alice, af.ino, &chmod(0o4755)).unwrap();
+        v.setattr(&root, af.ino, &chown).unwrap();
+        let a = v.getattr(af.ino).unwrap();
+        assert_eq!((a.uid, a.perm), (1001, 0o755));
+        // Times: explicit times need ownership; UTIME_NOW write permission.
+        let (bf, fh) = v.create(&bob, tmp.ino, b"bobs", 0o666, RW, true).unwrap();
+        v.release(fh).unwrap();
+        let at = SetAttrRequest {
+            mtime: Some(TimeSet::At(slicefs::meta::Timespec { sec: 5, nsec: 0 })),
+            ..SetAttrRequest::default()
+        };
+        assert_eq!(errno(v.setattr(&alice, bf.ino, &at)), libc::EPERM);
+        let now = SetAttrRequest {
+            mtime: Some(TimeSet::Now),
+            ..SetAttrRequest::default()
+        };
+        v.setattr(&alice, bf.ino, &now).unwrap();
+        // Setgid directories pass their group (and setgid to subdirs).
+        let shared = v.mkdir(&root, Ino::ROOT, b"shared", 0o777).unwrap();
+        v.setattr(
+            &root,
+            shared.ino,
+            &SetAttrRequest {
+                gid: Some(50),
+                perm: Some(0o2777),
+                ..SetAttrRequest::default()
+            },
+        )
+        .unwrap();
+        let sub = v.mkdir(&alice, shared.ino, b"sub", 0o755).unwrap();
+        assert_eq!((sub.gid, sub.perm & 0o2000), (50, 0o2000));
+        // Devices only by root.
+        assert_eq!(
+            errno(v.mknod(&alice, tmp.ino, b"dev", FileKind::BlockDevice, 0o600, 1)),
+            libc::EPERM
+        );
+        // Search permission on the parent for lookup.
+        let private = v.mkdir(&alice, tmp.ino, b"private", 0o700).unwrap();
+        assert_eq!(errno(v.lookup(&bob, private.ino, b"x")), libc::EACCES);
+        assert_eq!(errno(v.lookup(&alice, private.ino, b"x")), libc::ENOENT);
+    });
+}
+
+#[test]
+fn restart_from_the_data_directory_keeps_tree_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let big: Vec<u8> = (0..(9 << 20))
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
+    let (d, small, large) = {
+        let fs = open_fs(Some(dir.path()));
+        let d = fs.vfs.mkdir(&root, Ino::ROOT, b"dir", 0o750).unwrap().ino;
+        let small = write_file(&fs, &root, d, "small", b"kept after a crash");
+        let large = write_file(&fs, &root, Ino::ROOT, "large", &big);
+        fs.vfs.fsyncdir(Ino::ROOT).unwrap();
+        // A crash: nothing drained, the log holds what fsync made durable.
+        assert!(
+            fs.vfs.cache().dirty_bytes() > 0,
+            "data still only in the log"
+        );
+        fs.crash();
+        (d, small, large)
+    };
+    {
+        let fs = open_fs(Some(dir.path()));
+        assert_eq!(fs.vfs.lookup(&root, Ino::ROOT, b"dir").unwrap().ino, d);
+        assert_eq!(fs.vfs.getattr(d).unwrap().perm, 0o750);
+        assert_eq!(read_all(&fs, small), b"kept after a crash");
+        assert_eq!(read_all(&fs, large), big);
+        fs.unmount();
+    }
+    // Everything drained: a fresh start reads it from the block store.
+    let fs = open_fs(Some(dir.path()));
+    assert_eq!(fs.vfs.cache().dirty_bytes(), 0);
+    assert_eq!(read_all(&fs, large), big);
+    assert_eq!(read_all(&fs, small), b"kept after a crash");
+    fs.unmount();
+}
+
+#[test]
+fn a_crash_before_the_size_reaches_metadata_keeps_the_logged_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let ino = {
+        let fs = open_fs(Some(dir.path()));
+        let (a, fh) = fs
+            .vfs
+            .create(&root, Ino::ROOT, b"f", 0o644, RW, true)
+            .unwrap();
+        fs.vfs.write(&root, fh, 0, b"0123456789").unwrap();
+        fs.vfs.fsyncdir(Ino::ROOT).unwrap();
+        // The log is synced; the size is only in memory (no flush, no
+        // release, no fsync of the file).
+        fs.persister.sync().unwrap();
+        assert_eq!(fs.vfs.meta().getattr(a.ino).unwrap().size, 0);
+        fs.crash();
+        a.ino
+    };
+    let fs = open_fs(Some(dir.path()));
+    assert_eq!(fs.recovery.sizes_fixed, 1);
+    assert_eq!(fs.vfs.getattr(ino).unwrap().size, 10);
+    assert_eq!(read_all(&fs, ino), b"0123456789");
+    fs.unmount();
+}
+
+#[test]
+fn a_file_open_at_a_crash_and_unlinked_is_freed_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let ino = {
+        let fs = open_fs(Some(dir.path()));
+        let (a, fh) = fs
+            .vfs
+            .create(&root, Ino::ROOT, b"f", 0o644, RW, true)
+            .unwrap();
+        fs.vfs.write(&root, fh, 0, b"data").unwrap();
+        fs.vfs.unlink(&root, Ino::ROOT, b"f").unwrap();
+        fs.vfs.fsyncdir(Ino::ROOT).unwrap();
+        fs.persister.sync().unwrap();
+        fs.crash();
+        a.ino
+    };
+    let fs = open_fs(Some(dir.path()));
+    assert_eq!(fs.recovery.orphans_freed, 1);
+    assert_eq!(errno(fs.vfs.getattr(ino)), libc::ENOENT);
+    assert_eq!(fs.vfs.cache().dirty_bytes(), 0);
+    fs.unmount();
+}
