@@ -6,74 +6,49 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use slicefs::blockstore::{BlockStore, StoreConfig};
+use slicefs::blockstore::StoreConfig;
 use slicefs::error::FsError;
-use slicefs::meta::{FileKind, Ino, MetaStore, RenameFlags, XattrFlags};
-use slicefs::transfer::{TransferConfig, TransferManager};
-use slicefs::vfs::{Creds, OpenFlags, SetAttrRequest, TimeSet, Vfs, VfsConfig, VfsRecovery};
-use slicefs_cache::{CacheConfig, SliceCache, recover};
-use slicefs_wal::{MmapPersister, NullPersister, Persister, WalConfig};
+use slicefs::meta::{FileKind, Ino, RenameFlags, XattrFlags};
+use slicefs::vfs::{
+    Creds, FsOptions, MetaKind, OpenFlags, PersisterKind, SetAttrRequest, TimeSet, Vfs, VfsConfig,
+    VfsRecovery,
+};
+use slicefs_wal::Persister;
 
 /// A VFS with its runtime. `dir` is `None` for an ephemeral one (memory
 /// metadata, null log, memory store).
 struct Fs {
-    vfs: Vfs,
+    vfs: Arc<Vfs>,
     rt: tokio::runtime::Runtime,
     persister: Arc<dyn Persister>,
     recovery: VfsRecovery,
 }
 
 fn open_fs(dir: Option<&Path>) -> Fs {
+    open_fs_with(dir, VfsConfig::default())
+}
+
+fn open_fs_with(dir: Option<&Path>, vfs: VfsConfig) -> Fs {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (meta, persister, store): (MetaStore, Arc<dyn Persister>, BlockStore) = match dir {
-        Some(d) => {
-            let url = url::Url::from_directory_path(d.join("blocks")).unwrap();
-            (
-                MetaStore::open_sqlite(&d.join("meta.db"), 0, 0).unwrap(),
-                Arc::new(MmapPersister::open(d.join("wal"), WalConfig::default()).unwrap()),
-                BlockStore::open(&StoreConfig::new(url.as_str())).unwrap(),
-            )
-        }
-        None => (
-            MetaStore::memory(0, 0),
-            Arc::new(NullPersister::new()),
-            BlockStore::open(&StoreConfig::new("memory:///")).unwrap(),
-        ),
-    };
-    let cache = Arc::new(SliceCache::new(CacheConfig::default()).unwrap());
-    let report = recover(persister.as_ref(), &cache).unwrap();
-    let tm = {
-        let _g = rt.enter();
-        TransferManager::start(
-            cache.clone(),
-            persister.clone(),
-            Arc::new(meta.clone()),
-            store,
-            TransferConfig {
-                upload_delay: Duration::from_millis(200),
-                ..TransferConfig::default()
-            },
-        )
-    };
-    let (vfs, recovery) = Vfs::new(
-        meta,
-        cache,
-        persister.clone(),
-        tm,
-        rt.handle().clone(),
-        VfsConfig::default(),
-        &report,
-    )
-    .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut o = FsOptions::new(dir.unwrap_or(scratch.path()));
+    if dir.is_none() {
+        o.persister = PersisterKind::Null;
+        o.meta = MetaKind::Memory;
+        o.store = Some(StoreConfig::new("memory:///"));
+    }
+    o.transfer.upload_delay = Duration::from_millis(200);
+    o.vfs = vfs;
+    let opened = rt.block_on(slicefs::vfs::open_fs(&o, rt.handle())).unwrap();
     Fs {
-        vfs,
+        vfs: opened.vfs,
         rt,
-        persister,
-        recovery,
+        persister: opened.persister,
+        recovery: opened.recovery,
     }
 }
 
@@ -457,4 +432,68 @@ fn a_file_open_at_a_crash_and_unlinked_is_freed_at_restart() {
     assert_eq!(errno(fs.vfs.getattr(ino)), libc::ENOENT);
     assert_eq!(fs.vfs.cache().dirty_bytes(), 0);
     fs.unmount();
+}
+
+#[test]
+fn a_truncate_logged_but_not_in_metadata_is_applied_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let ino = {
+        let fs = open_fs(Some(dir.path()));
+        let ino = write_file(&fs, &root, Ino::ROOT, "f", &vec![9u8; 6 << 20]);
+        // Uploaded and committed, so the block map holds the old bytes.
+        fs.rt
+            .block_on(fs.vfs.transfer().drain(Duration::from_secs(60)))
+            .unwrap();
+        // The crash falls between the log's truncate record and the
+        // metadata update.
+        fs.persister.append_truncate(ino.file(), 3).unwrap();
+        fs.persister.sync().unwrap();
+        fs.crash();
+        ino
+    };
+    let fs = open_fs(Some(dir.path()));
+    assert_eq!(fs.recovery.truncates_applied, 1);
+    assert_eq!(fs.vfs.getattr(ino).unwrap().size, 3);
+    assert_eq!(read_all(&fs, ino), vec![9u8; 3]);
+    // Growing the file again shows zeros, not the cut bytes.
+    let fh = fs.vfs.open(&root, ino, RW).unwrap();
+    fs.vfs.write(&root, fh, 5 << 20, b"end").unwrap();
+    fs.vfs.release(fh).unwrap();
+    let all = read_all(&fs, ino);
+    assert_eq!(&all[..3], &[9, 9, 9]);
+    assert!(all[3..5 << 20].iter().all(|&b| b == 0));
+    fs.unmount();
+}
+
+#[test]
+fn fsync_with_upload_returns_after_the_data_is_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let fs = open_fs_with(Some(dir.path()), VfsConfig { fsync_upload: true });
+    let (a, fh) = fs
+        .vfs
+        .create(&root, Ino::ROOT, b"f", 0o644, RW, true)
+        .unwrap();
+    fs.vfs.write(&root, fh, 0, &vec![1u8; 100_000]).unwrap();
+    assert!(fs.vfs.cache().oldest_pending_lsn(a.ino.file()).is_some());
+    fs.vfs.fsync(fh, false).unwrap();
+    assert_eq!(fs.vfs.cache().oldest_pending_lsn(a.ino.file()), None);
+    assert!(fs.vfs.transfer().stats().uploads >= 1);
+    fs.vfs.release(fh).unwrap();
+    fs.unmount();
+}
+
+#[test]
+fn a_bad_store_fails_at_open_before_anything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut o = FsOptions::new(dir.path());
+    o.store = Some(StoreConfig::new("ftp://nowhere/x"));
+    let err = rt
+        .block_on(slicefs::vfs::open_fs(&o, rt.handle()))
+        .err()
+        .expect("refused");
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(!dir.path().join("wal").exists(), "the log was not touched");
 }

@@ -12,6 +12,7 @@
 //! front end calls them from its own threads (FUSE) or through
 //! `spawn_blocking` (async servers), never from a Tokio worker.
 
+mod open;
 mod perm;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use crate::meta::{
     XattrFlags,
 };
 use crate::transfer::TransferManager;
+pub use open::{FsOptions, MetaKind, OpenedFs, PersisterKind, open_fs};
 pub use perm::{Access, Creds};
 
 type Result<T> = std::result::Result<T, FsError>;

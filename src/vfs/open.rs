@@ -1,0 +1,176 @@
+//! [`FsOptions`] and [`open_fs`]: the start-up sequence that builds a
+//! [`Vfs`] from a data directory and options, as `slicefs mount` runs it:
+//! validate options and the block store, lock and recover the log,
+//! settle recovery against metadata, resume uploads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use slicefs_cache::{CacheConfig, RecoveryReport, SliceCache, recover};
+use slicefs_wal::{MmapPersister, NullPersister, Persister, WalConfig};
+
+use super::{Vfs, VfsConfig, VfsRecovery};
+use crate::blockstore::{BlockStore, StoreConfig};
+use crate::error::FsError;
+use crate::meta::MetaStore;
+use crate::transfer::{TransferConfig, TransferManager};
+
+/// Which persister keeps the write-ahead log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PersisterKind {
+    /// The mmap log in `<data dir>/wal`.
+    Mmap,
+    /// No log: nothing survives a crash (tests, scratch mounts).
+    Null,
+}
+
+/// Which metadata store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaKind {
+    /// SQLite in `<data dir>/meta.db`.
+    Sqlite,
+    /// In memory: nothing survives the process.
+    Memory,
+}
+
+/// Everything a file system is opened with.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Where the log, the metadata database and (by default) the blocks
+    /// live. Created if missing.
+    pub data_dir: PathBuf,
+    /// The block store. Default: `file://<data dir>/blocks`.
+    pub store: Option<StoreConfig>,
+    /// The persister. Default: mmap.
+    pub persister: PersisterKind,
+    /// The metadata store. Default: SQLite.
+    pub meta: MetaKind,
+    /// Log settings (durability mode...).
+    pub wal: WalConfig,
+    /// Cache sizes.
+    pub cache: CacheConfig,
+    /// Upload and download settings.
+    pub transfer: TransferConfig,
+    /// VFS settings.
+    pub vfs: VfsConfig,
+    /// Owner of the root directory of a new file system.
+    pub root_uid: u32,
+    /// Group of the root directory of a new file system.
+    pub root_gid: u32,
+}
+
+impl FsOptions {
+    /// Defaults for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> FsOptions {
+        FsOptions {
+            data_dir: data_dir.into(),
+            store: None,
+            persister: PersisterKind::Mmap,
+            meta: MetaKind::Sqlite,
+            wal: WalConfig::default(),
+            cache: CacheConfig::default(),
+            transfer: TransferConfig::default(),
+            vfs: VfsConfig::default(),
+            root_uid: 0,
+            root_gid: 0,
+        }
+    }
+}
+
+/// An opened file system and what its start-up found.
+pub struct OpenedFs {
+    /// The VFS.
+    pub vfs: Arc<Vfs>,
+    /// The log's persister (to close it at the end).
+    pub persister: Arc<dyn Persister>,
+    /// The log replay.
+    pub replay: RecoveryReport,
+    /// What was settled against metadata.
+    pub recovery: VfsRecovery,
+}
+
+/// Opens the file system: creates the data directory, opens and checks the
+/// block store (a bad URL, a missing bucket or wrong credentials fail
+/// here, before anything else), opens the metadata store and the log
+/// (which locks the data directory against a second process), replays the
+/// log into the cache, settles it against metadata, and starts the
+/// transfer manager on `rt`, which uploads what the log held.
+///
+/// # Errors
+/// [`FsError::Io`] with the step that failed.
+pub async fn open_fs(
+    options: &FsOptions,
+    rt: &tokio::runtime::Handle,
+) -> Result<OpenedFs, FsError> {
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(|e| FsError::io("create the data directory", e))?;
+    let store_config = match &options.store {
+        Some(s) => s.clone(),
+        None => {
+            let dir = options.data_dir.join("blocks");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| FsError::io("create the block directory", e))?;
+            let abs = dir
+                .canonicalize()
+                .map_err(|e| FsError::io("resolve the block directory", e))?;
+            let url = url::Url::from_directory_path(&abs)
+                .map_err(|()| FsError::io("block directory URL", format!("{}", abs.display())))?;
+            StoreConfig::new(url.as_str())
+        }
+    };
+    let store = BlockStore::open(&store_config).map_err(|e| FsError::io("block store", e))?;
+    store
+        .check()
+        .await
+        .map_err(|e| FsError::io("block store", e))?;
+    let meta = match options.meta {
+        MetaKind::Sqlite => MetaStore::open_sqlite(
+            &options.data_dir.join("meta.db"),
+            options.root_uid,
+            options.root_gid,
+        )?,
+        MetaKind::Memory => MetaStore::memory(options.root_uid, options.root_gid),
+    };
+    let persister: Arc<dyn Persister> = match options.persister {
+        PersisterKind::Mmap => {
+            let dir = options.data_dir.join("wal");
+            let wal = options.wal.clone();
+            let p = tokio::task::spawn_blocking(move || MmapPersister::open(dir, wal))
+                .await
+                .map_err(|e| FsError::io("open the write-ahead log", e))?
+                .map_err(|e| FsError::io("open the write-ahead log", e))?;
+            Arc::new(p)
+        }
+        PersisterKind::Null => Arc::new(NullPersister::new()),
+    };
+    let cache = Arc::new(
+        SliceCache::new(options.cache.clone()).map_err(|e| FsError::io("cache settings", e))?,
+    );
+    let (p, c) = (persister.clone(), cache.clone());
+    let replay = tokio::task::spawn_blocking(move || recover(p.as_ref(), &c))
+        .await
+        .map_err(|e| FsError::io("replay the write-ahead log", e))?
+        .map_err(|e| FsError::io("replay the write-ahead log", e))?;
+    let tm = TransferManager::start(
+        cache.clone(),
+        persister.clone(),
+        Arc::new(meta.clone()),
+        store,
+        options.transfer.clone(),
+    );
+    let (vfs, recovery) = Vfs::new(
+        meta,
+        cache,
+        persister.clone(),
+        tm,
+        rt.clone(),
+        options.vfs.clone(),
+        &replay,
+    )?;
+    Ok(OpenedFs {
+        vfs: Arc::new(vfs),
+        persister,
+        replay,
+        recovery,
+    })
+}
