@@ -15,11 +15,14 @@
 //!
 //! - [`vfs`]: the VFS core (POSIX semantics over all of the above).
 //!
-//! Planned: the `fuse` and `nfs` front ends.
+//! - [`fuse`]: the FUSE front end (`fuser`).
+//!
+//! Planned: the `nfs` front end.
 //! `doc/DESIGN.md` describes the design.
 
 pub mod blockstore;
 pub mod error;
+pub mod fuse;
 pub mod meta;
 pub mod transfer;
 pub mod vfs;

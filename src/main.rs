@@ -1,6 +1,6 @@
-//! The `slicefs` command: today the write-ahead log tools (`slicefs wal
-//! inspect|verify`); `mount`, `umount` and `status` join it in later
-//! milestones. The command line is described in [`cli`].
+//! The `slicefs` command: `mount`, `umount`, `status` and the
+//! write-ahead log tools (`wal inspect|verify`). The command line is
+//! described in [`cli`].
 
 mod cli;
 

@@ -2,11 +2,11 @@
 //! logging set-up and the dispatch to one module per command group.
 //!
 //! Each command group is a variant of [`Command`] with its own module
-//! (`wal` today; `mount`, `umount` and `status` slot in beside it as
-//! further variants). Commands return the process exit code; errors they
+//! (`wal`; `mount` for `mount`, `umount` and `status`). Commands return the process exit code; errors they
 //! cannot express as an exit code go up as [`anyhow::Error`] and end the
 //! process with [`EXIT_ERROR`].
 
+mod mount;
 mod wal;
 
 use std::process::ExitCode;
@@ -46,11 +46,14 @@ pub struct Cli {
 }
 
 /// The command groups.
-///
-/// Later milestones add `Mount(MountArgs)`, `Umount(UmountArgs)` and
-/// `Status(StatusArgs)` here, each with its own module under `src/cli/`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Mount a file system with FUSE (see `slicefs mount --help`).
+    Mount(mount::MountArgs),
+    /// Unmount; with `--flush`, wait until everything is uploaded.
+    Umount(mount::UmountArgs),
+    /// Dirty bytes, uploads and stalls of a mounted file system.
+    Status(mount::StatusArgs),
     /// Read-only tools for a write-ahead log directory.
     #[command(subcommand)]
     Wal(wal::WalCommand),
@@ -96,8 +99,10 @@ pub fn init_tracing(level: LogLevel) {
         _ => EnvFilter::new(level.directive()),
     };
     // A subscriber set already (by a test harness) is left in place.
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -109,6 +114,9 @@ pub fn init_tracing(level: LogLevel) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Wal(cmd) => wal::run(cmd),
+        Command::Mount(a) => mount::mount(a),
+        Command::Umount(a) => mount::umount(a),
+        Command::Status(a) => mount::status(a),
     }
 }
 

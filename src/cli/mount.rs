@@ -1,0 +1,676 @@
+//! `slicefs mount`, `slicefs umount` and `slicefs status`.
+//!
+//! Option precedence, highest first: the command line, the environment
+//! (`SLICEFS_*`), the TOML config file (`--config`, keys named like the
+//! long options with `_` for `-`), the defaults.
+//!
+//! A mounted file system writes `<data dir>/status.json` every second
+//! (pid, mountpoint, dirty bytes, uploads, rate, oldest dirty age, stall);
+//! `status` and `umount --flush` read it. The mount's source in
+//! `/proc/mounts` is the data directory.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+use slicefs::blockstore::StoreConfig;
+use slicefs::fuse::FuseFs;
+use slicefs::vfs::{FsOptions, MetaKind, PersisterKind, VfsConfig, open_fs};
+use slicefs_cache::CacheConfig;
+use slicefs_wal::{Durability, WalConfig};
+
+/// `slicefs mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// TOML file with defaults for the options below.
+    #[arg(long, env = "SLICEFS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the log, the metadata database and (by default) the
+    /// blocks. Default: `$XDG_DATA_HOME/slicefs`, else
+    /// `~/.local/share/slicefs`.
+    #[arg(long, env = "SLICEFS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Block store URL: `file:///dir`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix`, `memory://`.
+    /// Default: `file://<data dir>/blocks`.
+    #[arg(long, env = "SLICEFS_STORE")]
+    pub store: Option<String>,
+    /// Block store option `KEY=VALUE` (`object_store` keys such as
+    /// `aws_endpoint`, `aws_allow_http`, `aws_region`); repeatable. AWS_*
+    /// environment variables are read too.
+    #[arg(long = "store-option", value_parser = parse_kv)]
+    pub store_options: Vec<(String, String)>,
+    /// Write-ahead log: `mmap` (crash-safe) or `null` (nothing survives a
+    /// crash). Default: mmap.
+    #[arg(long, env = "SLICEFS_PERSISTER", value_enum)]
+    pub persister: Option<PersisterArg>,
+    /// When a write is durable: `always` (before it returns), `batch`
+    /// (within 5 ms), `none` (at fsync). Default: batch.
+    #[arg(long, env = "SLICEFS_DURABILITY", value_enum)]
+    pub durability: Option<DurabilityArg>,
+    /// Memory for cached data (`512MiB`, `4GiB`). Default: a quarter of
+    /// RAM, at most 4 GiB.
+    #[arg(long, env = "SLICEFS_CACHE_SIZE")]
+    pub cache_size: Option<String>,
+    /// Data not yet uploaded that writers may pile up before they wait.
+    /// Default: half the cache size.
+    #[arg(long, env = "SLICEFS_DIRTY_MAX")]
+    pub dirty_max: Option<String>,
+    /// Upload dirty data older than this (`5s`, `500ms`). Default: 5s.
+    #[arg(long, env = "SLICEFS_UPLOAD_DELAY")]
+    pub upload_delay: Option<String>,
+    /// fsync also waits for the upload to the object store.
+    #[arg(long, env = "SLICEFS_FSYNC_UPLOAD")]
+    pub fsync_upload: bool,
+    /// Let other users access the mount (FUSE `allow_other`).
+    #[arg(long, env = "SLICEFS_ALLOW_OTHER")]
+    pub allow_other: bool,
+    /// Stay in the foreground (the default).
+    #[arg(long, conflicts_with = "background")]
+    pub foreground: bool,
+    /// Detach once mounted; logs go to `<data dir>/slicefs.log`.
+    #[arg(long)]
+    pub background: bool,
+    /// How long an unmount waits for uploads before it leaves the rest in
+    /// the log. Default: 10min.
+    #[arg(long, env = "SLICEFS_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
+}
+
+/// `slicefs umount`.
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// The mountpoint.
+    pub mountpoint: PathBuf,
+    /// Wait until everything is uploaded and the mount process ended,
+    /// with a progress bar.
+    #[arg(long)]
+    pub flush: bool,
+}
+
+/// `slicefs status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A mountpoint or a data directory.
+    pub target: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--persister`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersisterArg {
+    /// The mmap write-ahead log.
+    Mmap,
+    /// No log.
+    Null,
+}
+
+/// `--durability`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityArg {
+    /// Each write durable before it returns.
+    Always,
+    /// Writes durable within 5 ms.
+    Batch,
+    /// Writes durable at fsync.
+    None,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    store: Option<String>,
+    #[serde(default)]
+    store_options: std::collections::BTreeMap<String, String>,
+    persister: Option<PersisterArg>,
+    durability: Option<DurabilityArg>,
+    cache_size: Option<String>,
+    dirty_max: Option<String>,
+    upload_delay: Option<String>,
+    fsync_upload: Option<bool>,
+    allow_other: Option<bool>,
+    drain_timeout: Option<String>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+fn parse_size(what: &str, s: &str) -> anyhow::Result<u64> {
+    let b: bytesize::ByteSize = s
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{what}: {s:?} is not a size such as 512MiB: {e}"))?;
+    Ok(b.as_u64())
+}
+
+fn parse_duration(what: &str, s: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(s)
+        .with_context(|| format!("{what}: {s:?} is not a duration such as 5s"))
+}
+
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("slicefs"));
+    }
+    let home = std::env::var_os("HOME")
+        .context("neither XDG_DATA_HOME nor HOME is set; pass --data-dir")?;
+    Ok(PathBuf::from(home).join(".local/share/slicefs"))
+}
+
+fn ram_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kib| kib * 1024)
+}
+
+/// Everything `mount` runs with, resolved.
+struct Resolved {
+    options: FsOptions,
+    allow_other: bool,
+    drain_timeout: Duration,
+}
+
+fn resolve(args: &MountArgs) -> anyhow::Result<Resolved> {
+    let file: ConfigFile = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("read config file {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("config file {}", p.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let data_dir = match args.data_dir.clone().or(file.data_dir) {
+        Some(d) => d,
+        None => default_data_dir()?,
+    };
+    let mut o = FsOptions::new(&data_dir);
+    if let Some(url) = args.store.clone().or(file.store) {
+        let mut s = StoreConfig::new(url);
+        s.options = file.store_options.into_iter().collect();
+        s.options.extend(args.store_options.iter().cloned());
+        o.store = Some(s);
+    } else if !args.store_options.is_empty() || !file.store_options.is_empty() {
+        bail!("--store-option needs --store");
+    }
+    o.persister = match args
+        .persister
+        .or(file.persister)
+        .unwrap_or(PersisterArg::Mmap)
+    {
+        PersisterArg::Mmap => PersisterKind::Mmap,
+        PersisterArg::Null => PersisterKind::Null,
+    };
+    o.meta = MetaKind::Sqlite;
+    o.wal = WalConfig {
+        durability: match args
+            .durability
+            .or(file.durability)
+            .unwrap_or(DurabilityArg::Batch)
+        {
+            DurabilityArg::Always => Durability::Always,
+            DurabilityArg::Batch => Durability::Batch {
+                max_delay: Duration::from_millis(5),
+            },
+            DurabilityArg::None => Durability::None,
+        },
+        ..WalConfig::default()
+    };
+    let cache_size = match args.cache_size.clone().or(file.cache_size) {
+        Some(s) => parse_size("--cache-size", &s)?,
+        None => (ram_bytes() / 4).clamp(64 << 20, 4 << 30),
+    };
+    let dirty_max = match args.dirty_max.clone().or(file.dirty_max) {
+        Some(s) => parse_size("--dirty-max", &s)?,
+        None => cache_size / 2,
+    };
+    if cache_size < (1 << 20) || dirty_max < (1 << 20) {
+        bail!("--cache-size and --dirty-max must be at least 1MiB");
+    }
+    o.cache = CacheConfig {
+        capacity_bytes: cache_size,
+        dirty_max_bytes: dirty_max,
+        ..CacheConfig::default()
+    };
+    if let Some(d) = args.upload_delay.clone().or(file.upload_delay) {
+        o.transfer.upload_delay = parse_duration("--upload-delay", &d)?;
+    }
+    o.vfs = VfsConfig {
+        fsync_upload: args.fsync_upload || file.fsync_upload.unwrap_or(false),
+    };
+    let drain_timeout = match args.drain_timeout.clone().or(file.drain_timeout) {
+        Some(d) => parse_duration("--drain-timeout", &d)?,
+        None => Duration::from_secs(600),
+    };
+    Ok(Resolved {
+        options: o,
+        allow_other: args.allow_other || file.allow_other.unwrap_or(false),
+        drain_timeout,
+    })
+}
+
+/// What a mounted file system reports in `status.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// The mount process.
+    pub pid: u32,
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// Bytes not yet in the object store.
+    pub dirty_bytes: u64,
+    /// Uploads in progress.
+    pub uploads_in_flight: u64,
+    /// Blocks uploaded since the mount.
+    pub uploads: u64,
+    /// Upload rate over the last second, bytes per second.
+    pub upload_rate: u64,
+    /// Age of the oldest dirty data, seconds.
+    pub oldest_dirty_age_s: Option<f64>,
+    /// How long requests have been failing, seconds.
+    pub stalled_for_s: Option<f64>,
+    /// The last store error.
+    pub last_error: Option<String>,
+    /// Replaced blocks waiting for deletion.
+    pub gc_pending: u64,
+    /// `mounted`, `draining` or `stopped`.
+    pub state: String,
+}
+
+fn write_status(dir: &Path, s: &Status) {
+    let tmp = dir.join("status.json.tmp");
+    let body = serde_json::to_vec_pretty(s).unwrap_or_default();
+    if std::fs::write(&tmp, body).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join("status.json"));
+    }
+}
+
+fn mounted(mountpoint: &Path) -> bool {
+    let Ok(target) = mountpoint.canonicalize() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| {
+            s.lines().any(|l| {
+                l.split(' ').nth(4).is_some_and(|m| Path::new(m) == target) && l.contains(" - fuse")
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `slicefs mount`.
+///
+/// # Errors
+/// Bad options, an unusable store, a locked or corrupt data directory, a
+/// failed mount.
+pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
+    let r = resolve(&args)?;
+    if args.background {
+        return background(&args, &r);
+    }
+    let data_dir = r.options.data_dir.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)))
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    let t = Instant::now();
+    let opened = rt
+        .block_on(open_fs(&r.options, rt.handle()))
+        .with_context(|| format!("open the file system in {}", data_dir.display()))?;
+    tracing::info!(
+        records = opened.replay.records,
+        pending_bytes = opened.replay.pending_bytes,
+        files = opened.replay.files_with_pending.len(),
+        ms = t.elapsed().as_millis() as u64,
+        "log replayed; pending data is being uploaded"
+    );
+    let vfs = opened.vfs.clone();
+    let options = vec![
+        fuser::MountOption::FSName(data_dir.display().to_string()),
+        fuser::MountOption::Subtype("slicefs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    let mut config = fuser::Config::default();
+    if r.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.mount_options = options;
+    config.n_threads = Some(4);
+    let session = fuser::spawn_mount(FuseFs::new(vfs.clone()), &args.mountpoint, &config)
+        .with_context(|| format!("mount at {}", args.mountpoint.display()))?;
+    eprintln!(
+        "slicefs: mounted {} at {}",
+        data_dir.display(),
+        args.mountpoint.display()
+    );
+
+    // Status, until the session ends or a signal comes.
+    let status_dir = data_dir.clone();
+    let mountpoint = args.mountpoint.clone();
+    let tm = vfs.transfer().clone();
+    let cache = vfs.cache().clone();
+    let status_task = rt.spawn(async move {
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            let s = tm.stats();
+            let rate = (s.upload_bytes.saturating_sub(last.1)) as f64
+                / last.0.elapsed().as_secs_f64().max(0.001);
+            last = (Instant::now(), s.upload_bytes);
+            write_status(
+                &status_dir,
+                &Status {
+                    pid: std::process::id(),
+                    mountpoint: mountpoint.clone(),
+                    dirty_bytes: cache.dirty_bytes(),
+                    uploads_in_flight: s.uploads_in_flight,
+                    uploads: s.uploads,
+                    upload_rate: rate as u64,
+                    oldest_dirty_age_s: s.oldest_dirty_age.map(|d| d.as_secs_f64()),
+                    stalled_for_s: s.stalled_for.map(|d| d.as_secs_f64()),
+                    last_error: s.last_error,
+                    gc_pending: s.gc_pending,
+                    state: "mounted".into(),
+                },
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let signalled = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok::<bool, std::io::Error>(true),
+                _ = term.recv() => return Ok(true),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if session.guard.is_finished() {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    })?;
+    // A second signal exits at once: the data is safe in the log.
+    rt.spawn(async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("slicefs: second signal, exiting now; dirty data stays in the log");
+        std::process::exit(130);
+    });
+    if signalled {
+        eprintln!("slicefs: unmounting {}", args.mountpoint.display());
+    }
+    let ended = if signalled {
+        session.umount_and_join()
+    } else {
+        session.join()
+    };
+    if let Err(e) = ended {
+        tracing::warn!(error = %e, "unmount: trying a lazy unmount");
+        let _ = nix::mount::umount2(&args.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+    }
+    status_task.abort();
+    eprintln!(
+        "slicefs: uploading dirty data ({} bytes)",
+        vfs.cache().dirty_bytes()
+    );
+    let drained = rt.block_on(vfs.transfer().close(r.drain_timeout));
+    opened
+        .persister
+        .close()
+        .context("close the write-ahead log")?;
+    let _ = std::fs::remove_file(data_dir.join("status.json"));
+    match drained {
+        Ok(()) => {
+            eprintln!("slicefs: unmounted; everything is in the object store");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("slicefs: unmounted; {e}; the rest is uploaded at the next mount");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn background(args: &MountArgs, r: &Resolved) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&r.options.data_dir)
+        .with_context(|| format!("create {}", r.options.data_dir.display()))?;
+    let log_path = r.options.data_dir.join("slicefs.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("find the slicefs binary")?;
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--background")
+        .collect();
+    argv.push("--foreground".into());
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(exe)
+        .args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("start the mount process")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if mounted(&args.mountpoint) {
+            println!(
+                "slicefs: mounted at {} (pid {})",
+                args.mountpoint.display(),
+                child.id()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+            bail!(
+                "the mount process exited ({status}) before mounting; last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("not mounted after 120 s; see {}", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The data directory behind a mountpoint (the mount's source), or the
+/// argument itself if it is a data directory.
+fn data_dir_of(target: &Path) -> anyhow::Result<PathBuf> {
+    if target.join("status.json").exists() || target.join("meta.db").exists() {
+        return Ok(target.to_path_buf());
+    }
+    let want = target
+        .canonicalize()
+        .with_context(|| format!("{}", target.display()))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for l in info.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let Some(dash) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        if f.get(4).is_some_and(|m| Path::new(m) == want)
+            && f.get(dash + 1).is_some_and(|t| t.starts_with("fuse"))
+            && let Some(src) = f.get(dash + 2)
+        {
+            return Ok(PathBuf::from(src.replace("\\040", " ")));
+        }
+    }
+    bail!(
+        "{} is neither a slicefs mountpoint nor a data directory",
+        target.display()
+    )
+}
+
+fn read_status(dir: &Path) -> anyhow::Result<Status> {
+    let text = std::fs::read_to_string(dir.join("status.json"))
+        .with_context(|| format!("no status in {} (is it mounted?)", dir.display()))?;
+    serde_json::from_str(&text).context("parse status.json")
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Runs `slicefs umount`.
+///
+/// # Errors
+/// Not mounted, busy, not permitted.
+pub fn umount(args: UmountArgs) -> anyhow::Result<ExitCode> {
+    let dir = data_dir_of(&args.mountpoint)?;
+    let status = read_status(&dir).ok();
+    nix::mount::umount2(&args.mountpoint, nix::mount::MntFlags::empty())
+        .with_context(|| format!("unmount {}", args.mountpoint.display()))?;
+    if !args.flush {
+        println!(
+            "slicefs: unmounted {}; uploads finish in the background",
+            args.mountpoint.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(status) = status else {
+        println!("slicefs: unmounted (no status found to follow the uploads)");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let bar = indicatif::ProgressBar::new(status.dirty_bytes.max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "uploading {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let start = status.dirty_bytes;
+    while alive(status.pid) {
+        if let Ok(s) = read_status(&dir) {
+            bar.set_position(start.saturating_sub(s.dirty_bytes));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bar.finish();
+    println!(
+        "slicefs: unmounted {}; everything uploaded",
+        args.mountpoint.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `slicefs status`.
+///
+/// # Errors
+/// Not a mountpoint or data directory; no status.
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let dir = data_dir_of(&args.target)?;
+    let s = read_status(&dir)?;
+    if !alive(s.pid) {
+        bail!(
+            "the mount process {} is gone; nothing is mounted from {}",
+            s.pid,
+            dir.display()
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("data dir          {}", dir.display());
+    println!("mountpoint        {}", s.mountpoint.display());
+    println!("pid               {}", s.pid);
+    println!("dirty bytes       {}", bytesize::ByteSize(s.dirty_bytes));
+    println!("uploads in flight {}", s.uploads_in_flight);
+    println!("uploads           {}", s.uploads);
+    println!("upload rate       {}/s", bytesize::ByteSize(s.upload_rate));
+    println!(
+        "oldest dirty      {}",
+        s.oldest_dirty_age_s
+            .map_or("-".into(), |a| format!("{a:.1} s"))
+    );
+    if let Some(st) = s.stalled_for_s {
+        println!(
+            "STALLED           {st:.0} s: {}",
+            s.last_error.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        m: MountArgs,
+    }
+
+    #[test]
+    fn precedence_is_command_line_then_config_file_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "data_dir = \"/from/file\"\ncache_size = \"256MiB\"\nupload_delay = \"2s\"\ndurability = \"always\"\n",
+        )
+        .unwrap();
+        let t = T::parse_from([
+            "x",
+            "/mnt",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            "/from/cli",
+        ]);
+        let r = resolve(&t.m).unwrap();
+        assert_eq!(r.options.data_dir, PathBuf::from("/from/cli"));
+        assert_eq!(r.options.cache.capacity_bytes, 256 << 20);
+        assert_eq!(r.options.cache.dirty_max_bytes, 128 << 20);
+        assert_eq!(r.options.transfer.upload_delay, Duration::from_secs(2));
+        assert_eq!(r.options.wal.durability, Durability::Always);
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let t = T::parse_from(["x", "/mnt", "--data-dir", "/d", "--cache-size", "lots"]);
+        let e = resolve(&t.m).err().unwrap().to_string();
+        assert!(e.contains("--cache-size"), "{e}");
+        let t = T::parse_from(["x", "/mnt", "--data-dir", "/d", "--upload-delay", "soon"]);
+        assert!(resolve(&t.m).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "no_such_key = 1\n").unwrap();
+        let t = T::parse_from(["x", "/mnt", "--config", cfg.to_str().unwrap()]);
+        assert!(resolve(&t.m).is_err(), "unknown config keys are refused");
+    }
+}

@@ -1,0 +1,694 @@
+//! The FUSE front end: a thin adapter from `fuser` requests to [`Vfs`]
+//! calls, with errno from [`FsError::errno`](crate::error::FsError::errno).
+//!
+//! Choices (see `doc/SEMANTICS.md`):
+//! - attribute and entry TTL 1 s: this mount is the only writer of its
+//!   file system, so the kernel's cached attributes can only be stale for
+//!   changes the kernel itself made;
+//! - open files keep the kernel page cache (`FOPEN_KEEP_CACHE`): it is the
+//!   re-read cache above the VFS;
+//! - `max_write` 1 MiB; `st_blksize` 1 MiB so that tools write in large
+//!   pieces;
+//! - `default_permissions`: the kernel checks permission bits (with the
+//!   caller's supplementary groups); the VFS checks again with the groups
+//!   read from `/proc/<pid>/status`;
+//! - FUSE threads block only on the log's sync and on reads that need the
+//!   object store; uploads run on the Tokio runtime.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags as FuseOpenFlags, RenameFlags as FuseRenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::error::FsError;
+use crate::meta::{FileKind, Ino, Inode, RenameFlags, Timespec, XattrFlags};
+use crate::vfs::{Access, Creds, OpenFlags, SetAttrRequest, TimeSet, Vfs};
+
+/// Attribute and entry time to live.
+pub const TTL: Duration = Duration::from_secs(1);
+/// Largest write the kernel sends, in bytes.
+pub const MAX_WRITE: u32 = 1 << 20;
+/// `st_blksize` reported for every file.
+pub const BLKSIZE: u32 = 1 << 20;
+/// The capacity `statfs` reports (the store has none): 1 PiB.
+pub const CAPACITY_BYTES: u64 = 1 << 50;
+
+/// The `fuser` file system over a [`Vfs`].
+pub struct FuseFs {
+    vfs: Arc<Vfs>,
+    groups: Mutex<HashMap<u32, (Instant, Vec<u32>)>>,
+}
+
+impl FuseFs {
+    /// An adapter for `vfs`.
+    pub fn new(vfs: Arc<Vfs>) -> FuseFs {
+        FuseFs {
+            vfs,
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn creds(&self, req: &Request) -> Creds {
+        Creds {
+            uid: req.uid(),
+            gid: req.gid(),
+            groups: if req.uid() == 0 {
+                Vec::new()
+            } else {
+                self.supplementary_groups(req.pid())
+            },
+        }
+    }
+
+    /// The caller's supplementary groups, from `/proc`, cached for 1 s
+    /// per process.
+    fn supplementary_groups(&self, pid: u32) -> Vec<u32> {
+        let mut cache = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, g)) = cache.get(&pid)
+            && t.elapsed() < Duration::from_secs(1)
+        {
+            return g.clone();
+        }
+        let groups = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("Groups:")).map(|l| {
+                    l[7..]
+                        .split_whitespace()
+                        .filter_map(|g| g.parse().ok())
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(pid, (Instant::now(), groups));
+        cache[&pid].1.clone()
+    }
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn time(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs())
+            + Duration::from_nanos(u64::from(t.nsec))
+    }
+}
+
+fn timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+/// The `stat` view of an inode.
+pub fn file_attr(a: &Inode) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: time(a.ctime),
+        kind: kind(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    if let FsError::Io { .. } = e {
+        tracing::error!(error = %e, "I/O error returned to the kernel");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn kind_of_mode(mode: u32) -> Option<FileKind> {
+    Some(match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => FileKind::Regular,
+        libc::S_IFDIR => FileKind::Directory,
+        libc::S_IFLNK => FileKind::Symlink,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFSOCK => FileKind::Socket,
+        libc::S_IFCHR => FileKind::CharDevice,
+        libc::S_IFBLK => FileKind::BlockDevice,
+        _ => return None,
+    })
+}
+
+fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(s) => TimeSet::At(timespec(s)),
+    })
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(max) = config.set_max_write(MAX_WRITE) {
+            tracing::info!(max, "kernel limits max_write");
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(MAX_WRITE) {
+            let _ = config.set_max_readahead(max);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self
+            .vfs
+            .lookup(&self.creds(req), Ino(parent.0), name.as_bytes())
+        {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.vfs.getattr(Ino(ino.0)) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let r = SetAttrRequest {
+            perm: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size,
+            atime: time_set(atime),
+            mtime: time_set(mtime),
+        };
+        match self.vfs.setattr(&self.creds(req), Ino(ino.0), &r) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.vfs.readlink(Ino(ino.0)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(k) = kind_of_mode(mode) else {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        };
+        let perm = (mode & !umask & 0o7777) as u16;
+        match self.vfs.mknod(
+            &self.creds(req),
+            Ino(parent.0),
+            name.as_bytes(),
+            k,
+            perm,
+            rdev,
+        ) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let perm = (mode & !umask & 0o7777) as u16;
+        match self
+            .vfs
+            .mkdir(&self.creds(req), Ino(parent.0), name.as_bytes(), perm)
+        {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self
+            .vfs
+            .unlink(&self.creds(req), Ino(parent.0), name.as_bytes())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self
+            .vfs
+            .rmdir(&self.creds(req), Ino(parent.0), name.as_bytes())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        match self.vfs.symlink(
+            &self.creds(req),
+            Ino(parent.0),
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+        ) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: FuseRenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let f = RenameFlags {
+            noreplace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
+        };
+        match self.vfs.rename(
+            &self.creds(req),
+            Ino(parent.0),
+            name.as_bytes(),
+            Ino(newparent.0),
+            newname.as_bytes(),
+            f,
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.vfs.link(
+            &self.creds(req),
+            Ino(ino.0),
+            Ino(newparent.0),
+            newname.as_bytes(),
+        ) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
+        match self
+            .vfs
+            .open(&self.creds(req), Ino(ino.0), OpenFlags::from_libc(flags.0))
+        {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: FuseOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.vfs.read(fh.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: FuseOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.vfs.write(&self.creds(req), fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.vfs.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: FuseOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.vfs.release(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.vfs.fsync(fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+        match self.vfs.opendir(&self.creds(req), Ino(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.vfs.readdir(Ino(ino.0), offset, 512) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(
+                        INodeNo(e.ino.0),
+                        e.cookie,
+                        kind(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: FuseOpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.vfs.releasedir(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.vfs.fsyncdir(Ino(ino.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.vfs.statfs() {
+            Ok(u) => {
+                let bsize = 4096u64;
+                let blocks = CAPACITY_BYTES / bsize;
+                let used = u.bytes.div_ceil(bsize).min(blocks);
+                let files = 1u64 << 32;
+                reply.statfs(
+                    blocks,
+                    blocks - used,
+                    blocks - used,
+                    files,
+                    files.saturating_sub(u.inodes),
+                    bsize as u32,
+                    crate::meta::NAME_MAX as u32,
+                    bsize as u32,
+                );
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let f = XattrFlags {
+            create: flags & libc::XATTR_CREATE != 0,
+            replace: flags & libc::XATTR_REPLACE != 0,
+        };
+        match self
+            .vfs
+            .setxattr(&self.creds(req), Ino(ino.0), name.as_bytes(), value, f)
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self
+            .vfs
+            .getxattr(&self.creds(req), Ino(ino.0), name.as_bytes())
+        {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.vfs.listxattr(Ino(ino.0)) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32);
+                } else if buf.len() > size as usize {
+                    reply.error(Errno::from_i32(libc::ERANGE));
+                } else {
+                    reply.data(&buf);
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self
+            .vfs
+            .removexattr(&self.creds(req), Ino(ino.0), name.as_bytes())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self
+            .vfs
+            .access(&self.creds(req), Ino(ino.0), Access::from_mask(mask.bits()))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let perm = (mode & !umask & 0o7777) as u16;
+        match self.vfs.create(
+            &self.creds(req),
+            Ino(parent.0),
+            name.as_bytes(),
+            perm,
+            OpenFlags::from_libc(flags),
+            flags & libc::O_EXCL != 0,
+        ) {
+            Ok((a, fh)) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_including_before_the_epoch() {
+        for t in [
+            Timespec { sec: 0, nsec: 0 },
+            Timespec {
+                sec: 1_700_000_000,
+                nsec: 123_456_789,
+            },
+            Timespec {
+                sec: -5,
+                nsec: 250_000_000,
+            },
+        ] {
+            assert_eq!(timespec(time(t)), t);
+        }
+    }
+
+    #[test]
+    fn modes_map_to_kinds() {
+        assert_eq!(kind_of_mode(libc::S_IFIFO | 0o644), Some(FileKind::Fifo));
+        assert_eq!(kind_of_mode(0o644), Some(FileKind::Regular));
+        assert_eq!(kind_of_mode(libc::S_IFCHR), Some(FileKind::CharDevice));
+        assert_eq!(kind_of_mode(0o170000), None);
+    }
+}

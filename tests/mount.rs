@@ -1,0 +1,353 @@
+//! The main job, end to end, on a real FUSE mount (the suite runs as
+//! root): a real tree copied in and compared, a git repository and an
+//! SQLite database inside, unmount and remount; the kill -9 crash test
+//! with a manifest of fsynced files; the same against SeaweedFS S3.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::seaweed::Seaweed;
+
+const BIN: &str = env!("CARGO_BIN_EXE_slicefs");
+
+/// A `slicefs mount` process; unmounted and killed on drop.
+struct Mount {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+    log: PathBuf,
+}
+
+fn mounted(mountpoint: &Path) -> bool {
+    let mp = mountpoint
+        .canonicalize()
+        .unwrap_or(mountpoint.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(m) == mp))
+}
+
+impl Mount {
+    fn start(mountpoint: &Path, data_dir: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(mountpoint).unwrap();
+        let log = data_dir.with_extension("log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("mount")
+            .arg(mountpoint)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--log-level", "info"])
+            .args(if extra.contains(&"--upload-delay") {
+                &[][..]
+            } else {
+                &["--upload-delay", "1s"][..]
+            })
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start slicefs mount");
+        let mut m = Mount {
+            child: Some(child),
+            mountpoint: mountpoint.to_path_buf(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !mounted(mountpoint) {
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("mount exited ({st}):\n{}", m.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not mounted in 60 s:\n{}",
+                m.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A clean unmount: SIGTERM, then wait for the drain and exit.
+    fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let st = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                assert!(st.success(), "mount exited with {st}:\n{}", self.log_text());
+                break;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!mounted(&self.mountpoint));
+        self.log_text()
+    }
+
+    /// kill -9, then detach the dead mount.
+    fn kill9(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        self.log_text()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            if std::thread::panicking() {
+                eprintln!("---- slicefs log ----\n{}", self.log_text());
+            }
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn diff_r(a: &Path, b: &Path) {
+    run(Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b));
+}
+
+/// The real tree copied in: `/usr/include` (thousands of files).
+fn source_tree() -> PathBuf {
+    let p = PathBuf::from("/usr/include");
+    assert!(p.is_dir(), "/usr/include is missing");
+    p
+}
+
+const SQL_CHECK: &str = "
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+if sys.argv[2] == 'create':
+    db.execute('create table t(k integer primary key, v text)')
+    for i in range(2000):
+        db.execute('insert into t(v) values (?)', ('value %d' % i * 10,))
+    db.commit()
+    db.execute('delete from t where k % 3 = 0')
+    db.commit()
+r = db.execute('pragma integrity_check').fetchone()[0]
+n = db.execute('select count(*) from t').fetchone()[0]
+print(r, n)
+";
+
+fn main_job(extra: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let dd = tmp.path().join("data");
+    let src = source_tree();
+    let m = Mount::start(&mp, &dd, extra);
+    run(Command::new("cp").arg("-a").arg(&src).arg(mp.join("tree")));
+    diff_r(&src, &mp.join("tree"));
+    // A git repository inside.
+    let repo = mp.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(&repo))
+    };
+    git(&["init", "-q"]);
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(src.join("linux"))
+        .arg(repo.join("linux")));
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "one"]);
+    std::fs::write(repo.join("linux/extra.h"), "#define X 1\n").unwrap();
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "two"]);
+    git(&["fsck", "--full", "--strict"]);
+    // An SQLite database inside.
+    let out = run(Command::new("python3")
+        .arg("-c")
+        .arg(SQL_CHECK)
+        .arg(mp.join("db.sqlite"))
+        .arg("create"));
+    assert_eq!(out.trim(), "ok 1334");
+    m.stop();
+
+    // Remounted: all still equal.
+    let m = Mount::start(&mp, &dd, extra);
+    diff_r(&src, &mp.join("tree"));
+    git(&["fsck", "--full", "--strict"]);
+    assert_eq!(git(&["rev-list", "--count", "HEAD"]).trim(), "2");
+    let out = run(Command::new("python3")
+        .arg("-c")
+        .arg(SQL_CHECK)
+        .arg(mp.join("db.sqlite"))
+        .arg("check"));
+    assert_eq!(out.trim(), "ok 1334");
+    // statfs answers as df expects.
+    let df = run(Command::new("df").arg("-k").arg(&mp));
+    assert!(df.lines().count() == 2, "{df}");
+    m.stop();
+}
+
+#[test]
+fn main_job_on_the_embedded_default() {
+    main_job(&[]);
+}
+
+#[test]
+fn main_job_on_seaweedfs_s3() {
+    let sw = Seaweed::start().expect("start SeaweedFS");
+    sw.create_bucket("slicefs").expect("bucket");
+    let opts = [
+        format!("aws_endpoint={}", sw.s3_endpoint),
+        "aws_allow_http=true".to_string(),
+        format!("aws_access_key_id={}", sw.access_key),
+        format!("aws_secret_access_key={}", sw.secret_key),
+        format!("aws_region={}", sw.region),
+    ];
+    let mut extra: Vec<&str> = vec!["--store", "s3://slicefs/fs"];
+    for o in &opts {
+        extra.push("--store-option");
+        extra.push(o);
+    }
+    main_job(&extra);
+}
+
+/// Writes files through the mount, fsyncing each file and its directory,
+/// and records each in `manifest` (outside the mount) only after that.
+/// Stops at the first error (the mount died).
+fn writer(dir: PathBuf, manifest: PathBuf, start: usize) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut man = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&manifest)
+            .unwrap();
+        let mut n = 0;
+        for i in start.. {
+            let name = format!("f{i:06}");
+            let len = 1 + (i * 7919) % (3 << 20);
+            let data: Vec<u8> = (0..len)
+                .map(|j| (j as u32).wrapping_mul(i as u32 | 1) as u8)
+                .collect();
+            let ok = (|| -> std::io::Result<()> {
+                let mut f = std::fs::File::create(dir.join(&name))?;
+                f.write_all(&data)?;
+                f.sync_all()?;
+                std::fs::File::open(&dir)?.sync_all()?;
+                Ok(())
+            })();
+            if ok.is_err() {
+                break;
+            }
+            writeln!(man, "{name} {len}").unwrap();
+            man.sync_all().unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+fn check_manifest(dir: &Path, manifest: &Path) -> usize {
+    let text = std::fs::read_to_string(manifest).unwrap_or_default();
+    let mut n = 0;
+    for line in text.lines() {
+        let (name, len) = line.split_once(' ').unwrap();
+        let i: usize = name[1..].parse().unwrap();
+        let len: usize = len.parse().unwrap();
+        let got = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name} lost: {e}"));
+        assert_eq!(got.len(), len, "{name}: length");
+        let want: Vec<u8> = (0..len)
+            .map(|j| (j as u32).wrapping_mul(i as u32 | 1) as u8)
+            .collect();
+        assert!(got == want, "{name}: bytes differ");
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn kill9_loses_no_fsynced_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let dd = tmp.path().join("data");
+    let manifest = tmp.path().join("manifest");
+    // Uploads are slowed down (long delay), so the log holds pending data
+    // at every kill.
+    let extra = ["--upload-delay", "1h", "--durability", "batch"];
+    let mut next = 0;
+    for round in 0..10 {
+        let m = Mount::start(&mp, &dd, &extra);
+        assert_eq!(
+            check_manifest(&mp.join("w"), &manifest),
+            next,
+            "round {round}: after restart"
+        );
+        std::fs::create_dir_all(mp.join("w")).unwrap();
+        let w = writer(mp.join("w"), manifest.clone(), next);
+        std::thread::sleep(Duration::from_millis(300 + 97 * round as u64));
+        let log = m.kill9();
+        let written = w.join().unwrap();
+        assert!(
+            written > 0,
+            "round {round}: the writer wrote nothing:\n{log}"
+        );
+        next += written;
+        // The log held the data: the next mount replays it.
+        let m = Mount::start(&mp, &dd, &extra);
+        let replay = m.log_text();
+        let pending: u64 = replay
+            .split("pending_bytes=")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            pending > 0,
+            "round {round}: the log replayed nothing:\n{replay}"
+        );
+        assert_eq!(check_manifest(&mp.join("w"), &manifest), next);
+        m.kill9();
+    }
+    // Drain everything, wipe the log, and read it all from the store.
+    let m = Mount::start(&mp, &dd, &["--upload-delay", "100ms"]);
+    m.stop();
+    std::fs::remove_dir_all(dd.join("wal")).unwrap();
+    let m = Mount::start(&mp, &dd, &[]);
+    assert_eq!(check_manifest(&mp.join("w"), &manifest), next);
+    m.stop();
+}
