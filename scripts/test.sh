@@ -87,6 +87,29 @@ sys.exit(sys.prefix != sys.base_prefix or not os.path.exists(
     fi
 fi
 echo "weed: $(command -v weed) ($(weed version 2>/dev/null | head -n 1))"
+# The FUSE tests (tests/mount.rs) mount for real, as root, through
+# /dev/fuse, and drive git, python3 (its sqlite3 module), diff and df.
+if [ ! -e /dev/fuse ]; then
+    modprobe fuse 2>/dev/null || true
+fi
+if [ ! -e /dev/fuse ]; then
+    echo "error: /dev/fuse is missing (no FUSE in this kernel?); the mount tests need it" >&2
+    exit 1
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "error: the mount tests mount with mount(2) and must run as root" >&2
+    exit 1
+fi
+for tool in git python3 diff df; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        pkg=$tool
+        [ "$tool" = diff ] && pkg=diffutils
+        [ "$tool" = df ] && pkg=coreutils
+        apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null
+    fi
+done
+python3 -c 'import sqlite3' || { echo "error: python3 lacks its sqlite3 module" >&2; exit 1; }
+echo "fuse: /dev/fuse; git: $(git --version)"
 # ---- Later issues install their test dependencies here (idempotent) ----
 #   libnfs-utils, the NFS client of the NFS front-end tests (Debian):
 #       command -v nfs-ls >/dev/null || { apt-get update && apt-get install -y libnfs-utils; }

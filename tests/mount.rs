@@ -351,3 +351,62 @@ fn kill9_loses_no_fsynced_file() {
     assert_eq!(check_manifest(&mp.join("w"), &manifest), next);
     m.stop();
 }
+
+#[test]
+fn background_mount_status_and_umount_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let dd = tmp.path().join("data");
+    std::fs::create_dir_all(&mp).unwrap();
+    let out = run(Command::new(BIN)
+        .arg("mount")
+        .arg(&mp)
+        .arg("--data-dir")
+        .arg(&dd)
+        .args(["--background", "--upload-delay", "1h"]));
+    assert!(out.contains("mounted"), "{out}");
+    assert!(mounted(&mp));
+    let guard = scopeguard(&mp);
+    std::fs::write(mp.join("f"), vec![3u8; 3 << 20]).unwrap();
+    // The status file is written every second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let s = run(Command::new(BIN).arg("status").arg("--json").arg(&mp));
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        if v["dirty_bytes"].as_u64().unwrap_or(0) > 0 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed dirty data: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let pid = status["pid"].as_u64().unwrap();
+    let out = run(Command::new(BIN).arg("umount").arg("--flush").arg(&mp));
+    assert!(out.contains("everything uploaded"), "{out}");
+    assert!(!mounted(&mp));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the mount process ended"
+    );
+    drop(guard);
+    // Everything was uploaded: the log replays nothing.
+    let m = Mount::start(&mp, &dd, &[]);
+    assert!(m.log_text().contains("pending_bytes=0"), "{}", m.log_text());
+    assert_eq!(std::fs::read(mp.join("f")).unwrap(), vec![3u8; 3 << 20]);
+    m.stop();
+}
+
+/// Detaches the mount if the test fails before its own unmount.
+fn scopeguard(mp: &Path) -> impl Drop + '_ {
+    struct G<'a>(&'a Path);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            if mounted(self.0) {
+                let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    G(mp)
+}
