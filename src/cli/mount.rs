@@ -61,7 +61,9 @@ pub struct MountArgs {
     /// Default: half the cache size.
     #[arg(long, env = "SLICEFS_DIRTY_MAX")]
     pub dirty_max: Option<String>,
-    /// Upload dirty data older than this (`5s`, `500ms`). Default: 5s.
+    /// Upload a file's dirty data once the file had no write for this
+    /// long (`5s`, `500ms`); data of a file still being written goes after
+    /// 30 s at the latest. Default: 5s.
     #[arg(long, env = "SLICEFS_UPLOAD_DELAY")]
     pub upload_delay: Option<String>,
     /// fsync also waits for the upload to the object store.

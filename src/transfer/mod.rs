@@ -52,8 +52,13 @@ pub struct TransferConfig {
     pub io_max: usize,
     /// Concurrent block uploads. Default: 16. Minimum: 1.
     pub uploads_max: usize,
-    /// Dirty data older than this is uploaded. Default: 5 s.
+    /// A file's dirty data is uploaded once the file has had no write for
+    /// this long (a file still being rewritten at random would otherwise
+    /// re-upload whole blocks again and again). Default: 5 s.
     pub upload_delay: Duration,
+    /// Dirty data older than this is uploaded even while its file is still
+    /// being written. Default: 30 s. At least `upload_delay`.
+    pub max_dirty_age: Duration,
     /// Above this share of the cache's dirty limit, the oldest dirty files
     /// are uploaded at once. Default: 0.5.
     pub pressure_ratio: f64,
@@ -91,6 +96,7 @@ impl Default for TransferConfig {
             io_max: 32,
             uploads_max: 16,
             upload_delay: Duration::from_secs(5),
+            max_dirty_age: Duration::from_secs(30),
             pressure_ratio: 0.5,
             readahead_blocks: 8,
             block_cache_bytes: 64 << 20,
@@ -223,6 +229,8 @@ pub struct DrainProgress {
 struct FileState {
     /// When the file first had dirty data not yet planned for upload.
     dirty_since: Option<Instant>,
+    /// The last write to the file.
+    last_write: Option<Instant>,
     /// A write filled a block: upload full blocks now.
     full_block: bool,
     /// Upload everything now (fsync, close, drain).
@@ -369,7 +377,9 @@ impl TransferManager {
             len > 0 && (end.is_multiple_of(BLOCK_SIZE) || offset / BLOCK_SIZE != end / BLOCK_SIZE);
         let mut files = lock(&self.inner.files);
         let st = files.entry(file).or_default();
-        st.dirty_since.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        st.dirty_since.get_or_insert(now);
+        st.last_write = Some(now);
         if filled {
             st.full_block = true;
         }
@@ -856,10 +866,15 @@ impl Inner {
             let Some(since) = st.dirty_since else {
                 continue;
             };
+            let quiet = st
+                .last_write
+                .is_none_or(|w| now.duration_since(w) >= self.config.upload_delay);
             let all = st.flush_requested
                 || draining
                 || pressure
-                || now.duration_since(since) >= self.config.upload_delay;
+                || (quiet && now.duration_since(since) >= self.config.upload_delay)
+                || now.duration_since(since)
+                    >= self.config.max_dirty_age.max(self.config.upload_delay);
             if all {
                 st.dirty_since = None;
                 st.flush_requested = false;
