@@ -72,6 +72,9 @@ struct FileCache {
 struct Space {
     /// Pending bytes plus outstanding reservations.
     committed: u64,
+    /// Writers waiting for room: only then does freeing room wake anyone
+    /// (a condvar notify is a futex system call even with no waiter).
+    waiters: usize,
 }
 
 /// Room for pending bytes, taken before a write is logged so that a write
@@ -207,11 +210,13 @@ impl SliceCache {
                     "writer waits for dirty room"
                 );
             }
+            space.waiters += 1;
             space = self
                 .space_cv
                 .wait_timeout(space, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            space.waiters -= 1;
         }
         space.committed += bytes;
         Ok(Reservation { cache: self, bytes })
@@ -220,8 +225,11 @@ impl SliceCache {
     fn release_space(&self, bytes: u64) {
         let mut space = lock(&self.space);
         space.committed = space.committed.saturating_sub(bytes);
+        let wake = space.waiters > 0;
         drop(space);
-        self.space_cv.notify_all();
+        if wake {
+            self.space_cv.notify_all();
+        }
     }
 
     fn file(&self, file: FileId) -> Option<Arc<Mutex<FileCache>>> {
@@ -265,9 +273,9 @@ impl SliceCache {
             _ if d.pending > 0 => space.committed += d.pending as u64,
             _ => space.committed = space.committed.saturating_sub(d.pending.unsigned_abs()),
         }
-        let freed = d.pending < 0;
+        let wake = d.pending < 0 && space.waiters > 0;
         drop(space);
-        if freed {
+        if wake {
             self.space_cv.notify_all();
         }
     }
