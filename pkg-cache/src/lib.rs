@@ -20,7 +20,7 @@ use std::ops::Range;
 
 pub use cache::{CacheConfig, CacheStats, Reservation, SliceCache};
 pub use chunk::{BlockSnapshot, SnapshotOptions};
-pub use recover::{RecoveryReport, recover};
+pub use recover::{RecoveryReport, recover, recover_with_progress};
 pub use slicefs_wal::{CHUNK_SIZE, ChunkIndex, FileId, Lsn, SliceId};
 
 /// Bytes of a block, the unit uploaded to the object store: 4 MiB.

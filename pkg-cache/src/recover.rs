@@ -51,15 +51,32 @@ pub fn recover(
     persister: &dyn Persister,
     cache: &SliceCache,
 ) -> Result<RecoveryReport, CacheError> {
+    recover_with_progress(persister, cache, &mut |_, _| {})
+}
+
+/// [`recover`], calling `progress(records_done, records_total)` every
+/// 16,384 records and at the end (for a progress bar on large logs).
+///
+/// # Errors
+/// As [`recover`].
+pub fn recover_with_progress(
+    persister: &dyn Persister,
+    cache: &SliceCache,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RecoveryReport, CacheError> {
     let t0 = Instant::now();
     let mut report = RecoveryReport::default();
     let before = cache.stats().dirty_bytes;
     let mut rec = persister.recover()?;
+    let total = rec.stats().records;
     let mut dropped = 0u64;
     let mut truncates = std::collections::BTreeMap::new();
     while let Some(r) = rec.next_record() {
         let r = r?;
         report.records += 1;
+        if report.records % 16_384 == 0 {
+            progress(report.records, total);
+        }
         report.last_lsn = r.lsn.0;
         match r.kind {
             RecordKind::Slice(w) => {
@@ -83,6 +100,7 @@ pub fn recover(
             }
         }
     }
+    progress(report.records, total.max(report.records));
     report.flushed_bytes_dropped = dropped;
     report.truncates = truncates
         .into_iter()

@@ -384,3 +384,31 @@ fn many_records_across_segments_are_replayed_in_order() {
     assert_eq!(report.pending_bytes + holes, want.len() as u64);
     assert!(got == want, "replayed content differs");
 }
+
+#[test]
+fn progress_is_reported_in_records_up_to_the_total() {
+    let storage = SimStorage::new();
+    {
+        let p = MmapPersister::open_on(storage.clone(), wal_config()).expect("open");
+        for i in 0..40_000u64 {
+            slice(&p, 1 + i % 3, (i % 1000) * 16, &[i as u8; 16]);
+        }
+        p.append_truncate(FileId(2), 100).expect("truncate");
+    }
+    let p = MmapPersister::open_on(storage.process_crash(), wal_config()).expect("reopen");
+    let c = cache();
+    let mut calls = Vec::new();
+    let report =
+        slicefs_cache::recover_with_progress(&p, &c, &mut |done, total| calls.push((done, total)))
+            .expect("recover");
+    assert_eq!(report.records, 40_001);
+    assert_eq!(calls.first(), Some(&(16_384, 40_001)));
+    assert_eq!(calls.last(), Some(&(40_001, 40_001)));
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0));
+    // The truncate is reported for the metadata store to apply.
+    assert_eq!(report.truncates.len(), 1);
+    assert_eq!(
+        (report.truncates[0].0, report.truncates[0].2),
+        (FileId(2), 100)
+    );
+}

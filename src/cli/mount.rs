@@ -18,7 +18,7 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use slicefs::blockstore::StoreConfig;
 use slicefs::fuse::FuseFs;
-use slicefs::vfs::{FsOptions, MetaKind, PersisterKind, VfsConfig, open_fs};
+use slicefs::vfs::{FsOptions, MetaKind, PersisterKind, VfsConfig, open_fs_with_progress};
 use slicefs_cache::CacheConfig;
 use slicefs_wal::{Durability, WalConfig};
 
@@ -333,9 +333,29 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("start the runtime")?;
     let t = Instant::now();
+    // A progress bar for large logs (on a terminal; hidden otherwise).
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "replaying the log {bar:40} {pos}/{len} records {per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let b = bar.clone();
     let opened = rt
-        .block_on(open_fs(&r.options, rt.handle()))
+        .block_on(open_fs_with_progress(
+            &r.options,
+            rt.handle(),
+            move |done, total| {
+                if total >= 100_000 && b.is_hidden() {
+                    b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+                b.set_length(total);
+                b.set_position(done);
+            },
+        ))
         .with_context(|| format!("open the file system in {}", data_dir.display()))?;
+    bar.finish_and_clear();
     tracing::info!(
         records = opened.replay.records,
         pending_bytes = opened.replay.pending_bytes,

@@ -28,7 +28,7 @@ use crate::meta::{
     XattrFlags,
 };
 use crate::transfer::TransferManager;
-pub use open::{FsOptions, MetaKind, OpenedFs, PersisterKind, open_fs};
+pub use open::{FsOptions, MetaKind, OpenedFs, PersisterKind, open_fs, open_fs_with_progress};
 pub use perm::{Access, Creds};
 
 type Result<T> = std::result::Result<T, FsError>;

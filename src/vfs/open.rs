@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use slicefs_cache::{CacheConfig, RecoveryReport, SliceCache, recover};
+use slicefs_cache::{CacheConfig, RecoveryReport, SliceCache, recover_with_progress};
 use slicefs_wal::{MmapPersister, NullPersister, Persister, WalConfig};
 
 use super::{Vfs, VfsConfig, VfsRecovery};
@@ -102,6 +102,19 @@ pub async fn open_fs(
     options: &FsOptions,
     rt: &tokio::runtime::Handle,
 ) -> Result<OpenedFs, FsError> {
+    open_fs_with_progress(options, rt, |_, _| {}).await
+}
+
+/// [`open_fs`], calling `progress(records_done, records_total)` while the
+/// log is replayed (for a progress bar on large logs).
+///
+/// # Errors
+/// As [`open_fs`].
+pub async fn open_fs_with_progress(
+    options: &FsOptions,
+    rt: &tokio::runtime::Handle,
+    mut progress: impl FnMut(u64, u64) + Send + 'static,
+) -> Result<OpenedFs, FsError> {
     std::fs::create_dir_all(&options.data_dir)
         .map_err(|e| FsError::io("create the data directory", e))?;
     let store_config = match &options.store {
@@ -147,10 +160,11 @@ pub async fn open_fs(
         SliceCache::new(options.cache.clone()).map_err(|e| FsError::io("cache settings", e))?,
     );
     let (p, c) = (persister.clone(), cache.clone());
-    let replay = tokio::task::spawn_blocking(move || recover(p.as_ref(), &c))
-        .await
-        .map_err(|e| FsError::io("replay the write-ahead log", e))?
-        .map_err(|e| FsError::io("replay the write-ahead log", e))?;
+    let replay =
+        tokio::task::spawn_blocking(move || recover_with_progress(p.as_ref(), &c, &mut progress))
+            .await
+            .map_err(|e| FsError::io("replay the write-ahead log", e))?
+            .map_err(|e| FsError::io("replay the write-ahead log", e))?;
     let tm = TransferManager::start(
         cache.clone(),
         persister.clone(),
