@@ -147,17 +147,6 @@ pub enum BlockStoreError {
     },
 }
 
-impl BlockStoreError {
-    /// `true` when the request may succeed if retried (every request
-    /// error but a missing object).
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            BlockStoreError::Request { .. } | BlockStoreError::List { .. }
-        )
-    }
-}
-
 /// Start-up settings of a [`BlockStore`].
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -223,6 +212,21 @@ impl BlockStore {
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         };
+        // The three cloud builders share one shape: environment, URL,
+        // retry and client settings, then the caller's options.
+        macro_rules! cloud {
+            ($builder:ty) => {{
+                let mut b = <$builder>::from_env()
+                    .with_url(config.url.clone())
+                    .with_retry(retry.clone())
+                    .with_client_options(client.clone());
+                for (k, v) in opts() {
+                    let key = k.parse().map_err(|e| invalid(format!("option {k}: {e}")))?;
+                    b = b.with_config(key, v);
+                }
+                Arc::new(b.build().map_err(|e| invalid(e.to_string()))?) as Arc<dyn ObjectStore>
+            }};
+        }
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match url.scheme() {
             "file" => {
                 if url.host_str().is_some_and(|h| !h.is_empty()) {
@@ -247,48 +251,18 @@ impl BlockStore {
                 Arc::new(object_store::memory::InMemory::new()),
                 Path::from(url.path()),
             ),
-            "s3" | "s3a" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(config.url.clone())
-                    .with_retry(retry)
-                    .with_client_options(client);
-                for (k, v) in opts() {
-                    let key = k.parse().map_err(|e| invalid(format!("option {k}: {e}")))?;
-                    b = b.with_config(key, v);
-                }
-                (
-                    Arc::new(b.build().map_err(|e| invalid(e.to_string()))?),
-                    Path::from(url.path()),
-                )
-            }
-            "gs" => {
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(config.url.clone())
-                    .with_retry(retry)
-                    .with_client_options(client);
-                for (k, v) in opts() {
-                    let key = k.parse().map_err(|e| invalid(format!("option {k}: {e}")))?;
-                    b = b.with_config(key, v);
-                }
-                (
-                    Arc::new(b.build().map_err(|e| invalid(e.to_string()))?),
-                    Path::from(url.path()),
-                )
-            }
-            "az" | "azure" | "abfs" | "abfss" => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(config.url.clone())
-                    .with_retry(retry)
-                    .with_client_options(client);
-                for (k, v) in opts() {
-                    let key = k.parse().map_err(|e| invalid(format!("option {k}: {e}")))?;
-                    b = b.with_config(key, v);
-                }
-                (
-                    Arc::new(b.build().map_err(|e| invalid(e.to_string()))?),
-                    Path::from(url.path()),
-                )
-            }
+            "s3" | "s3a" => (
+                cloud!(object_store::aws::AmazonS3Builder),
+                Path::from(url.path()),
+            ),
+            "gs" => (
+                cloud!(object_store::gcp::GoogleCloudStorageBuilder),
+                Path::from(url.path()),
+            ),
+            "az" | "azure" | "abfs" | "abfss" => (
+                cloud!(object_store::azure::MicrosoftAzureBuilder),
+                Path::from(url.path()),
+            ),
             other => {
                 return Err(invalid(format!(
                     "unsupported scheme {other:?} (file, memory, s3, gs, az)"

@@ -1122,7 +1122,7 @@ impl Inner {
             let mut backoff = self.config.retry_initial;
             let mut missing = 0;
             let bytes = loop {
-                match self.fetch(key, IoClass::Upload, None).await {
+                match self.download(key, IoClass::Upload, None).await {
                     Ok(b) => break b,
                     Err(e) => {
                         // A truncate may have dropped the base meanwhile.
@@ -1163,10 +1163,6 @@ impl Inner {
 
     /// One block, deduplicated with downloads in flight and cached.
     /// `permit`: a request slot the caller already holds (read-ahead).
-    fn fetch(&self, key: BlockKey, class: IoClass, permit: Option<IoPermit>) -> Download {
-        self.download(key, class, permit)
-    }
-
     fn download(&self, key: BlockKey, class: IoClass, permit: Option<IoPermit>) -> Download {
         if let Some(b) = lock(&self.block_cache).get(&key) {
             self.counters
