@@ -1242,7 +1242,7 @@ impl Inner {
                 let valid = (r.len as usize).saturating_sub(from).min(out.len());
                 if valid > 0 {
                     let bytes = self
-                        .fetch(addr.key(r.version), IoClass::Demand, None)
+                        .download(addr.key(r.version), IoClass::Demand, None)
                         .await?;
                     let have = bytes.len().saturating_sub(from).min(valid);
                     if have > 0 {
