@@ -163,6 +163,27 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+fn entry(reply: ReplyEntry, r: Result<Inode, FsError>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn attr(reply: ReplyAttr, r: Result<Inode, FsError>) {
+    match r {
+        Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn kind_of_mode(mode: u32) -> Option<FileKind> {
     Some(match mode & libc::S_IFMT {
         libc::S_IFREG | 0 => FileKind::Regular,
@@ -196,20 +217,15 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self
-            .vfs
-            .lookup(&self.creds(req), Ino(parent.0), name.as_bytes())
-        {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        entry(
+            reply,
+            self.vfs
+                .lookup(&self.creds(req), Ino(parent.0), name.as_bytes()),
+        )
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.vfs.getattr(Ino(ino.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        attr(reply, self.vfs.getattr(Ino(ino.0)))
     }
 
     fn setattr(
@@ -238,10 +254,7 @@ impl Filesystem for FuseFs {
             atime: time_set(atime),
             mtime: time_set(mtime),
         };
-        match self.vfs.setattr(&self.creds(req), Ino(ino.0), &r) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        attr(reply, self.vfs.setattr(&self.creds(req), Ino(ino.0), &r))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -265,17 +278,17 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };
         let perm = (mode & !umask & 0o7777) as u16;
-        match self.vfs.mknod(
-            &self.creds(req),
-            Ino(parent.0),
-            name.as_bytes(),
-            k,
-            perm,
-            rdev,
-        ) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        entry(
+            reply,
+            self.vfs.mknod(
+                &self.creds(req),
+                Ino(parent.0),
+                name.as_bytes(),
+                k,
+                perm,
+                rdev,
+            ),
+        )
     }
 
     fn mkdir(
@@ -288,33 +301,27 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         let perm = (mode & !umask & 0o7777) as u16;
-        match self
-            .vfs
-            .mkdir(&self.creds(req), Ino(parent.0), name.as_bytes(), perm)
-        {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        entry(
+            reply,
+            self.vfs
+                .mkdir(&self.creds(req), Ino(parent.0), name.as_bytes(), perm),
+        )
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .vfs
-            .unlink(&self.creds(req), Ino(parent.0), name.as_bytes())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            reply,
+            self.vfs
+                .unlink(&self.creds(req), Ino(parent.0), name.as_bytes()),
+        )
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .vfs
-            .rmdir(&self.creds(req), Ino(parent.0), name.as_bytes())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            reply,
+            self.vfs
+                .rmdir(&self.creds(req), Ino(parent.0), name.as_bytes()),
+        )
     }
 
     fn symlink(
@@ -325,15 +332,15 @@ impl Filesystem for FuseFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        match self.vfs.symlink(
-            &self.creds(req),
-            Ino(parent.0),
-            link_name.as_bytes(),
-            target.as_os_str().as_bytes(),
-        ) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        entry(
+            reply,
+            self.vfs.symlink(
+                &self.creds(req),
+                Ino(parent.0),
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+            ),
+        )
     }
 
     fn rename(
@@ -353,17 +360,17 @@ impl Filesystem for FuseFs {
             noreplace: flags.contains(FuseRenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(FuseRenameFlags::RENAME_EXCHANGE),
         };
-        match self.vfs.rename(
-            &self.creds(req),
-            Ino(parent.0),
-            name.as_bytes(),
-            Ino(newparent.0),
-            newname.as_bytes(),
-            f,
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            reply,
+            self.vfs.rename(
+                &self.creds(req),
+                Ino(parent.0),
+                name.as_bytes(),
+                Ino(newparent.0),
+                newname.as_bytes(),
+                f,
+            ),
+        )
     }
 
     fn link(
@@ -374,15 +381,15 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.vfs.link(
-            &self.creds(req),
-            Ino(ino.0),
-            Ino(newparent.0),
-            newname.as_bytes(),
-        ) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        entry(
+            reply,
+            self.vfs.link(
+                &self.creds(req),
+                Ino(ino.0),
+                Ino(newparent.0),
+                newname.as_bytes(),
+            ),
+        )
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
@@ -438,10 +445,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.flush(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.vfs.flush(fh.0))
     }
 
     fn release(
@@ -454,10 +458,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.release(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.vfs.release(fh.0))
     }
 
     fn fsync(
@@ -468,10 +469,7 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.vfs.fsync(fh.0, datasync))
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
@@ -515,10 +513,7 @@ impl Filesystem for FuseFs {
         _flags: FuseOpenFlags,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.releasedir(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.vfs.releasedir(fh.0))
     }
 
     fn fsyncdir(
@@ -529,10 +524,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.vfs.fsyncdir(Ino(ino.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(reply, self.vfs.fsyncdir(Ino(ino.0)))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -571,13 +563,11 @@ impl Filesystem for FuseFs {
             create: flags & libc::XATTR_CREATE != 0,
             replace: flags & libc::XATTR_REPLACE != 0,
         };
-        match self
-            .vfs
-            .setxattr(&self.creds(req), Ino(ino.0), name.as_bytes(), value, f)
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            reply,
+            self.vfs
+                .setxattr(&self.creds(req), Ino(ino.0), name.as_bytes(), value, f),
+        )
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -613,23 +603,19 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self
-            .vfs
-            .removexattr(&self.creds(req), Ino(ino.0), name.as_bytes())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            reply,
+            self.vfs
+                .removexattr(&self.creds(req), Ino(ino.0), name.as_bytes()),
+        )
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self
-            .vfs
-            .access(&self.creds(req), Ino(ino.0), Access::from_mask(mask.bits()))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        empty(
+            reply,
+            self.vfs
+                .access(&self.creds(req), Ino(ino.0), Access::from_mask(mask.bits())),
+        )
     }
 
     fn create(
