@@ -76,6 +76,7 @@ struct Target {
     sw_endpoint: String,
     key: String,
     secret: String,
+    slicefs_store_args: Vec<String>,
     child: Option<Child>,
     generation: u32,
 }
@@ -103,18 +104,7 @@ impl Target {
                     .arg("--data-dir")
                     .arg(self.work.join("slicefs-data"))
                     .args(["--store", "s3://slicefs/fs"])
-                    .arg("--store-option")
-                    .arg(format!("aws_endpoint={}", self.sw_endpoint))
-                    .args([
-                        "--store-option",
-                        "aws_allow_http=true",
-                        "--store-option",
-                        "aws_region=us-east-1",
-                    ])
-                    .arg("--store-option")
-                    .arg(format!("aws_access_key_id={}", self.key))
-                    .arg("--store-option")
-                    .arg(format!("aws_secret_access_key={}", self.secret))
+                    .args(&self.slicefs_store_args)
                     .stdout(log.try_clone().unwrap())
                     .stderr(log)
                     .spawn()
@@ -330,6 +320,7 @@ fn main() {
             sw_endpoint: sw.s3_endpoint.clone(),
             key: sw.access_key.clone(),
             secret: sw.secret_key.clone(),
+            slicefs_store_args: sw.mount_args(),
             child: None,
             generation: 0,
         };

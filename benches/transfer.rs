@@ -31,13 +31,7 @@ use slicefs_wal::{FileId, Lsn, NullPersister};
 
 fn store(sw: &seaweed::Seaweed, url: &str) -> BlockStore {
     let mut c = StoreConfig::new(url);
-    c.options = vec![
-        ("aws_endpoint".into(), sw.s3_endpoint.clone()),
-        ("aws_allow_http".into(), "true".into()),
-        ("aws_access_key_id".into(), sw.access_key.clone()),
-        ("aws_secret_access_key".into(), sw.secret_key.clone()),
-        ("aws_region".into(), sw.region.clone()),
-    ];
+    c.options = sw.store_options();
     BlockStore::open(&c).expect("open the store")
 }
 

@@ -232,18 +232,9 @@ fn main_job_on_the_embedded_default() {
 fn main_job_on_seaweedfs_s3() {
     let sw = Seaweed::start().expect("start SeaweedFS");
     sw.create_bucket("slicefs").expect("bucket");
-    let opts = [
-        format!("aws_endpoint={}", sw.s3_endpoint),
-        "aws_allow_http=true".to_string(),
-        format!("aws_access_key_id={}", sw.access_key),
-        format!("aws_secret_access_key={}", sw.secret_key),
-        format!("aws_region={}", sw.region),
-    ];
+    let opts = sw.mount_args();
     let mut extra: Vec<&str> = vec!["--store", "s3://slicefs/fs"];
-    for o in &opts {
-        extra.push("--store-option");
-        extra.push(o);
-    }
+    extra.extend(opts.iter().map(String::as_str));
     main_job(&extra);
 }
 

@@ -18,14 +18,7 @@ use rig::{Rig, fast_config, mmap_persister};
 
 fn s3_config(sw: &Seaweed, url: &str) -> StoreConfig {
     let mut c = StoreConfig::new(url);
-    c.options = vec![
-        ("aws_endpoint".into(), sw.s3_endpoint.clone()),
-        ("aws_allow_http".into(), "true".into()),
-        ("aws_access_key_id".into(), sw.access_key.clone()),
-        ("aws_secret_access_key".into(), sw.secret_key.clone()),
-        ("aws_region".into(), sw.region.clone()),
-        ("aws_virtual_hosted_style_request".into(), "false".into()),
-    ];
+    c.options = sw.store_options();
     c.request_timeout = Duration::from_secs(10);
     c
 }

@@ -120,6 +120,28 @@ pub struct Seaweed {
 }
 
 impl Seaweed {
+    /// `object_store` options (`aws_*` keys) that reach this server:
+    /// endpoint, plain HTTP, path-style requests, credentials, region.
+    pub fn store_options(&self) -> Vec<(String, String)> {
+        vec![
+            ("aws_endpoint".into(), self.s3_endpoint.clone()),
+            ("aws_allow_http".into(), "true".into()),
+            ("aws_virtual_hosted_style_request".into(), "false".into()),
+            ("aws_access_key_id".into(), self.access_key.clone()),
+            ("aws_secret_access_key".into(), self.secret_key.clone()),
+            ("aws_region".into(), self.region.clone()),
+        ]
+    }
+
+    /// [`Seaweed::store_options`] as `slicefs mount` arguments
+    /// (`--store-option KEY=VALUE` ...).
+    pub fn mount_args(&self) -> Vec<String> {
+        self.store_options()
+            .into_iter()
+            .flat_map(|(k, v)| ["--store-option".to_string(), format!("{k}={v}")])
+            .collect()
+    }
+
     /// Starts a server on free ports and waits until its S3 endpoint serves
     /// signed requests and a volume server is registered (so objects can be
     /// written). Retries with other ports if weed dies at once (a port
