@@ -10,54 +10,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slicefs::blockstore::{BlockStore, StoreConfig};
-use slicefs::meta::{Ino, MetaStore};
-use slicefs::transfer::{TransferConfig, TransferManager};
-use slicefs::vfs::{Creds, OpenFlags, Vfs, VfsConfig};
-use slicefs_cache::{CacheConfig, SliceCache, recover};
-use slicefs_wal::{MmapPersister, NullPersister, Persister, WalConfig};
+use slicefs::blockstore::StoreConfig;
+use slicefs::meta::Ino;
+use slicefs::vfs::{Creds, FsOptions, MetaKind, OpenFlags, PersisterKind, Vfs, open_fs};
 
-fn open(dir: Option<&Path>, rt: &tokio::runtime::Runtime) -> Vfs {
-    let (meta, persister, store): (MetaStore, Arc<dyn Persister>, BlockStore) = match dir {
-        Some(d) => (
-            MetaStore::open_sqlite(&d.join("meta.db"), 0, 0).expect("meta"),
-            Arc::new(MmapPersister::open(d.join("wal"), WalConfig::default()).expect("wal")),
-            BlockStore::open(&StoreConfig::new(
-                url::Url::from_directory_path(d.join("blocks"))
-                    .expect("url")
-                    .as_str(),
-            ))
-            .expect("store"),
-        ),
-        None => (
-            MetaStore::memory(0, 0),
-            Arc::new(NullPersister::new()),
-            BlockStore::open(&StoreConfig::new("memory:///")).expect("store"),
-        ),
-    };
-    let cache = Arc::new(SliceCache::new(CacheConfig::default()).expect("cache"));
-    let report = recover(persister.as_ref(), &cache).expect("recover");
-    let tm = {
-        let _g = rt.enter();
-        TransferManager::start(
-            cache.clone(),
-            persister.clone(),
-            Arc::new(meta.clone()),
-            store,
-            TransferConfig::default(),
-        )
-    };
-    Vfs::new(
-        meta,
-        cache,
-        persister,
-        tm,
-        rt.handle().clone(),
-        VfsConfig::default(),
-        &report,
-    )
-    .expect("vfs")
-    .0
+fn open(dir: Option<&Path>, rt: &tokio::runtime::Runtime) -> Arc<Vfs> {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut o = FsOptions::new(dir.unwrap_or(scratch.path()));
+    if dir.is_none() {
+        o.persister = PersisterKind::Null;
+        o.meta = MetaKind::Memory;
+        o.store = Some(StoreConfig::new("memory:///"));
+    }
+    rt.block_on(open_fs(&o, rt.handle())).expect("open").vfs
 }
 
 fn run(name: &str, dir: Option<&Path>, files: usize) {

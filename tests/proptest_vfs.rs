@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use slicefs::blockstore::{BlockStore, StoreConfig};
+use slicefs::blockstore::StoreConfig;
 use slicefs::error::FsError;
-use slicefs::meta::{FileKind, Ino, MetaStore, RenameFlags};
-use slicefs::transfer::{TransferConfig, TransferManager};
-use slicefs::vfs::{Creds, OpenFlags, SetAttrRequest, Vfs, VfsConfig};
-use slicefs_cache::{CacheConfig, SliceCache, recover};
-use slicefs_wal::{MmapPersister, NullPersister, Persister, WalConfig};
+use slicefs::meta::{FileKind, Ino, RenameFlags};
+use slicefs::transfer::TransferConfig;
+use slicefs::vfs::{Creds, FsOptions, MetaKind, OpenFlags, PersisterKind, SetAttrRequest, Vfs};
+use slicefs_cache::CacheConfig;
+use slicefs_wal::Persister;
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
@@ -136,7 +136,7 @@ impl Model {
 }
 
 struct Fs {
-    vfs: Vfs,
+    vfs: Arc<Vfs>,
     rt: tokio::runtime::Runtime,
     persister: Arc<dyn Persister>,
 }
@@ -147,59 +147,31 @@ fn open_fs(dir: Option<&Path>) -> Fs {
         .enable_all()
         .build()
         .unwrap();
-    let (meta, persister, store): (MetaStore, Arc<dyn Persister>, BlockStore) = match dir {
-        Some(d) => (
-            MetaStore::open_sqlite(&d.join("meta.db"), 0, 0).unwrap(),
-            Arc::new(MmapPersister::open(d.join("wal"), WalConfig::default()).unwrap()),
-            BlockStore::open(&StoreConfig::new(
-                url::Url::from_directory_path(d.join("blocks"))
-                    .unwrap()
-                    .as_str(),
-            ))
-            .unwrap(),
-        ),
-        None => (
-            MetaStore::memory(0, 0),
-            Arc::new(NullPersister::new()),
-            BlockStore::open(&StoreConfig::new("memory:///")).unwrap(),
-        ),
-    };
+    let scratch = tempfile::tempdir().unwrap();
+    let mut o = FsOptions::new(dir.unwrap_or(scratch.path()));
+    if dir.is_none() {
+        o.persister = PersisterKind::Null;
+        o.meta = MetaKind::Memory;
+        o.store = Some(StoreConfig::new("memory:///"));
+    }
     // A small cache, so that clean bytes are evicted and reads go to the
     // block store.
-    let cache = Arc::new(
-        SliceCache::new(CacheConfig {
-            capacity_bytes: 8 << 20,
-            dirty_max_bytes: 64 << 20,
-            dirty_wait: Duration::from_secs(30),
-        })
-        .unwrap(),
-    );
-    let report = recover(persister.as_ref(), &cache).unwrap();
-    let tm = {
-        let _g = rt.enter();
-        TransferManager::start(
-            cache.clone(),
-            persister.clone(),
-            Arc::new(meta.clone()),
-            store,
-            TransferConfig {
-                upload_delay: Duration::from_millis(5),
-                tick: Duration::from_millis(5),
-                ..TransferConfig::default()
-            },
-        )
+    o.cache = CacheConfig {
+        capacity_bytes: 8 << 20,
+        dirty_max_bytes: 64 << 20,
+        dirty_wait: Duration::from_secs(30),
     };
-    let (vfs, _) = Vfs::new(
-        meta,
-        cache,
-        persister.clone(),
-        tm,
-        rt.handle().clone(),
-        VfsConfig::default(),
-        &report,
-    )
-    .unwrap();
-    Fs { vfs, rt, persister }
+    o.transfer = TransferConfig {
+        upload_delay: Duration::from_millis(5),
+        tick: Duration::from_millis(5),
+        ..TransferConfig::default()
+    };
+    let opened = rt.block_on(slicefs::vfs::open_fs(&o, rt.handle())).unwrap();
+    Fs {
+        vfs: opened.vfs,
+        rt,
+        persister: opened.persister,
+    }
 }
 
 impl Fs {
