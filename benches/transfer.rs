@@ -24,7 +24,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use slicefs::blockstore::{BlockStore, StoreConfig};
-use slicefs::meta::MemBlockMap;
+use slicefs::meta::MetaStore;
 use slicefs::transfer::{TransferConfig, TransferManager};
 use slicefs_cache::{BLOCK_SIZE, CacheConfig, SliceCache};
 use slicefs_wal::{FileId, Lsn, NullPersister};
@@ -147,7 +147,7 @@ fn main() {
         for (i, piece) in data.chunks(1 << 20).enumerate() {
             cache.insert(FileId(1), (i as u64) << 20, piece, Lsn(i as u64 + 1), None);
         }
-        let meta = Arc::new(MemBlockMap::new());
+        let meta = Arc::new(MetaStore::memory(0, 0));
         let t = Instant::now();
         let tm = TransferManager::start(
             cache.clone(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use slicefs::blockstore::{BlockStore, FaultConfig, FaultyStore};
-use slicefs::meta::MemBlockMap;
+use slicefs::meta::{BlockMap, MetaStore};
 use slicefs::transfer::{CrashPoint, TransferError};
 use slicefs_cache::{BLOCK_SIZE, CacheConfig, CacheError};
 use slicefs_wal::{FileId, NullPersister};
@@ -25,6 +25,17 @@ fn faulty_memory(config: FaultConfig) -> (Arc<FaultyStore>, BlockStore) {
     (faulty, store)
 }
 
+/// Objects in the store that the block map references.
+async fn referenced(store: &BlockStore, meta: &MetaStore) -> usize {
+    let mut n = 0;
+    for (key, _) in store.list(None).await.unwrap() {
+        if meta.is_referenced(&key).unwrap() {
+            n += 1;
+        }
+    }
+    n
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_ops_through_a_failing_store_lose_nothing() {
     let (faulty, store) = faulty_memory(FaultConfig {
@@ -32,7 +43,7 @@ async fn random_ops_through_a_failing_store_lose_nothing() {
         get_failure: 0.3,
         latency: Duration::from_millis(1),
     });
-    let meta = Arc::new(MemBlockMap::new());
+    let meta = Arc::new(MetaStore::memory(0, 0));
     let cache = CacheConfig {
         capacity_bytes: 24 << 20,
         dirty_max_bytes: 16 << 20,
@@ -111,7 +122,7 @@ async fn offline_store_gives_back_pressure_and_resumes() {
     let rig = Rig::new(
         cache,
         Arc::new(NullPersister::new()),
-        Arc::new(MemBlockMap::new()),
+        Arc::new(MetaStore::memory(0, 0)),
         store,
         fast_config(),
     );
@@ -149,7 +160,7 @@ async fn offline_store_gives_back_pressure_and_resumes() {
 async fn crash_and_restart(point: CrashPoint) {
     let dir = tempfile::tempdir().unwrap();
     let (_faulty, store) = faulty_memory(FaultConfig::default());
-    let meta = Arc::new(MemBlockMap::new());
+    let meta = Arc::new(MetaStore::memory(0, 0));
     let cache = CacheConfig::default();
     let mut config = fast_config();
     config.crash_at = Some(point);
@@ -193,7 +204,7 @@ async fn crash_and_restart(point: CrashPoint) {
         rig.model()
     };
     let objects_at_crash = store.list(None).await.unwrap().len();
-    let referenced_at_crash = meta.snapshot().len();
+    let referenced_at_crash = referenced(&store, &meta).await;
 
     let (rig, report) = Rig::recover(
         cache,
@@ -221,7 +232,7 @@ async fn crash_and_restart(point: CrashPoint) {
     );
     cold.check_all().await;
     let report = cold.tm.sweep_orphans(Duration::ZERO).await.unwrap();
-    let referenced = meta.snapshot().len() as u64;
+    let referenced = referenced(&store, &meta).await as u64;
     assert_eq!(report.listed - report.deleted, referenced);
     if point == CrashPoint::AfterUpload {
         assert!(objects_at_crash > referenced_at_crash, "an orphan was left");
@@ -244,7 +255,7 @@ async fn crash_between_metadata_commit_and_flushed_marker_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_blocks_merge_and_truncate_hides_old_bytes() {
     let (_f, store) = faulty_memory(FaultConfig::default());
-    let meta = Arc::new(MemBlockMap::new());
+    let meta = Arc::new(MetaStore::memory(0, 0));
     let rig = Rig::new(
         CacheConfig::default(),
         Arc::new(NullPersister::new()),
@@ -301,7 +312,7 @@ async fn partial_blocks_merge_and_truncate_hides_old_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaced_blocks_are_collected_after_the_grace_period() {
     let (_f, store) = faulty_memory(FaultConfig::default());
-    let meta = Arc::new(MemBlockMap::new());
+    let meta = Arc::new(MetaStore::memory(0, 0));
     let mut config = fast_config();
     config.gc_grace = Duration::from_millis(50);
     let rig = Rig::new(
@@ -344,7 +355,7 @@ async fn concurrent_reads_share_a_download_and_sequential_reads_prefetch() {
         latency: Duration::from_millis(30),
         ..FaultConfig::default()
     });
-    let meta = Arc::new(MemBlockMap::new());
+    let meta = Arc::new(MetaStore::memory(0, 0));
     let writer = Rig::new(
         CacheConfig::default(),
         Arc::new(NullPersister::new()),

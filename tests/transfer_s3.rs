@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::seaweed::Seaweed;
 use slicefs::blockstore::{BlockStore, BlockStoreError, StoreConfig};
-use slicefs::meta::MemBlockMap;
+use slicefs::meta::MetaStore;
 use slicefs_cache::{BLOCK_SIZE, CacheConfig};
 use slicefs_wal::{FileId, NullPersister};
 
@@ -61,7 +61,7 @@ async fn multi_block_file_round_trips_through_s3() {
     sw.create_bucket("slicefs").expect("create bucket");
     let store = BlockStore::open(&s3_config(&sw, "s3://slicefs/fs")).unwrap();
     store.check().await.unwrap();
-    let meta = Arc::new(MemBlockMap::new());
+    let meta = Arc::new(MetaStore::memory(0, 0));
     let dir = tempfile::tempdir().unwrap();
     let rig = Rig::new(
         CacheConfig::default(),
@@ -101,7 +101,7 @@ async fn s3_server_killed_during_uploads_loses_nothing() {
     sw.create_bucket("slicefs").expect("create bucket");
     let store = BlockStore::open(&s3_config(&sw, "s3://slicefs/fs")).unwrap();
     store.check().await.unwrap();
-    let meta = Arc::new(MemBlockMap::new());
+    let meta = Arc::new(MetaStore::memory(0, 0));
     let dir = tempfile::tempdir().unwrap();
     let mut config = fast_config();
     config.uploads_max = 4;

@@ -36,9 +36,24 @@ enum Undo {
 }
 
 /// The memory backend.
-#[derive(Default)]
 pub(crate) struct MemBackend {
     state: Mutex<State>,
+}
+
+impl Default for MemBackend {
+    /// Block versions start at the clock in nanoseconds, so that a new
+    /// memory store over an old block store does not hand out a version
+    /// an earlier run used.
+    fn default() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut state = State::default();
+        state.counters.insert("version", now);
+        MemBackend {
+            state: Mutex::new(state),
+        }
+    }
 }
 
 struct MemTx<'a> {

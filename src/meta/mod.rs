@@ -8,7 +8,6 @@
 //! only [`BlockMap`]: it commits a block reference after the object is in
 //! the store and before the persister is told the bytes are flushed.
 
-mod memory;
 mod memstore;
 pub mod ops;
 mod sqlite;
@@ -19,7 +18,6 @@ use slicefs_wal::{ChunkIndex, FileId};
 
 use crate::blockstore::BlockKey;
 
-pub use memory::MemBlockMap;
 pub use ops::{LINK_MAX, NAME_MAX, XattrFlags};
 pub use sqlite::SCHEMA_VERSION;
 pub use store::MetaStore;
