@@ -222,14 +222,7 @@ async fn crash_and_restart(point: CrashPoint) {
     // A cold cache reads the same from the store.
     let model = rig.model();
     rig.tm.shutdown().await;
-    let cold = Rig::with_model(
-        CacheConfig::default(),
-        Arc::new(NullPersister::new()),
-        meta.clone(),
-        store.clone(),
-        fast_config(),
-        model,
-    );
+    let cold = Rig::cold(meta.clone(), store.clone(), model);
     cold.check_all().await;
     let report = cold.tm.sweep_orphans(Duration::ZERO).await.unwrap();
     let referenced = referenced(&store, &meta).await as u64;
@@ -273,14 +266,7 @@ async fn partial_blocks_merge_and_truncate_hides_old_bytes() {
     rig.tm.drain(Duration::from_secs(10)).await.unwrap();
     // The merged object, read cold from the store.
     let mut block = vec![0u8; BLOCK_SIZE as usize];
-    let cold_tm = Rig::with_model(
-        CacheConfig::default(),
-        Arc::new(NullPersister::new()),
-        meta.clone(),
-        store.clone(),
-        fast_config(),
-        rig.model(),
-    );
+    let cold_tm = Rig::cold(meta.clone(), store.clone(), rig.model());
     cold_tm.tm.read(f, 0, &mut block).await.unwrap();
     assert!(block[..4096].iter().all(|&b| b == 1));
     assert!(block[4096..4196].iter().all(|&b| b == 2));
@@ -294,14 +280,7 @@ async fn partial_blocks_merge_and_truncate_hides_old_bytes() {
     rig.tm.drain(Duration::from_secs(10)).await.unwrap();
     let model = rig.model();
     rig.tm.shutdown().await;
-    let cold = Rig::with_model(
-        CacheConfig::default(),
-        Arc::new(NullPersister::new()),
-        meta.clone(),
-        store.clone(),
-        fast_config(),
-        model,
-    );
+    let cold = Rig::cold(meta.clone(), store.clone(), model);
     cold.check_all().await;
     let mut buf = vec![0xFFu8; 1000];
     cold.tm.read(f, 100, &mut buf).await.unwrap();

@@ -12,7 +12,7 @@ use common::seaweed::Seaweed;
 use slicefs::blockstore::{BlockStore, BlockStoreError, StoreConfig};
 use slicefs::meta::MetaStore;
 use slicefs_cache::{BLOCK_SIZE, CacheConfig};
-use slicefs_wal::{FileId, NullPersister};
+use slicefs_wal::FileId;
 
 use rig::{Rig, fast_config, mmap_persister};
 
@@ -81,14 +81,7 @@ async fn multi_block_file_round_trips_through_s3() {
     let model = rig.model();
     rig.tm.shutdown().await;
 
-    let cold = Rig::with_model(
-        CacheConfig::default(),
-        Arc::new(NullPersister::new()),
-        meta.clone(),
-        store.clone(),
-        fast_config(),
-        model,
-    );
+    let cold = Rig::cold(meta.clone(), store.clone(), model);
     cold.check_all().await;
     assert!(cold.tm.stats().downloads >= 6);
     assert_eq!(store.list(Some(FileId(10))).await.unwrap().len(), 6 + 1);
@@ -141,14 +134,7 @@ async fn s3_server_killed_during_uploads_loses_nothing() {
     let model = rig.model();
     rig.tm.shutdown().await;
 
-    let cold = Rig::with_model(
-        CacheConfig::default(),
-        Arc::new(NullPersister::new()),
-        meta.clone(),
-        store.clone(),
-        fast_config(),
-        model,
-    );
+    let cold = Rig::cold(meta.clone(), store.clone(), model);
     cold.check_all().await;
     cold.tm.shutdown().await;
 }

@@ -74,6 +74,19 @@ impl Rig {
         }
     }
 
+    /// A reader with an empty cache, no log and quick settings over
+    /// `meta` and `store`: what it reads comes from the store.
+    pub fn cold(meta: Arc<dyn BlockMap>, store: BlockStore, model: Model) -> Rig {
+        Rig::with_model(
+            CacheConfig::default(),
+            Arc::new(slicefs_wal::NullPersister::new()),
+            meta,
+            store,
+            fast_config(),
+            model,
+        )
+    }
+
     /// Recovers the cache from `persister` before starting the manager.
     pub fn recover(
         cache: CacheConfig,
