@@ -401,6 +401,9 @@ pub(crate) fn setattr(tx: &mut dyn Tx, ino: Ino, set: &SetAttr) -> Result<Inode>
         }
         f.size = s;
     }
+    if let Some(g) = set.grow_size {
+        f.size = f.size.max(g);
+    }
     if let Some(t) = set.atime {
         f.atime = t;
     }

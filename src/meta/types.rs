@@ -162,6 +162,9 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     /// New size.
     pub size: Option<u64>,
+    /// Size at least this (the larger of it and the stored size is kept,
+    /// in the same transaction).
+    pub grow_size: Option<u64>,
     /// New access time.
     pub atime: Option<Timespec>,
     /// New modification time.

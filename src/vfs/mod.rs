@@ -287,19 +287,15 @@ impl Vfs {
             return Ok(());
         }
         let a = &st.attr;
+        // Size only grows here (a truncate goes to metadata at once), and
+        // a committed block may already have grown it further: one
+        // transaction takes the larger.
         let set = SetAttr {
             perm: Some(a.perm),
-            size: Some(a.size),
+            grow_size: Some(a.size),
             mtime: Some(a.mtime),
             ctime: Some(a.ctime),
             ..SetAttr::default()
-        };
-        // Size only grows here (a truncate goes to metadata at once), and
-        // a committed block may already have grown it further.
-        let cur = self.meta.getattr(n.ino)?;
-        let set = SetAttr {
-            size: Some(cur.size.max(a.size)),
-            ..set
         };
         let stored = self.meta.setattr(n.ino, &set)?;
         st.attr.size = stored.size;
@@ -829,7 +825,8 @@ impl Vfs {
         }
         nodes.remove(&node.ino);
         drop(nodes);
-        if self.meta.getattr(node.ino).is_ok_and(|a| a.nlink == 0) {
+        // The node's link count follows unlink, rmdir, rename and link.
+        if lock(&node.state).attr.nlink == 0 {
             self.free(node.ino)?;
         }
         Ok(())
@@ -900,8 +897,9 @@ impl Vfs {
             self.check_sticky(creds, &p, &victim)?;
         }
         let d = self.meta.rmdir(parent, name, Timespec::now())?;
-        if self.node(d.ino).is_none() {
-            self.free(d.ino)?;
+        match self.node(d.ino) {
+            Some(n) => lock(&n.state).attr.nlink = 0,
+            None => self.free(d.ino)?,
         }
         Ok(())
     }
