@@ -2,23 +2,20 @@
 //! bound of the same byte size measured in the same run:
 //! - sequential 32 KiB writes into one file (reserve + insert, LSN and
 //!   offset increasing; the file is removed every `seq_region` bytes, not
-//!   timed, so memory stays bounded), twice: with buffers fresh from the
-//!   kernel (every page faulted in) and with buffers recycled by malloc;
+//!   timed, so memory stays bounded), twice: in steady state (the cache's
+//!   buffer pool recycles the removed file's buffers) and on first touch
+//!   (a new cache per region: every buffer is fresh memory from the
+//!   kernel);
 //! - random 4 KiB writes at 4 KiB-aligned offsets of a 256 MiB file;
 //! - reading a 4 MiB range written by 1, 10 and 50 overlapping writes;
 //! - recovery: [`MmapPersister::open`] + [`slicefs_cache::recover`] of
 //!   1 GiB of 64 KiB slices (warm page cache) into a fresh cache.
 //!
-//! Allocator: the cache allocates a buffer per write (growing to 4 MiB per
-//! block) and frees it on removal or eviction, so its write speed depends
-//! on whether malloc hands back memory it keeps (warm) or asks the kernel
-//! for fresh pages (a page fault per 4 KiB). glibc decides that with
-//! thresholds it adjusts as the program runs, which made results depend on
-//! what ran before (2 vs 20 GB/s for the same benchmark). This file pins
-//! glibc's static defaults at start (large buffers come from `mmap` and
-//! return on free: fresh memory, as after a restart), and raises them only
-//! for the "recycled" variant of the sequential writes (what a buffer pool
-//! in the cache would give).
+//! Allocator: buffers of 128 KiB and more are the cache's own mappings
+//! (recycled by its pool); smaller ones come from malloc, whose reuse of
+//! freed memory glibc tunes as the program runs, which made results
+//! depend on what ran before. This file pins glibc's static defaults at
+//! start.
 //!
 //! Run with `cargo bench -p slicefs-cache --bench cache`. Criterion prints
 //! its own estimates per benchmark; at the end a markdown table sums up
@@ -221,26 +218,27 @@ fn main() {
         }
     }
 
-    // 2. Sequential 32 KiB writes, fresh then recycled memory.
+    // 2. Sequential 32 KiB writes, steady state then first touch.
     let mut g = c.benchmark_group("seq_write");
     g.throughput(Throughput::Bytes(SEQ_WRITE as u64));
-    for recycled in [false, true] {
+    for recycled in [true, false] {
         // Set-ups run only if criterion runs the benchmark (not filtered
         // out).
         let mut seq = None;
         let mut log = Log::new(cfg.samples);
         let (id, what) = if recycled {
-            ("32KiB_recycled", "memory recycled by malloc")
+            (
+                "32KiB_steady",
+                "steady state, buffers recycled by the cache's pool",
+            )
         } else {
-            ("32KiB_fresh", "fresh memory from the kernel")
+            (
+                "32KiB_first_touch",
+                "first touch, a new cache per region (fresh memory from the kernel)",
+            )
         };
         g.bench_function(id, |b| {
-            let seq = seq.get_or_insert_with(|| {
-                if recycled {
-                    malloc_recycle();
-                }
-                SeqWriter::new(cfg.seq_region, !recycled)
-            });
+            let seq = seq.get_or_insert_with(|| SeqWriter::new(cfg.seq_region, !recycled));
             b.iter_custom(|iters| log.record(iters * SEQ_WRITE as u64, seq.run(iters)))
         });
         let Some(seq) = seq else {
@@ -253,9 +251,6 @@ fn main() {
             ms(seq.remove_time)
         );
         drop(seq);
-        if recycled {
-            malloc_fresh();
-        }
         let bw = log.rate();
         let r = ratio(bw, memcpy_32k);
         rows.push(Row {
@@ -269,14 +264,14 @@ fn main() {
             bound: format!("memcpy 32 KiB {}", fmt_bw(memcpy_32k)),
             ratio: r,
             target: if recycled {
-                "(what a buffer pool gives)".into()
-            } else {
                 ">= 40% of memcpy".into()
+            } else {
+                "(after a restart)".into()
             },
             met: if recycled {
-                None
-            } else {
                 r.map(|r| r >= 0.4)
+            } else {
+                None
             },
         });
     }
@@ -445,12 +440,12 @@ struct SeqWriter {
     writes: u64,
     removals: u64,
     remove_time: Duration,
-    /// Give freed memory back to the kernel after each removal.
-    trim: bool,
+    /// A new cache (and buffer pool) after each removal: fresh memory.
+    fresh: bool,
 }
 
 impl SeqWriter {
-    fn new(region: u64, trim: bool) -> Self {
+    fn new(region: u64, fresh: bool) -> Self {
         SeqWriter {
             cache: big_cache(4 * region),
             data: pattern(SEQ_WRITE, 1),
@@ -460,7 +455,7 @@ impl SeqWriter {
             writes: 0,
             removals: 0,
             remove_time: Duration::ZERO,
-            trim,
+            fresh,
         }
     }
 
@@ -474,7 +469,8 @@ impl SeqWriter {
             if self.offset + len > self.region {
                 let t = Instant::now();
                 self.cache.remove(file);
-                if self.trim {
+                if self.fresh {
+                    self.cache = big_cache(4 * self.region);
                     malloc_trim();
                 }
                 self.remove_time += t.elapsed();
@@ -731,17 +727,6 @@ fn malloc_fresh() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
-    }
-}
-
-/// Makes glibc keep freed memory for reuse: buffers up to 32 MiB come
-/// from the heap and the heap is never trimmed.
-fn malloc_recycle() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes malloc's tuning; valid parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
 

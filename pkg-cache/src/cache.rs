@@ -2,17 +2,19 @@
 //! limits.
 //!
 //! Locking order: the file map (`files`, read or write) -> one file's
-//! mutex -> the dirty-space mutex (`space`). No lock is held while
-//! waiting for dirty space except `space` itself (inside the condvar).
+//! mutex -> the pool's idle list. Dirty room is an atomic counter; its
+//! mutex is taken only by a writer waiting for room (holding no other
+//! lock) and by whoever frees room while someone waits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use slicefs_wal::{ChunkIndex, FileId, Lsn, SliceId};
 
+use crate::buf::Pool;
 use crate::chunk::{BlockSnapshot, Chunk, Delta, SnapshotOptions};
 use crate::{CHUNK, CacheError, chunk_ranges};
 
@@ -54,8 +56,10 @@ pub struct CacheStats {
     pub dirty_bytes: u64,
     /// Bytes in the object store and still cached.
     pub clean_bytes: u64,
-    /// Allocated capacity of all buffers.
+    /// Allocated capacity of all buffers, idle pooled ones included.
     pub memory_bytes: u64,
+    /// Freed large buffers kept for reuse (part of `memory_bytes`).
+    pub pooled_bytes: u64,
     /// Bytes evicted since start.
     pub evicted_bytes: u64,
     /// Writers that had to wait for dirty room.
@@ -68,13 +72,53 @@ struct FileCache {
     chunks: BTreeMap<u32, Chunk>,
 }
 
+/// Dirty room: a counter writers take from without locking; the mutex
+/// and condvar are only for writers that must wait.
+///
+/// No lost wake-up: a waiter registers in `waiters` and re-checks
+/// `committed` under `lock` before sleeping; a releaser lowers
+/// `committed`, then reads `waiters` (both sequentially consistent) and,
+/// if anyone waits, takes `lock` before notifying.
 #[derive(Default)]
 struct Space {
     /// Pending bytes plus outstanding reservations.
-    committed: u64,
+    committed: AtomicU64,
     /// Writers waiting for room: only then does freeing room wake anyone
     /// (a condvar notify is a futex system call even with no waiter).
-    waiters: usize,
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Space {
+    /// Takes `bytes` if they fit under `limit` (or nothing is committed:
+    /// a write larger than the limit waits for an empty cache).
+    fn try_take(&self, bytes: u64, limit: u64) -> bool {
+        self.committed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                (c == 0 || c + bytes <= limit).then_some(c + bytes)
+            })
+            .is_ok()
+    }
+
+    fn add(&self, bytes: u64) {
+        self.committed.fetch_add(bytes, Ordering::SeqCst);
+    }
+
+    fn release(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let _ = self
+            .committed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                Some(c.saturating_sub(bytes))
+            });
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _g = lock(&self.lock);
+            self.cv.notify_all();
+        }
+    }
 }
 
 /// Room for pending bytes, taken before a write is logged so that a write
@@ -114,20 +158,19 @@ impl Drop for Reservation<'_> {
 pub struct SliceCache {
     config: CacheConfig,
     files: RwLock<HashMap<FileId, Arc<Mutex<FileCache>>>>,
-    space: Mutex<Space>,
-    space_cv: Condvar,
+    space: Space,
     pending: AtomicI64,
     clean: AtomicI64,
-    mem: AtomicI64,
+    /// Every buffer's memory, and the idle large ones.
+    pool: Arc<Pool>,
     extents: AtomicI64,
     evicted: AtomicU64,
     waits: AtomicU64,
     full_errors: AtomicU64,
     next_slice: AtomicU64,
     next_snapshot: AtomicU64,
-    /// Access clock for LRU eviction.
+    /// Access clock for LRU eviction (each chunk keeps its last tick).
     clock: AtomicU64,
-    lru: Mutex<HashMap<(FileId, u32), u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,13 +189,12 @@ impl SliceCache {
             ));
         }
         Ok(SliceCache {
-            config,
+            config: config.clone(),
             files: RwLock::default(),
-            space: Mutex::default(),
-            space_cv: Condvar::new(),
+            space: Space::default(),
             pending: AtomicI64::new(0),
             clean: AtomicI64::new(0),
-            mem: AtomicI64::new(0),
+            pool: Pool::new(config.capacity_bytes),
             extents: AtomicI64::new(0),
             evicted: AtomicU64::new(0),
             waits: AtomicU64::new(0),
@@ -160,7 +202,6 @@ impl SliceCache {
             next_slice: AtomicU64::new(1),
             next_snapshot: AtomicU64::new(1),
             clock: AtomicU64::new(0),
-            lru: Mutex::default(),
         })
     }
 
@@ -186,50 +227,49 @@ impl SliceCache {
     /// [`CacheError::CacheFull`] when no room came in time. Nothing is
     /// dropped: the caller reports the error to the writer.
     pub fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, CacheError> {
-        let deadline = Instant::now() + self.config.dirty_wait;
-        let mut space = lock(&self.space);
         let limit = self.config.dirty_max_bytes;
-        let mut waited = false;
-        // A write larger than the whole limit waits for an empty cache.
-        while space.committed > 0 && space.committed + bytes > limit {
+        let space = &self.space;
+        if space.try_take(bytes, limit) {
+            return Ok(Reservation { cache: self, bytes });
+        }
+        let deadline = Instant::now() + self.config.dirty_wait;
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            bytes,
+            committed = space.committed.load(Ordering::Relaxed),
+            "writer waits for dirty room"
+        );
+        let mut g = lock(&space.lock);
+        space.waiters.fetch_add(1, Ordering::SeqCst);
+        let taken = loop {
+            if space.try_take(bytes, limit) {
+                break true;
+            }
             let now = Instant::now();
             if now >= deadline {
-                self.full_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(CacheError::CacheFull {
-                    dirty_bytes: space.committed,
-                    dirty_max_bytes: limit,
-                    waited: self.config.dirty_wait,
-                });
+                break false;
             }
-            if !waited {
-                waited = true;
-                self.waits.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    bytes,
-                    committed = space.committed,
-                    "writer waits for dirty room"
-                );
-            }
-            space.waiters += 1;
-            space = self
-                .space_cv
-                .wait_timeout(space, deadline - now)
+            g = space
+                .cv
+                .wait_timeout(g, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
-            space.waiters -= 1;
+        };
+        space.waiters.fetch_sub(1, Ordering::SeqCst);
+        drop(g);
+        if taken {
+            return Ok(Reservation { cache: self, bytes });
         }
-        space.committed += bytes;
-        Ok(Reservation { cache: self, bytes })
+        self.full_errors.fetch_add(1, Ordering::Relaxed);
+        Err(CacheError::CacheFull {
+            dirty_bytes: space.committed.load(Ordering::Relaxed),
+            dirty_max_bytes: limit,
+            waited: self.config.dirty_wait,
+        })
     }
 
     fn release_space(&self, bytes: u64) {
-        let mut space = lock(&self.space);
-        space.committed = space.committed.saturating_sub(bytes);
-        let wake = space.waiters > 0;
-        drop(space);
-        if wake {
-            self.space_cv.notify_all();
-        }
+        self.space.release(bytes);
     }
 
     fn file(&self, file: FileId) -> Option<Arc<Mutex<FileCache>>> {
@@ -259,30 +299,24 @@ impl SliceCache {
     /// Applies accounting; pending bytes freed give room to writers.
     fn account(&self, d: Delta, reservation: Option<&mut Reservation<'_>>) {
         self.clean.fetch_add(d.clean, Ordering::Relaxed);
-        self.mem.fetch_add(d.mem, Ordering::Relaxed);
         self.extents.fetch_add(d.extents, Ordering::Relaxed);
         self.pending.fetch_add(d.pending, Ordering::Relaxed);
-        let mut space = lock(&self.space);
         match reservation {
             // New pending bytes come out of the reservation.
             Some(r) if d.pending > 0 => {
                 let used = (d.pending as u64).min(r.bytes);
                 r.bytes -= used;
-                space.committed += d.pending as u64 - used;
+                if d.pending as u64 > used {
+                    self.space.add(d.pending as u64 - used);
+                }
             }
-            _ if d.pending > 0 => space.committed += d.pending as u64,
-            _ => space.committed = space.committed.saturating_sub(d.pending.unsigned_abs()),
-        }
-        let wake = d.pending < 0 && space.waiters > 0;
-        drop(space);
-        if wake {
-            self.space_cv.notify_all();
+            _ if d.pending > 0 => self.space.add(d.pending as u64),
+            _ => self.space.release(d.pending.unsigned_abs()),
         }
     }
 
-    fn touch(&self, file: FileId, chunk: u32) {
-        let t = self.clock.fetch_add(1, Ordering::Relaxed);
-        lock(&self.lru).insert((file, chunk), t);
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Inserts a write of `data` at byte `offset` of `file`, logged at
@@ -322,9 +356,9 @@ impl SliceCache {
             let mut fc = lock(&f);
             for r in chunk_ranges(offset, data.len() as u64) {
                 let c = fc.chunks.entry(r.chunk.0).or_default();
-                d.add(c.insert(r.offset, &data[r.buf.clone()], lsn, extend));
-                d.add(c.compact_if_wasteful());
-                self.touch(file, r.chunk.0);
+                d.add(c.insert(&self.pool, r.offset, &data[r.buf.clone()], lsn, extend));
+                d.add(c.compact_if_wasteful(&self.pool));
+                c.last_use = self.tick();
             }
         }
         self.account(d, reservation);
@@ -338,17 +372,17 @@ impl SliceCache {
         let Some(f) = self.file(file) else {
             return std::iter::once(offset..offset + out.len() as u64).collect();
         };
-        let fc = lock(&f);
+        let mut fc = lock(&f);
         let mut missing = Vec::new();
         for r in chunk_ranges(offset, out.len() as u64) {
             let base = u64::from(r.chunk.0) * CHUNK;
-            match fc.chunks.get(&r.chunk.0) {
+            match fc.chunks.get_mut(&r.chunk.0) {
                 None => missing.push(base + u64::from(r.offset)..base + u64::from(r.end())),
                 Some(c) => {
                     for m in c.read(r.offset..r.end(), &mut out[r.buf.clone()]) {
                         missing.push(base + u64::from(m.start)..base + u64::from(m.end));
                     }
-                    self.touch(file, r.chunk.0);
+                    c.last_use = self.tick();
                 }
             }
         }
@@ -532,24 +566,50 @@ impl SliceCache {
             }
             fc.chunks.clear();
         }
-        lock(&self.lru).retain(|(fid, _), _| *fid != file);
         self.account(d, None);
     }
 
-    /// Evicts clean bytes, least recently used chunk first, until memory is
-    /// under the capacity. Pending bytes are never evicted.
+    /// Memory of all buffers (live and pooled), in bytes.
+    fn memory(&self) -> u64 {
+        self.pool.live_bytes() + self.pool.idle_bytes()
+    }
+
+    /// Frees pooled buffers, then evicts clean bytes, least recently used
+    /// chunk first, until memory is under the capacity. Pending bytes are
+    /// never evicted.
     pub fn evict_if_needed(&self) {
-        let cap = self.config.capacity_bytes as i64;
-        if self.mem.load(Ordering::Relaxed) <= cap || self.clean.load(Ordering::Relaxed) == 0 {
+        let cap = self.config.capacity_bytes;
+        if self.memory() <= cap {
             return;
         }
-        let mut order: Vec<((FileId, u32), u64)> =
-            lock(&self.lru).iter().map(|(k, v)| (*k, *v)).collect();
-        order.sort_by_key(|(_, t)| *t);
         // Evict to 90% so that eviction runs in batches.
         let target = cap - cap / 10;
-        for ((file, chunk), _) in order {
-            if self.mem.load(Ordering::Relaxed) <= target {
+        self.pool.trim(target);
+        if self.memory() <= cap || self.clean.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        // Chunks with clean bytes, least recently used first.
+        let files: Vec<(FileId, Arc<Mutex<FileCache>>)> = self
+            .files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let mut order: Vec<(u64, FileId, u32)> = Vec::new();
+        for (file, f) in &files {
+            let fc = lock(f);
+            order.extend(
+                fc.chunks
+                    .iter()
+                    .filter(|(_, c)| c.clean() > 0)
+                    .map(|(&idx, c)| (c.last_use, *file, idx)),
+            );
+        }
+        drop(files);
+        order.sort_unstable();
+        for (_, file, chunk) in order {
+            if self.memory() <= target {
                 break;
             }
             let Some(f) = self.file(file) else {
@@ -563,7 +623,6 @@ impl SliceCache {
                 };
                 if fc.chunks.get(&chunk).is_some_and(|c| c.is_empty()) {
                     fc.chunks.remove(&chunk);
-                    lock(&self.lru).remove(&(file, chunk));
                 }
                 d
             };
@@ -594,7 +653,8 @@ impl SliceCache {
             slices: get(&self.extents),
             dirty_bytes: get(&self.pending),
             clean_bytes: get(&self.clean),
-            memory_bytes: get(&self.mem),
+            memory_bytes: self.memory(),
+            pooled_bytes: self.pool.idle_bytes(),
             evicted_bytes: self.evicted.load(Ordering::Relaxed),
             waits: self.waits.load(Ordering::Relaxed),
             full_errors: self.full_errors.load(Ordering::Relaxed),

@@ -9,9 +9,11 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use slicefs_wal::Lsn;
 
+use crate::buf::{Buf, POOL_MIN, Pool, class_size};
 use crate::{BLOCK_SIZE, BLOCKS_PER_CHUNK};
 
 /// Whether an extent's bytes still need uploading.
@@ -32,13 +34,19 @@ pub(crate) struct Extent {
     pub(crate) first_lsn: Lsn,
     pub(crate) state: State,
     /// The bytes are `buf[at..at + len]`.
-    pub(crate) buf: Arc<Vec<u8>>,
+    pub(crate) buf: Arc<Buf>,
     pub(crate) at: usize,
 }
 
 impl Extent {
     fn bytes(&self) -> &[u8] {
-        &self.buf[self.at..self.at + self.len as usize]
+        self.buf.bytes(self.at, self.len as usize)
+    }
+
+    /// The extent's bytes end where its buffer's written bytes end, so an
+    /// append to the buffer continues the extent.
+    fn at_buffer_tail(&self) -> bool {
+        self.at + self.len as usize == self.buf.len()
     }
 
     /// The part `from..to` (offsets relative to the extent start).
@@ -126,8 +134,11 @@ impl BlockSnapshot {
 #[derive(Default)]
 pub(crate) struct Chunk {
     extents: BTreeMap<u32, Extent>,
-    /// Capacity of the distinct buffers (memory counted by allocation).
+    /// Capacity of the distinct buffers the extents use.
     pub(crate) mem: u64,
+    /// Written bytes of the distinct buffers the extents use: what the
+    /// buffers hold, superseded bytes included (spare capacity is not).
+    written: u64,
     /// Highest LSN inserted.
     max_lsn: Lsn,
     /// Per block, the id of the snapshot in flight (0: none).
@@ -136,6 +147,8 @@ pub(crate) struct Chunk {
     live: u64,
     /// Pending bytes.
     pub(crate) pending: u64,
+    /// The cache's clock at the last read or write (for LRU eviction).
+    pub(crate) last_use: u64,
 }
 
 fn block_of(offset: u32) -> u32 {
@@ -156,7 +169,8 @@ impl Chunk {
         self.extents.len()
     }
 
-    /// Drops the extent at `start`, returning its accounting.
+    /// Drops the extent at `start`, returning its accounting. Its buffer
+    /// leaves the chunk's memory count when no other extent uses it.
     fn take(&mut self, start: u32) -> (Extent, Delta) {
         let e = self.extents.remove(&start).expect("extent exists");
         let mut d = Delta {
@@ -167,21 +181,11 @@ impl Chunk {
             State::Pending => d.pending -= i64::from(e.len),
             State::Clean => d.clean -= i64::from(e.len),
         }
-        (e, d)
-    }
-
-    /// Drops a taken extent: its buffer's memory goes if no other extent
-    /// shares it.
-    fn release(e: Extent) -> Delta {
-        let mem = if Arc::strong_count(&e.buf) == 1 {
-            -(e.buf.capacity() as i64)
-        } else {
-            0
-        };
-        Delta {
-            mem,
-            ..Delta::default()
+        if e.buf.extents.fetch_sub(1, Ordering::Relaxed) == 1 {
+            d.mem -= e.buf.capacity() as i64;
+            self.written -= e.buf.len() as u64;
         }
+        (e, d)
     }
 
     /// Start of the first extent that may overlap `from..`.
@@ -192,7 +196,7 @@ impl Chunk {
             .map_or(from, |(s, _)| *s)
     }
 
-    fn put(&mut self, start: u32, e: Extent, new_buf: bool) -> Delta {
+    fn put(&mut self, start: u32, e: Extent) -> Delta {
         let mut d = Delta {
             extents: 1,
             ..Delta::default()
@@ -201,8 +205,9 @@ impl Chunk {
             State::Pending => d.pending += i64::from(e.len),
             State::Clean => d.clean += i64::from(e.len),
         }
-        if new_buf {
+        if e.buf.extents.fetch_add(1, Ordering::Relaxed) == 0 {
             d.mem += e.buf.capacity() as i64;
+            self.written += e.buf.len() as u64;
         }
         let old = self.extents.insert(start, e);
         debug_assert!(old.is_none(), "extents overlap at {start}");
@@ -233,12 +238,11 @@ impl Chunk {
             d.add(td);
             let end = s + e.len;
             if s < from {
-                d.add(self.put(s, e.part(0, from - s), false));
+                d.add(self.put(s, e.part(0, from - s)));
             }
             if end > to {
-                d.add(self.put(to, e.part(to - s, e.len), false));
+                d.add(self.put(to, e.part(to - s, e.len)));
             }
-            d.add(Self::release(e));
         }
         d
     }
@@ -248,8 +252,16 @@ impl Chunk {
     /// them). Returns the accounting.
     /// `extend`: sequential writes may grow the newest extent in place
     /// (off during recovery replay, where each record's LSN must stay
-    /// exact for the flushed markers that follow).
-    pub(crate) fn insert(&mut self, offset: u32, data: &[u8], lsn: Lsn, extend: bool) -> Delta {
+    /// exact for the flushed markers that follow; replayed records still
+    /// share buffers).
+    pub(crate) fn insert(
+        &mut self,
+        pool: &Arc<Pool>,
+        offset: u32,
+        data: &[u8],
+        lsn: Lsn,
+        extend: bool,
+    ) -> Delta {
         let mut d = Delta::default();
         let mut at = 0usize;
         // Split at block boundaries: an extent never crosses one.
@@ -257,19 +269,56 @@ impl Chunk {
             let off = offset + at as u32;
             let block_end = (block_of(off) + 1) * BLOCK_SIZE as u32;
             let n = (data.len() - at).min((block_end - off) as usize);
-            d.add(self.insert_in_block(off, &data[at..at + n], lsn, extend));
+            d.add(self.insert_in_block(pool, off, &data[at..at + n], lsn, extend));
             at += n;
         }
         self.max_lsn = self.max_lsn.max(lsn);
         self.apply(d)
     }
 
-    fn insert_in_block(&mut self, offset: u32, data: &[u8], lsn: Lsn, extend: bool) -> Delta {
+    /// The extent ending exactly at `offset` in the same block, if any.
+    fn ending_at(&self, offset: u32) -> Option<(u32, &Extent)> {
+        self.extents
+            .range(..offset)
+            .next_back()
+            .filter(|(s, e)| **s + e.len == offset && block_of(**s) == block_of(offset))
+            .map(|(s, e)| (*s, e))
+    }
+
+    fn insert_in_block(
+        &mut self,
+        pool: &Arc<Pool>,
+        offset: u32,
+        data: &[u8],
+        lsn: Lsn,
+        extend: bool,
+    ) -> Delta {
         let end = offset + data.len() as u32;
         if data.is_empty() {
             return Delta::default();
         }
-        // Sequential writes extend the newest pending extent in place.
+        // A rewrite of exactly one older extent whose buffer nothing else
+        // uses (random overwrites of the same records): in place.
+        if let Some(e) = self.extents.get_mut(&offset)
+            && e.len == data.len() as u32
+            && e.lsn < lsn
+            && let Some(buf) = Arc::get_mut(&mut e.buf)
+        {
+            buf.bytes_mut(e.at, data.len()).copy_from_slice(data);
+            let n = i64::from(e.len);
+            let was = std::mem::replace(&mut e.state, State::Pending);
+            e.lsn = lsn;
+            e.first_lsn = lsn;
+            return match was {
+                State::Pending => Delta::default(),
+                State::Clean => Delta {
+                    pending: n,
+                    clean: -n,
+                    ..Delta::default()
+                },
+            };
+        }
+        // Sequential writes extend the newest pending extent.
         if extend && lsn > self.max_lsn && !self.block_in_flight(block_of(offset)) {
             let next_free = self
                 .extents
@@ -277,23 +326,11 @@ impl Chunk {
                 .next()
                 .is_none_or(|(s, _)| *s >= end);
             if next_free
-                && let Some((&s, e)) = self.extents.range_mut(..offset).next_back()
-                && s + e.len == offset
+                && let Some((s, e)) = self.ending_at(offset)
                 && e.state == State::Pending
                 && e.lsn == self.max_lsn
-                && block_of(s) == block_of(offset)
-                && e.at + e.len as usize == e.buf.len()
-                && let Some(buf) = Arc::get_mut(&mut e.buf)
             {
-                let cap = buf.capacity();
-                buf.extend_from_slice(data);
-                e.len += data.len() as u32;
-                e.lsn = lsn;
-                return Delta {
-                    pending: data.len() as i64,
-                    mem: (buf.capacity() - cap) as i64,
-                    ..Delta::default()
-                };
+                return self.extend(pool, s, data, lsn);
             }
         }
         // Older bytes in the range give way; newer ones (an out-of-order
@@ -305,8 +342,7 @@ impl Chunk {
             .filter(|(s, e)| *s + e.len > offset)
             .map(|(s, e)| (*s, *s + e.len))
             .collect();
-        let buf = Arc::new(data.to_vec());
-        let mut first = true;
+        let (buf, base) = self.place(pool, offset, data);
         let mut cursor = offset;
         let mut gaps = Vec::new();
         for (s, e) in newer {
@@ -325,12 +361,81 @@ impl Chunk {
                 first_lsn: lsn,
                 state: State::Pending,
                 buf: buf.clone(),
-                at: (s - offset) as usize,
+                at: base + (s - offset) as usize,
             };
-            d.add(self.put(s, ext, first));
-            first = false;
+            d.add(self.put(s, ext));
         }
         d
+    }
+
+    /// Appends a write to the extent at `s` (which ends where the write
+    /// starts): in its buffer if the buffer has room past the extent, else
+    /// in a bigger buffer the extent moves to (its bytes copied once).
+    fn extend(&mut self, pool: &Arc<Pool>, s: u32, data: &[u8], lsn: Lsn) -> Delta {
+        let n = data.len() as u32;
+        let e = self.extents.get_mut(&s).expect("extent exists");
+        // SAFETY: the buffer belongs to this chunk, which the caller holds
+        // mutably (under its file's lock): the only appender.
+        if e.at_buffer_tail() && unsafe { e.buf.append(data) }.is_some() {
+            e.len += n;
+            e.lsn = lsn;
+            self.written += u64::from(n);
+            return Delta {
+                pending: i64::from(n),
+                ..Delta::default()
+            };
+        }
+        // Grow 4 times (at least to the pooled minimum, at most to the end
+        // of the block): a sequential writer copies about a third of its
+        // bytes once more, and spare capacity stays under 4 times the
+        // extent.
+        let room = ((block_of(s) + 1) * BLOCK_SIZE as u32 - s) as usize;
+        let need = (e.len + n) as usize;
+        let cap = class_size((e.buf.capacity() * 4).max(POOL_MIN).min(room).max(need));
+        let buf = Buf::copy_of(pool, cap, e.bytes());
+        // SAFETY: `buf` is new and not shared: the only appender.
+        let appended = unsafe { buf.append(data) };
+        debug_assert_eq!(appended, Some(e.len as usize));
+        let (old, mut d) = self.take(s);
+        d.add(self.put(
+            s,
+            Extent {
+                len: need as u32,
+                lsn,
+                buf,
+                at: 0,
+                ..old
+            },
+        ));
+        d
+    }
+
+    /// Writes `data` (to be inserted at `offset`) into a buffer: packed
+    /// after the extent that ends at `offset` when its buffer has room
+    /// there (replayed records), else into a new buffer, sized for growth
+    /// if the write continues the newest extent. Returns the
+    /// buffer and where in it the bytes start.
+    fn place(&mut self, pool: &Arc<Pool>, offset: u32, data: &[u8]) -> (Arc<Buf>, usize) {
+        let mut cap = data.len();
+        if let Some((s, prev)) = self.ending_at(offset)
+            && prev.at_buffer_tail()
+        {
+            // SAFETY: the buffer belongs to this chunk, which the caller
+            // holds mutably: the only appender.
+            if let Some(at) = unsafe { prev.buf.append(data) } {
+                let buf = prev.buf.clone();
+                self.written += data.len() as u64;
+                return (buf, at);
+            }
+            // Room to grow only for a sequential stream (the write follows
+            // the newest one), never for random writes that happen to
+            // touch an older extent.
+            if prev.lsn == self.max_lsn {
+                let room = ((block_of(s) + 1) * BLOCK_SIZE as u32 - offset) as usize;
+                cap = class_size((prev.buf.capacity() * 4).max(POOL_MIN).min(room).max(cap));
+            }
+        }
+        (Buf::copy_of(pool, cap, data), 0)
     }
 
     /// Copies the cached bytes of `range` (chunk offsets) into `out`
@@ -469,15 +574,14 @@ impl Chunk {
             let end = s + e.len;
             let (a, b) = (s.max(from), end.min(to));
             if s < a {
-                d.add(self.put(s, e.part(0, a - s), false));
+                d.add(self.put(s, e.part(0, a - s)));
             }
             let mut clean = e.part(a - s, b - s);
             clean.state = State::Clean;
-            d.add(self.put(a, clean, false));
+            d.add(self.put(a, clean));
             if end > b {
-                d.add(self.put(b, e.part(b - s, e.len), false));
+                d.add(self.put(b, e.part(b - s, e.len)));
             }
-            d.add(Self::release(e));
         }
         d
     }
@@ -505,9 +609,8 @@ impl Chunk {
             .collect();
         let mut d = Delta::default();
         for s in starts {
-            let (e, td) = self.take(s);
+            let (_, td) = self.take(s);
             d.add(td);
-            d.add(Self::release(e));
         }
         self.apply(d)
     }
@@ -519,23 +622,19 @@ impl Chunk {
 
     /// Copies extents into exact-size buffers when buffers hold much more
     /// than the extents still use (after many partial overwrites).
-    pub(crate) fn compact_if_wasteful(&mut self) -> Delta {
-        if self.mem <= 2 * self.live + (64 << 10) {
+    pub(crate) fn compact_if_wasteful(&mut self, pool: &Arc<Pool>) -> Delta {
+        if self.written <= 2 * self.live + (64 << 10) {
             return Delta::default();
         }
-        let old: Vec<(u32, Extent)> = std::mem::take(&mut self.extents).into_iter().collect();
-        let mut mem = 0u64;
-        for (s, mut e) in old {
-            let v = e.bytes().to_vec();
-            mem += v.capacity() as u64;
-            e.buf = Arc::new(v);
+        let starts: Vec<u32> = self.extents.keys().copied().collect();
+        let mut d = Delta::default();
+        for s in starts {
+            let (mut e, td) = self.take(s);
+            d.add(td);
+            e.buf = Buf::copy_of(pool, e.len as usize, e.bytes());
             e.at = 0;
-            self.extents.insert(s, e);
+            d.add(self.put(s, e));
         }
-        let d = Delta {
-            mem: mem as i64 - self.mem as i64,
-            ..Delta::default()
-        };
         self.apply(d)
     }
 }

@@ -12,6 +12,7 @@
 //! This crate does no I/O and has no async: the transfer manager drives
 //! snapshots and uploads, the file system drives writes and reads.
 
+mod buf;
 mod cache;
 mod chunk;
 mod recover;

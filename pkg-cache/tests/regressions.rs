@@ -283,3 +283,81 @@ fn snapshot_options_choose_full_blocks_and_bound_the_count() {
     let rest = c.dirty_blocks(F);
     assert_eq!(rest.iter().map(|s| s.block).collect::<Vec<_>>(), vec![1]);
 }
+
+/// A rewrite of exactly one extent is done in place; it must still
+/// behave like a newer write: a clean extent becomes pending again, and a
+/// snapshot taken before the rewrite does not mark the new bytes clean.
+#[test]
+fn an_in_place_rewrite_is_a_newer_write() {
+    let c = cache();
+    put(&c, F, 4096, &[b'a'; 4096], 1);
+    let s1 = one_snapshot(&c, F);
+    // Rewritten while the snapshot is in flight.
+    put(&c, F, 4096, &[b'b'; 4096], 2);
+    c.mark_flushed(&s1);
+    let st = c.stats();
+    assert_eq!((st.dirty_bytes, st.clean_bytes, st.slices), (4096, 0, 1));
+    let s2 = one_snapshot(&c, F);
+    assert_eq!(s2.ranges, vec![(4096, vec![b'b'; 4096])]);
+    assert_eq!(s2.lsn, Lsn(2));
+    c.mark_flushed(&s2);
+    let st = c.stats();
+    assert_eq!((st.dirty_bytes, st.clean_bytes), (0, 4096));
+    // A clean extent rewritten becomes pending again.
+    put(&c, F, 4096, &[b'c'; 4096], 3);
+    let st = c.stats();
+    assert_eq!((st.dirty_bytes, st.clean_bytes, st.slices), (4096, 0, 1));
+    assert_eq!(read(&c, F, 4096..8192).0, vec![b'c'; 4096]);
+    // An older write (out of order) never overwrites newer bytes.
+    c.insert(F, 4096, &[b'z'; 4096], Lsn(1), None);
+    assert_eq!(read(&c, F, 4096..8192).0, vec![b'c'; 4096]);
+}
+
+/// Replayed records share a buffer; rewriting one of them must not change
+/// the bytes of its neighbours, and flushed markers still drop exactly
+/// their records.
+#[test]
+fn replayed_records_share_buffers_without_leaking_rewrites() {
+    let c = cache();
+    for i in 0..8u64 {
+        c.insert_replayed(F, i * 1000, &[b'0' + i as u8; 1000], Lsn(i + 1));
+    }
+    assert_eq!(c.debug_extents(F), 8, "one extent per replayed record");
+    c.insert_replayed(F, 3000, &[b'x'; 1000], Lsn(9));
+    c.drop_flushed(F, slicefs_cache::ChunkIndex(0), 0, 2000, Lsn(2));
+    let (got, missing) = read(&c, F, 0..8000);
+    assert_eq!(missing, vec![0..2000]);
+    let mut want = runs(&[(2000, 0)]);
+    for i in 2..8u8 {
+        want.extend(std::iter::repeat_n(
+            if i == 3 { b'x' } else { b'0' + i },
+            1000,
+        ));
+    }
+    assert_eq!(got, want);
+    assert_eq!(c.stats().dirty_bytes, 6000);
+}
+
+/// Freed large buffers are kept for reuse inside the capacity and counted
+/// as memory, and a later writer reuses them.
+#[test]
+fn pooled_buffers_count_as_memory_and_are_reused() {
+    let c = cache();
+    // Sequential 128 KiB writes: buffers of 128 KiB, then pooled growth.
+    for i in 0..4u64 {
+        put(&c, F, i << 17, &[i as u8; 128 << 10], i + 1);
+    }
+    c.remove(F);
+    let st = c.stats();
+    assert_eq!(st.dirty_bytes, 0);
+    assert!(st.pooled_bytes > 0, "{st:?}");
+    assert_eq!(st.memory_bytes, st.pooled_bytes, "{st:?}");
+    assert!(st.memory_bytes <= 1 << 20, "{st:?}");
+    // A second writer reuses them and memory does not grow.
+    let g = FileId(8);
+    for i in 0..4u64 {
+        put(&c, g, i << 17, &[9; 128 << 10], 10 + i);
+    }
+    assert!(c.stats().memory_bytes <= 1 << 20, "{:?}", c.stats());
+    assert_eq!(read(&c, g, 0..512 << 10).0, vec![9; 512 << 10]);
+}

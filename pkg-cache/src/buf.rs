@@ -1,0 +1,370 @@
+//! Append-only byte buffers for extents, and the pool that recycles the
+//! large ones.
+//!
+//! A [`Buf`] has a fixed capacity and a written length. Bytes below the
+//! length never change again, so extents (and copies taken for upload)
+//! may share a buffer while its owner keeps appending past the end: a
+//! sequential writer extends its extent in place, and recovery replay
+//! packs consecutive records into one buffer.
+//!
+//! Memory: buffers under [`POOL_MIN`] come from the global allocator,
+//! sized exactly. Larger ones are anonymous mappings of a power-of-two
+//! size up to [`POOL_MAX`] (4 MiB, a block); those of 2 MiB and more ask
+//! for transparent huge pages (`MADV_HUGEPAGE`), which cuts the cost of
+//! first touching fresh memory (measured on the 2-core VM: 2.4 GB/s
+//! with 4 KiB page faults, 10 to 16 GB/s with huge pages). A freed large
+//! buffer goes back to the [`Pool`] while live and idle buffers together
+//! stay under the cache's capacity, so a writer in steady state reuses
+//! memory that is already faulted in instead of faulting fresh pages.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Smallest buffer taken from the pool (and mapped); smaller ones come
+/// from the global allocator, which recycles them itself.
+pub(crate) const POOL_MIN: usize = 128 << 10;
+/// Largest pooled buffer: a block.
+pub(crate) const POOL_MAX: usize = crate::BLOCK_SIZE as usize;
+/// Buffers from this size on ask for transparent huge pages.
+const HUGE_MIN: usize = 2 << 20;
+/// Pool size classes: POOL_MIN, 2 * POOL_MIN, ..., POOL_MAX.
+const CLASSES: usize = (POOL_MAX / POOL_MIN).trailing_zeros() as usize + 1;
+
+/// A capacity of at least `need` bytes that the pool recycles: the next
+/// power of two from [`POOL_MIN`] on (for buffers meant to grow into).
+pub(crate) fn class_size(need: usize) -> usize {
+    if need < POOL_MIN {
+        need
+    } else {
+        need.next_power_of_two()
+    }
+}
+
+/// The capacity a buffer asked for `need` bytes gets: exact from the
+/// global allocator below [`POOL_MIN`], else rounded up to whole 4 KiB
+/// pages of a mapping (pooled when that is a [`class_size`]).
+fn alloc_size(need: usize) -> usize {
+    if need < POOL_MIN {
+        need
+    } else {
+        need.next_multiple_of(4096)
+    }
+}
+
+fn class_index(cap: usize) -> Option<usize> {
+    (cap.is_power_of_two() && (POOL_MIN..=POOL_MAX).contains(&cap))
+        .then(|| (cap / POOL_MIN).trailing_zeros() as usize)
+}
+
+/// Memory behind a buffer.
+enum Region {
+    /// From the global allocator with `Layout::array::<u8>(cap)`.
+    Heap { ptr: NonNull<u8>, cap: usize },
+    /// An anonymous mapping.
+    Map(memmap2::MmapMut),
+}
+
+impl Region {
+    fn new(cap: usize) -> Region {
+        if cap >= POOL_MIN
+            && let Ok(m) = memmap2::MmapMut::map_anon(cap)
+        {
+            if cap >= HUGE_MIN {
+                // Only advice: without huge pages the buffer still works.
+                let _ = m.advise(memmap2::Advice::HugePage);
+            }
+            return Region::Map(m);
+        }
+        if cap == 0 {
+            return Region::Heap {
+                ptr: NonNull::dangling(),
+                cap: 0,
+            };
+        }
+        let layout = Layout::array::<u8>(cap).expect("buffer size fits a layout");
+        // SAFETY: `layout` has a non-zero size (cap > 0).
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        Region::Heap { ptr, cap }
+    }
+
+    fn ptr(&mut self) -> *mut u8 {
+        match self {
+            Region::Heap { ptr, .. } => ptr.as_ptr(),
+            Region::Map(m) => m.as_mut_ptr(),
+        }
+    }
+
+    fn cap(&self) -> usize {
+        match self {
+            Region::Heap { cap, .. } => *cap,
+            Region::Map(m) => m.len(),
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Region::Heap { ptr, cap } = *self
+            && cap > 0
+        {
+            let layout = Layout::array::<u8>(cap).expect("allocated with this layout");
+            // SAFETY: allocated in `Region::new` with this layout, freed once.
+            unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+// SAFETY: a region is plain owned memory (a heap allocation or a mapping);
+// nothing in it is tied to a thread.
+unsafe impl Send for Region {}
+
+/// Recycles large buffers and counts the memory of all buffers.
+#[derive(Default)]
+pub(crate) struct Pool {
+    /// Idle mappings by size class.
+    idle: Mutex<[Vec<Region>; CLASSES]>,
+    /// Capacity of live buffers (held by extents or copies in flight).
+    live: AtomicU64,
+    /// Capacity of idle pooled buffers.
+    idle_bytes: AtomicU64,
+    /// Live plus idle bytes the pool may keep (the cache's capacity).
+    limit: AtomicU64,
+}
+
+impl Pool {
+    pub(crate) fn new(limit: u64) -> Arc<Pool> {
+        let p = Pool::default();
+        p.limit.store(limit, Ordering::Relaxed);
+        Arc::new(p)
+    }
+
+    /// Capacity of live buffers, in bytes.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Capacity of idle buffers kept for reuse, in bytes.
+    pub(crate) fn idle_bytes(&self) -> u64 {
+        self.idle_bytes.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Vec<Region>; CLASSES]> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self, cap: usize) -> Region {
+        if let Some(i) = class_index(cap)
+            && let Some(r) = self.lock()[i].pop()
+        {
+            self.idle_bytes.fetch_sub(cap as u64, Ordering::Relaxed);
+            return r;
+        }
+        Region::new(cap)
+    }
+
+    fn give(&self, r: Region) {
+        let cap = r.cap();
+        let Some(i) = class_index(cap) else {
+            return;
+        };
+        let used = self.live_bytes() + self.idle_bytes() + cap as u64;
+        if used <= self.limit.load(Ordering::Relaxed) {
+            self.lock()[i].push(r);
+            self.idle_bytes.fetch_add(cap as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Frees idle buffers until live plus idle bytes are at most `target`
+    /// (or nothing is idle). Returns the bytes freed.
+    pub(crate) fn trim(&self, target: u64) -> u64 {
+        let mut freed = 0;
+        let mut idle = self.lock();
+        for class in idle.iter_mut().rev() {
+            while self.live_bytes() + self.idle_bytes() > target
+                && let Some(r) = class.pop()
+            {
+                let cap = r.cap() as u64;
+                self.idle_bytes.fetch_sub(cap, Ordering::Relaxed);
+                freed += cap;
+                // Unmapped outside the loop's check, when `r` drops here.
+            }
+        }
+        freed
+    }
+}
+
+/// A fixed-capacity, append-only byte buffer (see the module docs).
+pub(crate) struct Buf {
+    region: Option<Region>,
+    /// Start of the region (stable: regions never move).
+    ptr: *mut u8,
+    cap: usize,
+    /// Bytes written; `..len` never changes again.
+    len: AtomicUsize,
+    /// Extents referencing the buffer, kept by the owning chunk for its
+    /// memory count.
+    pub(crate) extents: AtomicU32,
+    pool: Arc<Pool>,
+}
+
+// SAFETY: bytes below `len` are immutable once published (Release store
+// of `len` after writing them, Acquire load before reading); bytes at or
+// past `len` are written only by `append`, whose callers guarantee a
+// single appender (see there). The region is owned memory.
+unsafe impl Send for Buf {}
+// SAFETY: as for Send.
+unsafe impl Sync for Buf {}
+
+impl Buf {
+    /// An empty buffer of at least `need` bytes (exactly `need` below
+    /// [`POOL_MIN`], whole pages above), from the pool if `need` is a
+    /// [`class_size`].
+    pub(crate) fn new(pool: &Arc<Pool>, need: usize) -> Arc<Buf> {
+        let cap = alloc_size(need);
+        let mut region = pool.take(cap);
+        pool.live.fetch_add(cap as u64, Ordering::Relaxed);
+        Arc::new(Buf {
+            ptr: region.ptr(),
+            region: Some(region),
+            cap,
+            len: AtomicUsize::new(0),
+            extents: AtomicU32::new(0),
+            pool: pool.clone(),
+        })
+    }
+
+    /// A buffer holding a copy of `data`.
+    pub(crate) fn copy_of(pool: &Arc<Pool>, need: usize, data: &[u8]) -> Arc<Buf> {
+        let b = Buf::new(pool, need.max(data.len()));
+        // SAFETY: `b` is new and not shared: the only appender.
+        let at = unsafe { b.append(data) };
+        debug_assert_eq!(at, Some(0));
+        b
+    }
+
+    /// Capacity in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Bytes written.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Appends `data` if it fits; returns the offset it was written at.
+    ///
+    /// # Safety
+    /// No other thread may append to this buffer at the same time. The
+    /// cache appends only under the lock of the file whose chunk owns the
+    /// buffer (a buffer belongs to one chunk).
+    pub(crate) unsafe fn append(&self, data: &[u8]) -> Option<usize> {
+        let at = self.len.load(Ordering::Relaxed);
+        if data.len() > self.cap - at {
+            return None;
+        }
+        // SAFETY: `at + data.len() <= cap`, so the destination is inside
+        // the region; bytes at or past `len` are not read by anyone (no
+        // slice reaches past `len`) and no one else writes them (the
+        // caller is the only appender); `data` cannot overlap them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(at), data.len());
+        }
+        self.len.store(at + data.len(), Ordering::Release);
+        Some(at)
+    }
+
+    /// The written bytes `at..at + n`, to overwrite: the caller holds the
+    /// only reference, so no extent or reader sees the change but its own.
+    ///
+    /// # Panics
+    /// If the range reaches past the written length (a cache bug).
+    pub(crate) fn bytes_mut(&mut self, at: usize, n: usize) -> &mut [u8] {
+        let len = *self.len.get_mut();
+        assert!(at <= len && n <= len - at, "buffer range past its length");
+        // SAFETY: `..len` is inside the region and `&mut self` is the only
+        // access to the buffer.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), n) }
+    }
+
+    /// The written bytes `at..at + n`.
+    ///
+    /// # Panics
+    /// If the range reaches past the written length (a cache bug).
+    pub(crate) fn bytes(&self, at: usize, n: usize) -> &[u8] {
+        let len = self.len();
+        assert!(at <= len && n <= len - at, "buffer range past its length");
+        // SAFETY: `..len` is written, published (Acquire above) and never
+        // written again while `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(at), n) }
+    }
+}
+
+impl std::fmt::Debug for Buf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buf")
+            .field("cap", &self.cap)
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        self.pool.live.fetch_sub(self.cap as u64, Ordering::Relaxed);
+        if let Some(r) = self.region.take() {
+            self.pool.give(r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_are_shared_and_pooled_buffers_recycled() {
+        let pool = Pool::new(64 << 20);
+        assert_eq!(Buf::new(&pool, 200_000).capacity(), 200_704);
+        let b = Buf::new(&pool, class_size(200 << 10));
+        assert_eq!(b.capacity(), 256 << 10);
+        // SAFETY: single-threaded test: the only appender.
+        let (x, y) = unsafe { (b.append(b"abc"), b.append(b"de")) };
+        assert_eq!((x, y), (Some(0), Some(3)));
+        assert_eq!(b.bytes(1, 4), b"bcde");
+        // SAFETY: as above.
+        assert_eq!(unsafe { b.append(&vec![0; 256 << 10]) }, None);
+        assert_eq!(pool.live_bytes(), 256 << 10);
+        drop(b);
+        assert_eq!((pool.live_bytes(), pool.idle_bytes()), (0, 256 << 10));
+        let c = Buf::new(&pool, 256 << 10);
+        assert_eq!((pool.live_bytes(), pool.idle_bytes()), (256 << 10, 0));
+        assert_eq!(c.len(), 0, "a recycled buffer starts empty");
+        drop(c);
+        assert_eq!(pool.trim(0), 256 << 10);
+        assert_eq!(pool.idle_bytes(), 0);
+    }
+
+    #[test]
+    fn the_pool_keeps_no_more_than_its_limit() {
+        let pool = Pool::new(1 << 20);
+        let bufs: Vec<_> = (0..3).map(|_| Buf::new(&pool, 512 << 10)).collect();
+        drop(bufs);
+        assert_eq!(pool.idle_bytes(), 1 << 20);
+        let small = Buf::copy_of(&pool, 0, b"xyz");
+        assert_eq!((small.capacity(), small.bytes(0, 3)), (3, &b"xyz"[..]));
+    }
+
+    #[test]
+    #[should_panic(expected = "past its length")]
+    fn reading_past_the_written_length_panics() {
+        let pool = Pool::new(1 << 20);
+        let b = Buf::copy_of(&pool, 100, b"ab");
+        let _ = b.bytes(1, 2);
+    }
+}
