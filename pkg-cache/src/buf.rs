@@ -8,14 +8,17 @@
 //! packs consecutive records into one buffer.
 //!
 //! Memory: buffers under [`POOL_MIN`] come from the global allocator,
-//! sized exactly. Larger ones are anonymous mappings of a power-of-two
-//! size up to [`POOL_MAX`] (4 MiB, a block); those of 2 MiB and more ask
-//! for transparent huge pages (`MADV_HUGEPAGE`), which cuts the cost of
-//! first touching fresh memory (measured on the 2-core VM: 2.4 GB/s
-//! with 4 KiB page faults, 10 to 16 GB/s with huge pages). A freed large
-//! buffer goes back to the [`Pool`] while live and idle buffers together
-//! stay under the cache's capacity, so a writer in steady state reuses
-//! memory that is already faulted in instead of faulting fresh pages.
+//! sized exactly. Larger ones are anonymous mappings (whole pages; the
+//! ones meant to grow into have a power-of-two size up to [`POOL_MAX`],
+//! 4 MiB, a block). A freed power-of-two buffer goes back to the [`Pool`]
+//! while live and idle buffers together stay under the cache's capacity,
+//! so a writer in steady state reuses memory that is already faulted in
+//! (measured on the 2-core VM: first touch of fresh memory runs at
+//! 2.4 GB/s with 4 KiB page faults, rewriting touched memory at 25 GB/s).
+//! Transparent huge pages are not asked for: they made first touch
+//! faster in a micro-benchmark (10-16 GB/s) but cost up to 0.4 GB/s on
+//! the first use of a huge page in this VM, and a mount's writes are
+//! exactly that first use.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -27,8 +30,6 @@ use std::sync::{Arc, Mutex};
 pub(crate) const POOL_MIN: usize = 128 << 10;
 /// Largest pooled buffer: a block.
 pub(crate) const POOL_MAX: usize = crate::BLOCK_SIZE as usize;
-/// Buffers from this size on ask for transparent huge pages.
-const HUGE_MIN: usize = 2 << 20;
 /// Pool size classes: POOL_MIN, 2 * POOL_MIN, ..., POOL_MAX.
 const CLASSES: usize = (POOL_MAX / POOL_MIN).trailing_zeros() as usize + 1;
 
@@ -71,10 +72,6 @@ impl Region {
         if cap >= POOL_MIN
             && let Ok(m) = memmap2::MmapMut::map_anon(cap)
         {
-            if cap >= HUGE_MIN {
-                // Only advice: without huge pages the buffer still works.
-                let _ = m.advise(memmap2::Advice::HugePage);
-            }
             return Region::Map(m);
         }
         if cap == 0 {

@@ -62,6 +62,14 @@ pub struct TransferConfig {
     /// Above this share of the cache's dirty limit, the oldest dirty files
     /// are uploaded at once. Default: 0.5.
     pub pressure_ratio: f64,
+    /// Upload a block as soon as a write fills it, while its file is still
+    /// being written. Off by default: a burst of writes is absorbed by the
+    /// log and the cache, and uploads start when the file goes quiet, its
+    /// data ages past `max_dirty_age`, or dirty bytes pass
+    /// `pressure_ratio`. Measured on 2 cores with SeaweedFS on the same
+    /// machine: eager uploads of a 1 GiB `fio` sequential write took the
+    /// CPU from the writer (117 MB/s against 248 MB/s deferred).
+    pub eager_full_blocks: bool,
     /// Blocks read ahead of a sequential reader. Default: 8 (32 MiB).
     pub readahead_blocks: u32,
     /// Memory for downloaded blocks (an LRU of whole blocks), in bytes.
@@ -98,6 +106,7 @@ impl Default for TransferConfig {
             upload_delay: Duration::from_secs(5),
             max_dirty_age: Duration::from_secs(30),
             pressure_ratio: 0.5,
+            eager_full_blocks: false,
             readahead_blocks: 8,
             block_cache_bytes: 64 << 20,
             retry_initial: Duration::from_millis(100),
@@ -884,7 +893,7 @@ impl Inner {
                     gate: st.gate.clone(),
                 };
                 plan.push((since, f, SnapshotOptions::default(), stamp));
-            } else if st.full_block {
+            } else if st.full_block && self.config.eager_full_blocks {
                 st.full_block = false;
                 let opts = SnapshotOptions {
                     full_blocks_only: true,
