@@ -298,6 +298,10 @@ impl SliceCache {
 
     /// Applies accounting; pending bytes freed give room to writers.
     fn account(&self, d: Delta, reservation: Option<&mut Reservation<'_>>) {
+        if d == Delta::default() {
+            // An in-place rewrite of pending bytes: nothing to count.
+            return;
+        }
         self.clean.fetch_add(d.clean, Ordering::Relaxed);
         self.extents.fetch_add(d.extents, Ordering::Relaxed);
         self.pending.fetch_add(d.pending, Ordering::Relaxed);
