@@ -50,6 +50,9 @@ pub enum FsError {
     /// `EFBIG`: past the largest file size.
     #[error("file too large")]
     TooBig,
+    /// `EOPNOTSUPP`: an operation (or mode of one) slicefs does not offer.
+    #[error("not supported: {0}")]
+    NotSupported(&'static str),
     /// `ENOSPC`: the write-back cache stayed full for the configured wait
     /// (the object store is not taking uploads), or the log's disk is
     /// full. Nothing was written.
@@ -85,6 +88,7 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
             FsError::TooBig => libc::EFBIG,
+            FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::NoSpace(_) => libc::ENOSPC,
             FsError::Io { .. } => libc::EIO,
         }
@@ -136,6 +140,7 @@ mod tests {
             (FsError::Range, libc::ERANGE),
             (FsError::BadHandle, libc::EBADF),
             (FsError::TooBig, libc::EFBIG),
+            (FsError::NotSupported("x"), libc::EOPNOTSUPP),
             (FsError::NoSpace("cache".into()), libc::ENOSPC),
             (FsError::io("x", "boom"), libc::EIO),
         ];

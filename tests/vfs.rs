@@ -497,3 +497,45 @@ fn a_bad_store_fails_at_open_before_anything_else() {
     assert_eq!(err.errno(), libc::EIO);
     assert!(!dir.path().join("wal").exists(), "the log was not touched");
 }
+
+#[test]
+fn fallocate_grows_the_file_with_zeros_and_refuses_other_modes() {
+    both(|fs| {
+        let root = Creds::root();
+        let v = &fs.vfs;
+        let (a, fh) = v.create(&root, Ino::ROOT, b"pre", 0o644, RW, true).unwrap();
+        v.write(&root, fh, 0, b"head").unwrap();
+        // posix_fallocate: the size grows, the new bytes read as zeros.
+        v.fallocate(&root, fh, 4096, 8192, 0).unwrap();
+        assert_eq!(v.getattr(a.ino).unwrap().size, 12288);
+        // Inside the file, or with KEEP_SIZE: nothing changes.
+        v.fallocate(&root, fh, 0, 100, 0).unwrap();
+        v.fallocate(&root, fh, 0, 1 << 20, libc::FALLOC_FL_KEEP_SIZE)
+            .unwrap();
+        assert_eq!(v.getattr(a.ino).unwrap().size, 12288);
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        assert_eq!(errno(v.fallocate(&root, fh, 0, 4, punch)), libc::EOPNOTSUPP);
+        assert_eq!(
+            errno(v.fallocate(&root, fh, u64::MAX - 1, 4, 0)),
+            libc::EFBIG
+        );
+        v.fsync(fh, false).unwrap();
+        v.release(fh).unwrap();
+        let mut want = b"head".to_vec();
+        want.resize(12288, 0);
+        assert_eq!(read_all(fs, a.ino), want);
+        // A read-only handle may not allocate.
+        let ro = v
+            .open(
+                &root,
+                a.ino,
+                OpenFlags {
+                    read: true,
+                    ..OpenFlags::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(errno(v.fallocate(&root, ro, 0, 1 << 20, 0)), libc::EBADF);
+        v.release(ro).unwrap();
+    });
+}

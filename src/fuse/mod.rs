@@ -437,6 +437,23 @@ impl Filesystem for FuseFs {
         }
     }
 
+    fn fallocate(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.vfs
+                .fallocate(&self.creds(req), fh.0, offset, length, mode),
+        )
+    }
+
     fn flush(
         &self,
         _req: &Request,

@@ -763,6 +763,47 @@ impl Vfs {
         Ok(data.len() as u32)
     }
 
+    /// `fallocate` on an open handle. Mode 0 (`posix_fallocate`) grows the
+    /// file to `offset + len` if it is shorter (the new bytes read as
+    /// zeros); with `FALLOC_FL_KEEP_SIZE` alone it changes nothing. Space
+    /// is not reserved: data lives in the object store, and the local log
+    /// refuses a write with `ENOSPC` when its disk is full. Other modes
+    /// (punching holes, zeroing, collapsing ranges) are not offered.
+    ///
+    /// # Errors
+    /// `EBADF` (not open for writing), `EOPNOTSUPP` (another mode),
+    /// `EFBIG`, `EACCES`, `EIO`.
+    pub fn fallocate(
+        &self,
+        creds: &Creds,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> Result<()> {
+        let (node, flags) = self.handle(fh)?;
+        if !flags.write {
+            return Err(FsError::BadHandle);
+        }
+        match mode {
+            0 => {}
+            libc::FALLOC_FL_KEEP_SIZE => return Ok(()),
+            _ => return Err(FsError::NotSupported("this fallocate mode")),
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooBig)?;
+        if end <= lock(&node.state).attr.size {
+            return Ok(());
+        }
+        let req = SetAttrRequest {
+            size: Some(end),
+            ..SetAttrRequest::default()
+        };
+        self.setattr(creds, node.ino, &req).map(|_| ())
+    }
+
     /// `flush` (each `close` of a descriptor): writes the size and times
     /// to metadata, so other clients see them.
     ///
