@@ -140,7 +140,7 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.cache.release_space(self.bytes);
+            self.cache.space.release(self.bytes);
         }
     }
 }
@@ -268,16 +268,23 @@ impl SliceCache {
         })
     }
 
-    fn release_space(&self, bytes: u64) {
-        self.space.release(bytes);
-    }
-
     fn file(&self, file: FileId) -> Option<Arc<Mutex<FileCache>>> {
         self.files
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&file)
             .cloned()
+    }
+
+    /// Every file's cache, taken out of the file map (so that each file's
+    /// lock is taken without holding the map's).
+    fn all_files(&self) -> Vec<(FileId, Arc<Mutex<FileCache>>)> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 
     fn file_or_new(&self, file: FileId) -> Arc<Mutex<FileCache>> {
@@ -466,14 +473,7 @@ impl SliceCache {
 
     /// Files with pending bytes.
     pub fn dirty_files(&self) -> Vec<FileId> {
-        let files: Vec<(FileId, Arc<Mutex<FileCache>>)> = self
-            .files
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        files
+        self.all_files()
             .into_iter()
             .filter(|(_, f)| lock(f).chunks.values().any(|c| c.pending > 0))
             .map(|(k, _)| k)
@@ -593,13 +593,7 @@ impl SliceCache {
             return;
         }
         // Chunks with clean bytes, least recently used first.
-        let files: Vec<(FileId, Arc<Mutex<FileCache>>)> = self
-            .files
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
+        let files = self.all_files();
         let mut order: Vec<(u64, FileId, u32)> = Vec::new();
         for (file, f) in &files {
             let fc = lock(f);

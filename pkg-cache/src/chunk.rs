@@ -65,7 +65,6 @@ impl Extent {
 pub(crate) struct Delta {
     pub(crate) pending: i64,
     pub(crate) clean: i64,
-    pub(crate) mem: i64,
     pub(crate) extents: i64,
 }
 
@@ -73,7 +72,6 @@ impl Delta {
     pub(crate) fn add(&mut self, o: Delta) {
         self.pending += o.pending;
         self.clean += o.clean;
-        self.mem += o.mem;
         self.extents += o.extents;
     }
 }
@@ -134,8 +132,6 @@ impl BlockSnapshot {
 #[derive(Default)]
 pub(crate) struct Chunk {
     extents: BTreeMap<u32, Extent>,
-    /// Capacity of the distinct buffers the extents use.
-    pub(crate) mem: u64,
     /// Written bytes of the distinct buffers the extents use: what the
     /// buffers hold, superseded bytes included (spare capacity is not).
     written: u64,
@@ -155,6 +151,15 @@ fn block_of(offset: u32) -> u32 {
     offset / BLOCK_SIZE as u32
 }
 
+/// Capacity of a buffer that replaces (or continues) a full one of
+/// `prev_cap` bytes for a sequential stream, starting at chunk offset
+/// `start` and needing `need` bytes now: 4 times larger, at least the
+/// pooled minimum, at most to the end of the block, a pool size class.
+fn grown_capacity(prev_cap: usize, start: u32, need: usize) -> usize {
+    let room = ((block_of(start) + 1) * BLOCK_SIZE as u32 - start) as usize;
+    class_size((prev_cap * 4).max(POOL_MIN).min(room).max(need))
+}
+
 impl Chunk {
     /// No bytes and no snapshot in flight: the chunk may be dropped.
     pub(crate) fn is_empty(&self) -> bool {
@@ -170,7 +175,7 @@ impl Chunk {
     }
 
     /// Drops the extent at `start`, returning its accounting. Its buffer
-    /// leaves the chunk's memory count when no other extent uses it.
+    /// leaves the chunk's written count when no other extent uses it.
     fn take(&mut self, start: u32) -> (Extent, Delta) {
         let e = self.extents.remove(&start).expect("extent exists");
         let mut d = Delta {
@@ -182,7 +187,6 @@ impl Chunk {
             State::Clean => d.clean -= i64::from(e.len),
         }
         if e.buf.extents.fetch_sub(1, Ordering::Relaxed) == 1 {
-            d.mem -= e.buf.capacity() as i64;
             self.written -= e.buf.len() as u64;
         }
         (e, d)
@@ -206,7 +210,6 @@ impl Chunk {
             State::Clean => d.clean += i64::from(e.len),
         }
         if e.buf.extents.fetch_add(1, Ordering::Relaxed) == 0 {
-            d.mem += e.buf.capacity() as i64;
             self.written += e.buf.len() as u64;
         }
         let old = self.extents.insert(start, e);
@@ -217,7 +220,6 @@ impl Chunk {
     fn apply(&mut self, d: Delta) -> Delta {
         self.pending = (self.pending as i64 + d.pending) as u64;
         self.live = (self.live as i64 + d.pending + d.clean) as u64;
-        self.mem = (self.mem as i64 + d.mem) as u64;
         d
     }
 
@@ -389,9 +391,8 @@ impl Chunk {
         // of the block): a sequential writer copies about a third of its
         // bytes once more, and spare capacity stays under 4 times the
         // extent.
-        let room = ((block_of(s) + 1) * BLOCK_SIZE as u32 - s) as usize;
         let need = (e.len + n) as usize;
-        let cap = class_size((e.buf.capacity() * 4).max(POOL_MIN).min(room).max(need));
+        let cap = grown_capacity(e.buf.capacity(), s, need);
         let buf = Buf::copy_of(pool, cap, e.bytes());
         // SAFETY: `buf` is new and not shared: the only appender.
         let appended = unsafe { buf.append(data) };
@@ -417,7 +418,7 @@ impl Chunk {
     /// buffer and where in it the bytes start.
     fn place(&mut self, pool: &Arc<Pool>, offset: u32, data: &[u8]) -> (Arc<Buf>, usize) {
         let mut cap = data.len();
-        if let Some((s, prev)) = self.ending_at(offset)
+        if let Some((_, prev)) = self.ending_at(offset)
             && prev.at_buffer_tail()
         {
             // SAFETY: the buffer belongs to this chunk, which the caller
@@ -431,8 +432,7 @@ impl Chunk {
             // the newest one), never for random writes that happen to
             // touch an older extent.
             if prev.lsn == self.max_lsn {
-                let room = ((block_of(s) + 1) * BLOCK_SIZE as u32 - offset) as usize;
-                cap = class_size((prev.buf.capacity() * 4).max(POOL_MIN).min(room).max(cap));
+                cap = grown_capacity(prev.buf.capacity(), offset, cap);
             }
         }
         (Buf::copy_of(pool, cap, data), 0)
