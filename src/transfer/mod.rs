@@ -382,8 +382,10 @@ impl TransferManager {
     /// written (after the cache insert). Cheap; never blocks on I/O.
     pub fn notify_write(&self, file: FileId, offset: u64, len: u64) {
         let end = offset.saturating_add(len);
-        let filled =
-            len > 0 && (end.is_multiple_of(BLOCK_SIZE) || offset / BLOCK_SIZE != end / BLOCK_SIZE);
+        // Only eager uploads care that a block filled (it wakes the flusher).
+        let filled = self.inner.config.eager_full_blocks
+            && len > 0
+            && (end.is_multiple_of(BLOCK_SIZE) || offset / BLOCK_SIZE != end / BLOCK_SIZE);
         let mut files = lock(&self.inner.files);
         let st = files.entry(file).or_default();
         let now = Instant::now();

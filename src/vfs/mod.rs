@@ -36,6 +36,17 @@ type Result<T> = std::result::Result<T, FsError>;
 /// Largest file size: 2^50 bytes (1 PiB), far inside the chunk index.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 
+/// The end of `len` bytes at `offset`.
+///
+/// # Errors
+/// `EFBIG` past [`MAX_FILE_SIZE`].
+fn range_end(offset: u64, len: u64) -> Result<u64> {
+    offset
+        .checked_add(len)
+        .filter(|&e| e <= MAX_FILE_SIZE)
+        .ok_or(FsError::TooBig)
+}
+
 /// Per-mount settings of the VFS.
 #[derive(Clone, Debug, Default)]
 pub struct VfsConfig {
@@ -726,10 +737,7 @@ impl Vfs {
         let file = node.ino.file();
         let mut st = lock(&node.state);
         let offset = if flags.append { st.attr.size } else { offset };
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= MAX_FILE_SIZE)
-            .ok_or(FsError::TooBig)?;
+        let end = range_end(offset, data.len() as u64)?;
         let mut res = self.cache.reserve(data.len() as u64).map_err(cache_err)?;
         for r in chunk_ranges(offset, data.len() as u64) {
             let bytes = &data[r.buf.clone()];
@@ -790,10 +798,7 @@ impl Vfs {
             libc::FALLOC_FL_KEEP_SIZE => return Ok(()),
             _ => return Err(FsError::NotSupported("this fallocate mode")),
         }
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= MAX_FILE_SIZE)
-            .ok_or(FsError::TooBig)?;
+        let end = range_end(offset, len)?;
         if end <= lock(&node.state).attr.size {
             return Ok(());
         }
