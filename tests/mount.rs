@@ -401,3 +401,88 @@ fn scopeguard(mp: &Path) -> impl Drop + '_ {
     }
     G(mp)
 }
+
+/// POSIX behaviour the kernel's write-back cache (on by default) must not
+/// change: partial-page writes through a write-only handle (the kernel
+/// reads the page through it first), `O_APPEND`, set-id bits cleared by a
+/// write of an unprivileged user and kept by root's, sizes and times after
+/// a remount; and the same with the cache off.
+const WRITE_BACK_CHECK: &str = r##"
+import os, stat, sys, time
+d = sys.argv[1]
+p = os.path.join(d, "f")
+with open(p, "wb") as f:
+    f.write(b"a" * 10000)
+fd = os.open(p, os.O_WRONLY)
+os.pwrite(fd, b"XY", 4095)
+os.close(fd)
+fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+os.write(fd, b"tail")
+os.close(fd)
+want = b"a" * 4095 + b"XY" + b"a" * 5903 + b"tail"
+assert open(p, "rb").read() == want, "content"
+os.utime(p, (1_000_000_000, 1_000_000_000))
+assert os.stat(p).st_mtime == 1_000_000_000, "utime"
+s = os.path.join(d, "suid")
+with open(s, "wb") as f:
+    f.write(b"#!/bin/sh\n")
+os.chmod(s, 0o6755)
+with open(s, "ab") as f:
+    f.write(b"true\n")
+assert stat.S_IMODE(os.stat(s).st_mode) == 0o755, oct(os.stat(s).st_mode)
+os.chmod(s, 0o2745)
+with open(s, "ab") as f:
+    f.write(b"true\n")
+assert stat.S_IMODE(os.stat(s).st_mode) == 0o2745, oct(os.stat(s).st_mode)
+print("ok")
+"##;
+
+fn write_back_semantics(extra: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let dd = tmp.path().join("data");
+    // The unprivileged user must reach the mountpoint.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut args = vec!["--allow-other"];
+    args.extend_from_slice(extra);
+    let m = Mount::start(&mp, &dd, &args);
+    let dir = mp.join("nobody");
+    std::fs::create_dir(&dir).unwrap();
+    run(Command::new("chown").arg("65534:65534").arg(&dir));
+    let out = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", WRITE_BACK_CHECK])
+        .arg(&dir));
+    assert_eq!(out.trim(), "ok");
+    // Root's write keeps setuid.
+    let r = mp.join("rootsuid");
+    std::fs::write(&r, b"x").unwrap();
+    run(Command::new("chmod").arg("4755").arg(&r));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&r)
+        .unwrap()
+        .write_all(b"y")
+        .unwrap();
+    m.stop();
+    let m = Mount::start(&mp, &dd, extra);
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::metadata(dir.join("f")).unwrap();
+    assert_eq!((f.len(), f.mtime()), (10004, 1_000_000_000));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&dir.join("suid")), 0o2745);
+    assert_eq!(mode(&r), 0o4755);
+    assert_eq!(std::fs::read(&r).unwrap(), b"xy");
+    m.stop();
+}
+
+#[test]
+fn write_back_cache_keeps_posix_semantics() {
+    write_back_semantics(&[]);
+}
+
+#[test]
+fn write_through_keeps_posix_semantics() {
+    write_back_semantics(&["--writeback-cache=false"]);
+}

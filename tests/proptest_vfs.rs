@@ -186,6 +186,7 @@ const RW: OpenFlags = OpenFlags {
     write: true,
     append: false,
     truncate: false,
+    cache_fill: false,
 };
 
 fn errno<T>(r: &Result<T, FsError>) -> i32 {

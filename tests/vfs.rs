@@ -73,6 +73,7 @@ const RW: OpenFlags = OpenFlags {
     write: true,
     append: false,
     truncate: false,
+    cache_fill: false,
 };
 
 fn errno<T: std::fmt::Debug>(r: Result<T, FsError>) -> i32 {
@@ -537,5 +538,75 @@ fn fallocate_grows_the_file_with_zeros_and_refuses_other_modes() {
             .unwrap();
         assert_eq!(errno(v.fallocate(&root, ro, 0, 1 << 20, 0)), libc::EBADF);
         v.release(ro).unwrap();
+    });
+}
+
+#[test]
+fn set_id_bits_go_on_truncate_and_on_a_kill_suidgid_write_as_on_ext4() {
+    both(|fs| {
+        let root = Creds::root();
+        let alice = Creds::user(1000, 1000);
+        let v = &fs.vfs;
+        let (a, fh) = v
+            .create(&root, Ino::ROOT, b"tool", 0o666, RW, true)
+            .unwrap();
+        v.release(fh).unwrap();
+        let set = |c: &Creds, r: SetAttrRequest| v.setattr(c, a.ino, &r).unwrap().perm;
+        let chmod = |p| SetAttrRequest {
+            perm: Some(p),
+            ..SetAttrRequest::default()
+        };
+        let truncate = SetAttrRequest {
+            size: Some(0),
+            ..SetAttrRequest::default()
+        };
+        // A truncate by a caller other than root clears setuid, and setgid
+        // of a group-executable file.
+        set(&root, chmod(0o6776));
+        assert_eq!(set(&alice, truncate), 0o0776);
+        // Setgid without group execute (mandatory locking) stays.
+        set(&root, chmod(0o6766));
+        assert_eq!(set(&alice, truncate), 0o2766);
+        // Root keeps both.
+        set(&root, chmod(0o6776));
+        assert_eq!(set(&root, truncate), 0o6776);
+        // The FUSE kernel decides for writes (FUSE_WRITE_KILL_SUIDGID).
+        let fh = v.open(&root, a.ino, RW).unwrap();
+        v.write_kill_suidgid(fh, 0, b"x", false).unwrap();
+        assert_eq!(v.getattr(a.ino).unwrap().perm, 0o6776);
+        v.write_kill_suidgid(fh, 1, b"y", true).unwrap();
+        assert_eq!(v.getattr(a.ino).unwrap().perm, 0o0776);
+        v.release(fh).unwrap();
+    });
+}
+
+#[test]
+fn a_write_back_handle_serves_page_fills_and_writes_at_the_given_offset() {
+    both(|fs| {
+        let root = Creds::root();
+        let v = &fs.vfs;
+        let wo_append = OpenFlags::from_libc(libc::O_WRONLY | libc::O_APPEND);
+        let (a, fh) = v
+            .create(&root, Ino::ROOT, b"log", 0o644, wo_append, true)
+            .unwrap();
+        v.write(&root, fh, 0, b"0123456789").unwrap();
+        // A plain O_APPEND handle appends whatever the offset, and a
+        // write-only one may not read.
+        v.write(&root, fh, 0, b"ab").unwrap();
+        assert_eq!(errno(v.read(fh, 0, 4)), libc::EBADF);
+        v.release(fh).unwrap();
+        assert_eq!(read_all(fs, a.ino), b"0123456789ab");
+        // Under the kernel's write-back cache the kernel picks offsets
+        // (it rewrites whole pages) and fills pages through the handle.
+        let wb = wo_append.for_kernel_writeback();
+        assert!(wb.write && !wb.read && !wb.append && wb.cache_fill);
+        let fh = v.open(&root, a.ino, wb).unwrap();
+        assert_eq!(v.read(fh, 0, 4).unwrap(), b"0123");
+        v.write(&root, fh, 0, b"XY").unwrap();
+        v.release(fh).unwrap();
+        assert_eq!(read_all(fs, a.ino), b"XY23456789ab");
+        // A read-only handle gains nothing.
+        let ro = OpenFlags::from_libc(libc::O_RDONLY).for_kernel_writeback();
+        assert!(ro.read && !ro.write && !ro.cache_fill);
     });
 }

@@ -69,6 +69,12 @@ pub struct MountArgs {
     /// fsync also waits for the upload to the object store.
     #[arg(long, env = "SLICEFS_FSYNC_UPLOAD")]
     pub fsync_upload: bool,
+    /// Use the kernel's write-back page cache: `write(2)` returns at
+    /// page-cache speed and the bytes reach the log at `fsync`, `close`
+    /// or the kernel's write-back (`--writeback-cache=false` to turn it
+    /// off). Default: on.
+    #[arg(long, env = "SLICEFS_WRITEBACK_CACHE", num_args = 0..=1, default_missing_value = "true")]
+    pub writeback_cache: Option<bool>,
     /// Let other users access the mount (FUSE `allow_other`).
     #[arg(long, env = "SLICEFS_ALLOW_OTHER")]
     pub allow_other: bool,
@@ -141,6 +147,7 @@ struct ConfigFile {
     dirty_max: Option<String>,
     upload_delay: Option<String>,
     fsync_upload: Option<bool>,
+    writeback_cache: Option<bool>,
     allow_other: Option<bool>,
     drain_timeout: Option<String>,
 }
@@ -187,6 +194,7 @@ fn ram_bytes() -> u64 {
 struct Resolved {
     options: FsOptions,
     allow_other: bool,
+    writeback_cache: bool,
     drain_timeout: Duration,
 }
 
@@ -264,6 +272,10 @@ fn resolve(args: &MountArgs) -> anyhow::Result<Resolved> {
     Ok(Resolved {
         options: o,
         allow_other: args.allow_other || file.allow_other.unwrap_or(false),
+        writeback_cache: args
+            .writeback_cache
+            .or(file.writeback_cache)
+            .unwrap_or(true),
         drain_timeout,
     })
 }
@@ -376,8 +388,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     }
     config.mount_options = options;
     config.n_threads = Some(4);
-    let session = fuser::spawn_mount(FuseFs::new(vfs.clone()), &args.mountpoint, &config)
-        .with_context(|| format!("mount at {}", args.mountpoint.display()))?;
+    let session = fuser::spawn_mount(
+        FuseFs::new(vfs.clone()).with_writeback_cache(r.writeback_cache),
+        &args.mountpoint,
+        &config,
+    )
+    .with_context(|| format!("mount at {}", args.mountpoint.display()))?;
     eprintln!(
         "slicefs: mounted {} at {}",
         data_dir.display(),

@@ -13,7 +13,12 @@
 //!   caller's supplementary groups); the VFS checks again with the groups
 //!   read from `/proc/<pid>/status`;
 //! - FUSE threads block only on the log's sync and on reads that need the
-//!   object store; uploads run on the Tokio runtime.
+//!   object store; uploads run on the Tokio runtime;
+//! - optionally the kernel's write-back page cache
+//!   ([`FuseFs::with_writeback_cache`]): `write(2)` returns once the bytes
+//!   are in the kernel's page cache, and the kernel sends them here later,
+//!   at the latest at `fsync`, `close` or memory pressure. An `fsync` that
+//!   returned still has its bytes in the log.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -23,9 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenFlags as FuseOpenFlags, RenameFlags as FuseRenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags as FuseOpenFlags,
+    RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::FsError;
@@ -45,14 +50,51 @@ pub const CAPACITY_BYTES: u64 = 1 << 50;
 pub struct FuseFs {
     vfs: Arc<Vfs>,
     groups: Mutex<HashMap<u32, (Instant, Vec<u32>)>>,
+    writeback_cache: bool,
+    killpriv_v2: bool,
 }
 
+/// Background requests (write-back and read-ahead) the kernel keeps in
+/// flight at once (the kernel's default is 12).
+pub const MAX_BACKGROUND: u16 = 64;
+
 impl FuseFs {
-    /// An adapter for `vfs`.
+    /// An adapter for `vfs`, without the kernel's write-back cache.
     pub fn new(vfs: Arc<Vfs>) -> FuseFs {
         FuseFs {
             vfs,
             groups: Mutex::new(HashMap::new()),
+            writeback_cache: false,
+            killpriv_v2: false,
+        }
+    }
+
+    /// Asks the kernel for its write-back page cache (`FUSE_WRITEBACK_CACHE`)
+    /// when `on`. Writes then return at page-cache speed and reach the
+    /// log when the kernel writes its dirty pages back: at `fsync` (which
+    /// still returns only once the bytes are durable in the log), at
+    /// `close`, under memory pressure, or after the kernel's dirty expiry
+    /// (30 s by default). Bytes written without `fsync` can be lost if
+    /// this process dies, as with any local file system when the machine
+    /// crashes. A kernel without the capability gets the plain mode (a
+    /// log line says so).
+    ///
+    /// In this mode the kernel owns the file size, modification times and
+    /// `O_APPEND` offsets, may read through a write-only handle to fill a
+    /// partly written page, and clears set-id bits itself; the adapter
+    /// opens handles accordingly.
+    pub fn with_writeback_cache(mut self, on: bool) -> FuseFs {
+        self.writeback_cache = on;
+        self
+    }
+
+    /// `open(2)` flags as the VFS should see them in this mode.
+    fn open_flags(&self, flags: i32) -> OpenFlags {
+        let f = OpenFlags::from_libc(flags);
+        if self.writeback_cache {
+            f.for_kernel_writeback()
+        } else {
+            f
         }
     }
 
@@ -213,6 +255,25 @@ impl Filesystem for FuseFs {
         if let Err(max) = config.set_max_readahead(MAX_WRITE) {
             let _ = config.set_max_readahead(max);
         }
+        if let Err(min) = config.set_max_background(MAX_BACKGROUND) {
+            let _ = config.set_max_background(min);
+        }
+        // This adapter clears set-id bits on write, truncate and chown
+        // itself, so the kernel need not ask for `security.capability`
+        // (a GETXATTR round trip) before every write: it sets `SB_NOSEC`
+        // and asks once per inode.
+        self.killpriv_v2 = config
+            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            .is_ok();
+        if self.writeback_cache
+            && let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+        {
+            tracing::warn!(
+                ?missing,
+                "the kernel has no FUSE write-back cache; writes go through"
+            );
+            self.writeback_cache = false;
+        }
         Ok(())
     }
 
@@ -238,7 +299,7 @@ impl Filesystem for FuseFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -246,6 +307,17 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // Under `FUSE_HANDLE_KILLPRIV_V2` the kernel asks for set-id bits
+        // to go before a write by sending a setattr whose only flag is
+        // `FATTR_KILL_SUIDGID`; `fuser` does not pass that flag on, but
+        // such a setattr changes nothing else, so an empty one means it.
+        let empty = mode.is_none()
+            && uid.is_none()
+            && gid.is_none()
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none()
+            && ctime.is_none();
         let r = SetAttrRequest {
             perm: mode.map(|m| (m & 0o7777) as u16),
             uid,
@@ -253,6 +325,7 @@ impl Filesystem for FuseFs {
             size,
             atime: time_set(atime),
             mtime: time_set(mtime),
+            kill_suidgid: self.killpriv_v2 && empty,
         };
         attr(reply, self.vfs.setattr(&self.creds(req), Ino(ino.0), &r))
     }
@@ -395,7 +468,7 @@ impl Filesystem for FuseFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
         match self
             .vfs
-            .open(&self.creds(req), Ino(ino.0), OpenFlags::from_libc(flags.0))
+            .open(&self.creds(req), Ino(ino.0), self.open_flags(flags.0))
         {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
@@ -426,12 +499,21 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: FuseOpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.vfs.write(&self.creds(req), fh.0, offset, data) {
+        // With `FUSE_HANDLE_KILLPRIV_V2` the kernel says when set-id bits
+        // go. Without it the kernel clears them itself (a setattr at
+        // write(2) time), and a write-back from the page cache carries no
+        // caller to judge by.
+        let kill = if self.killpriv_v2 {
+            write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+        } else {
+            !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) && req.uid() != 0
+        };
+        match self.vfs.write_kill_suidgid(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
@@ -651,7 +733,7 @@ impl Filesystem for FuseFs {
             Ino(parent.0),
             name.as_bytes(),
             perm,
-            OpenFlags::from_libc(flags),
+            self.open_flags(flags),
             flags & libc::O_EXCL != 0,
         ) {
             Ok((a, fh)) => reply.created(

@@ -66,6 +66,10 @@ pub struct OpenFlags {
     pub append: bool,
     /// `O_TRUNC`: cut to 0 at open.
     pub truncate: bool,
+    /// The kernel's write-back page cache may read through this handle
+    /// to fill a partly written page, even if it is write-only; open
+    /// checks only the permissions `read` and `write` ask for.
+    pub cache_fill: bool,
 }
 
 impl OpenFlags {
@@ -77,6 +81,20 @@ impl OpenFlags {
             write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
             append: flags & libc::O_APPEND != 0,
             truncate: flags & libc::O_TRUNC != 0,
+            cache_fill: false,
+        }
+    }
+
+    /// The flags for a handle under the kernel's write-back cache
+    /// (`FUSE_WRITEBACK_CACHE`): a writable handle also serves the
+    /// kernel's page fills (`cache_fill`), and `O_APPEND` is dropped
+    /// because the kernel picks the end-of-file offset of every write
+    /// itself and writes whole pages back at their own offsets.
+    pub fn for_kernel_writeback(self) -> OpenFlags {
+        OpenFlags {
+            append: false,
+            cache_fill: self.write,
+            ..self
         }
     }
 }
@@ -97,6 +115,10 @@ pub struct SetAttrRequest {
     pub atime: Option<TimeSet>,
     /// mtime.
     pub mtime: Option<TimeSet>,
+    /// Clear setuid, and setgid of a group-executable regular file (the
+    /// FUSE kernel's `FATTR_KILL_SUIDGID`, sent when a writer without
+    /// `CAP_FSETID` is about to write).
+    pub kill_suidgid: bool,
 }
 
 /// A time to set.
@@ -126,6 +148,18 @@ struct NodeState {
     /// `attr` has changes metadata does not have yet.
     dirty: bool,
     opens: u32,
+}
+
+/// Permission bits without setuid, and without setgid if the group may
+/// execute (a setgid bit without group execute means mandatory locking,
+/// and stays): what a write, truncate or chown leaves (Linux
+/// `setattr_should_drop_suidgid`).
+fn without_suidgid(perm: u16) -> u16 {
+    let mut p = perm & !0o4000;
+    if p & 0o010 != 0 {
+        p &= !0o2000;
+    }
+    p
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -383,12 +417,13 @@ impl Vfs {
             set.gid = req.gid;
             if cur.kind != FileKind::Directory && (uid_change || gid_change || creds.uid != 0) {
                 // chown clears setuid, and setgid of group-executable files.
-                let mut p = set.perm.unwrap_or(cur.perm);
-                p &= !0o4000;
-                if p & 0o010 != 0 {
-                    p &= !0o2000;
-                }
-                set.perm = Some(p);
+                set.perm = Some(without_suidgid(set.perm.unwrap_or(cur.perm)));
+            }
+        }
+        if req.kill_suidgid && cur.kind == FileKind::Regular {
+            let p = set.perm.unwrap_or(cur.perm);
+            if without_suidgid(p) != p {
+                set.perm = Some(without_suidgid(p));
             }
         }
         for (t, slot) in [(req.atime, &mut set.atime), (req.mtime, &mut set.mtime)] {
@@ -416,6 +451,10 @@ impl Vfs {
                 return Err(FsError::Invalid("truncate of a special file"));
             }
             perm::check(creds, &cur, Access::WRITE)?;
+            if creds.uid != 0 && cur.perm & 0o6000 != 0 {
+                // As truncate(2) on ext4 by a caller without CAP_FSETID.
+                set.perm = Some(without_suidgid(set.perm.unwrap_or(cur.perm)));
+            }
             self.truncate(ino, size, now, &mut set)?;
         }
         set.ctime = Some(now);
@@ -691,7 +730,7 @@ impl Vfs {
     /// failed past its retries).
     pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
         let (node, flags) = self.handle(fh)?;
-        if !flags.read {
+        if !flags.read && !flags.cache_fill {
             return Err(FsError::BadHandle);
         }
         let (size, kind) = {
@@ -727,6 +766,23 @@ impl Vfs {
     /// stayed full for its wait, or the log's disk is full; nothing was
     /// written), `EIO`.
     pub fn write(&self, creds: &Creds, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.write_kill_suidgid(fh, offset, data, creds.uid != 0)
+    }
+
+    /// `write` with the set-id rule decided by the caller: `kill_suidgid`
+    /// clears setuid, and setgid of a group-executable file (the FUSE
+    /// kernel's `FUSE_WRITE_KILL_SUIDGID`, sent when the writer lacks
+    /// `CAP_FSETID`). Otherwise as [`Vfs::write`].
+    ///
+    /// # Errors
+    /// As [`Vfs::write`].
+    pub fn write_kill_suidgid(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> Result<u32> {
         let (node, flags) = self.handle(fh)?;
         if !flags.write {
             return Err(FsError::BadHandle);
@@ -759,11 +815,8 @@ impl Vfs {
         st.attr.size = st.attr.size.max(end);
         st.attr.mtime = now;
         st.attr.ctime = now;
-        if creds.uid != 0 && st.attr.perm & 0o6000 != 0 {
-            st.attr.perm &= !0o4000;
-            if st.attr.perm & 0o010 != 0 {
-                st.attr.perm &= !0o2000;
-            }
+        if kill_suidgid {
+            st.attr.perm = without_suidgid(st.attr.perm);
         }
         st.dirty = true;
         drop(st);
