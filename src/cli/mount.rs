@@ -54,7 +54,7 @@ pub struct MountArgs {
     #[arg(long, env = "SLICEFS_DURABILITY", value_enum)]
     pub durability: Option<DurabilityArg>,
     /// Memory for cached data (`512MiB`, `4GiB`). Default: a quarter of
-    /// RAM, at most 4 GiB.
+    /// RAM, at most 8 GiB.
     #[arg(long, env = "SLICEFS_CACHE_SIZE")]
     pub cache_size: Option<String>,
     /// Data not yet uploaded that writers may pile up before they wait.
@@ -245,7 +245,7 @@ fn resolve(args: &MountArgs) -> anyhow::Result<Resolved> {
     };
     let cache_size = match args.cache_size.clone().or(file.cache_size) {
         Some(s) => parse_size("--cache-size", &s)?,
-        None => (ram_bytes() / 4).clamp(64 << 20, 4 << 30),
+        None => (ram_bytes() / 4).clamp(64 << 20, 8 << 30),
     };
     let dirty_max = match args.dirty_max.clone().or(file.dirty_max) {
         Some(s) => parse_size("--dirty-max", &s)?,

@@ -60,7 +60,11 @@ pub struct TransferConfig {
     /// being written. Default: 30 s. At least `upload_delay`.
     pub max_dirty_age: Duration,
     /// Above this share of the cache's dirty limit, the oldest dirty files
-    /// are uploaded at once. Default: 0.5.
+    /// are uploaded at once. Default: 0.75: a burst smaller than that is
+    /// absorbed at local-disk speed and uploaded when it ends (uploads
+    /// during a 2 GiB `fio` write on 2 cores shared with SeaweedFS cut it
+    /// from 320-485 to 170-290 MB/s), and the last quarter still gives
+    /// uploads a head start before writers wait.
     pub pressure_ratio: f64,
     /// Upload a block as soon as a write fills it, while its file is still
     /// being written. Off by default: a burst of writes is absorbed by the
@@ -105,7 +109,7 @@ impl Default for TransferConfig {
             uploads_max: 16,
             upload_delay: Duration::from_secs(5),
             max_dirty_age: Duration::from_secs(30),
-            pressure_ratio: 0.5,
+            pressure_ratio: 0.75,
             eager_full_blocks: false,
             readahead_blocks: 8,
             block_cache_bytes: 64 << 20,
