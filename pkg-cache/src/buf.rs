@@ -286,23 +286,19 @@ impl Buf {
         Some(at)
     }
 
-    /// The written bytes `at..at + n`, to overwrite: the caller holds the
-    /// only reference, so no extent or reader sees the change but its own.
-    ///
-    /// # Panics
-    /// If the range reaches past the written length (a cache bug).
-    pub(crate) fn bytes_mut(&mut self, at: usize, n: usize) -> &mut [u8] {
-        let len = *self.len.get_mut();
-        assert!(at <= len && n <= len - at, "buffer range past its length");
-        // SAFETY: `..len` is inside the region and `&mut self` is the only
-        // access to the buffer.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), n) }
-    }
-
     /// The written bytes `at..at + n`.
     ///
     /// # Panics
     /// If the range reaches past the written length (a cache bug).
+    /// Where byte `at` of the buffer lives (stable for the buffer's life:
+    /// regions never move). Writing through it is the caller's business:
+    /// see [`Chunk`](crate::chunk)'s `Sole`.
+    pub(crate) fn ptr_at(&self, at: usize) -> NonNull<u8> {
+        assert!(at <= self.cap, "buffer offset past its capacity");
+        // SAFETY: `at` is inside the region (or one past its end).
+        NonNull::new(unsafe { self.ptr.add(at) }).expect("regions are not null")
+    }
+
     pub(crate) fn bytes(&self, at: usize, n: usize) -> &[u8] {
         let len = self.len();
         assert!(at <= len && n <= len - at, "buffer range past its length");

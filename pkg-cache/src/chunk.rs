@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -36,6 +37,31 @@ pub(crate) struct Extent {
     /// The bytes are `buf[at..at + len]`.
     pub(crate) buf: Arc<Buf>,
     pub(crate) at: usize,
+    /// Set while this extent is the only user of its buffer: an exact
+    /// rewrite then copies in place without reading the buffer's shared
+    /// header (measured: that cache miss was 40% of random 4 KiB rewrites).
+    sole: Option<Sole>,
+}
+
+/// Where an extent's first byte lives, kept only while the extent is the
+/// only user of its buffer (no other extent shares it; snapshots copy
+/// bytes and hold no buffer). Every place that lets a second extent share
+/// a buffer (`Extent::part`, packing after an extent in `place`) clears it.
+#[derive(Clone, Copy, Debug)]
+struct Sole(NonNull<u8>);
+
+// SAFETY: the pointer is only written through by the chunk that owns the
+// extent, under its file's lock (see `Chunk::insert_in_block`); the
+// memory is the extent's buffer, which the extent keeps alive.
+unsafe impl Send for Sole {}
+// SAFETY: as for Send.
+unsafe impl Sync for Sole {}
+
+impl Sole {
+    /// For an extent that alone uses `buf` from byte `at`.
+    fn of(buf: &Buf, at: usize) -> Option<Sole> {
+        Some(Sole(buf.ptr_at(at)))
+    }
 }
 
 impl Extent {
@@ -55,6 +81,7 @@ impl Extent {
             len: to - from,
             at: self.at + from as usize,
             buf: self.buf.clone(),
+            sole: None,
             ..*self
         }
     }
@@ -304,9 +331,14 @@ impl Chunk {
         if let Some(e) = self.extents.get_mut(&offset)
             && e.len == data.len() as u32
             && e.lsn < lsn
-            && let Some(buf) = Arc::get_mut(&mut e.buf)
+            && let Some(Sole(p)) = e.sole
         {
-            buf.bytes_mut(e.at, data.len()).copy_from_slice(data);
+            debug_assert_eq!(Arc::strong_count(&e.buf), 1, "a sole extent shares");
+            // SAFETY: `sole` says no other extent uses the buffer and no
+            // snapshot holds it, so nothing reads these bytes but this
+            // chunk, which the caller holds mutably; `p..p + len` is the
+            // extent's part of the buffer's written bytes.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.as_ptr(), data.len()) };
             let n = i64::from(e.len);
             let was = std::mem::replace(&mut e.state, State::Pending);
             e.lsn = lsn;
@@ -344,7 +376,7 @@ impl Chunk {
             .filter(|(s, e)| *s + e.len > offset)
             .map(|(s, e)| (*s, *s + e.len))
             .collect();
-        let (buf, base) = self.place(pool, offset, data);
+        let (buf, base, fresh) = self.place(pool, offset, data);
         let mut cursor = offset;
         let mut gaps = Vec::new();
         for (s, e) in newer {
@@ -356,14 +388,17 @@ impl Chunk {
         if cursor < end {
             gaps.push((cursor, end));
         }
+        let alone = fresh && gaps.len() == 1;
         for (s, e) in gaps {
+            let at = base + (s - offset) as usize;
             let ext = Extent {
                 len: e - s,
                 lsn,
                 first_lsn: lsn,
                 state: State::Pending,
+                sole: if alone { Sole::of(&buf, at) } else { None },
                 buf: buf.clone(),
-                at: base + (s - offset) as usize,
+                at,
             };
             d.add(self.put(s, ext));
         }
@@ -403,6 +438,7 @@ impl Chunk {
             Extent {
                 len: need as u32,
                 lsn,
+                sole: Sole::of(&buf, 0),
                 buf,
                 at: 0,
                 ..old
@@ -414,11 +450,12 @@ impl Chunk {
     /// Writes `data` (to be inserted at `offset`) into a buffer: packed
     /// after the extent that ends at `offset` when its buffer has room
     /// there (replayed records), else into a new buffer, sized for growth
-    /// if the write continues the newest extent. Returns the
-    /// buffer and where in it the bytes start.
-    fn place(&mut self, pool: &Arc<Pool>, offset: u32, data: &[u8]) -> (Arc<Buf>, usize) {
+    /// if the write continues the newest extent. Returns the buffer,
+    /// where in it the bytes start, and whether it is new (no extent uses
+    /// it yet).
+    fn place(&mut self, pool: &Arc<Pool>, offset: u32, data: &[u8]) -> (Arc<Buf>, usize, bool) {
         let mut cap = data.len();
-        if let Some((_, prev)) = self.ending_at(offset)
+        if let Some((s, prev)) = self.ending_at(offset)
             && prev.at_buffer_tail()
         {
             // SAFETY: the buffer belongs to this chunk, which the caller
@@ -426,7 +463,9 @@ impl Chunk {
             if let Some(at) = unsafe { prev.buf.append(data) } {
                 let buf = prev.buf.clone();
                 self.written += data.len() as u64;
-                return (buf, at);
+                // The buffer is shared from now on.
+                self.extents.get_mut(&s).expect("extent exists").sole = None;
+                return (buf, at, false);
             }
             // Room to grow only for a sequential stream (the write follows
             // the newest one), never for random writes that happen to
@@ -435,7 +474,7 @@ impl Chunk {
                 cap = grown_capacity(prev.buf.capacity(), offset, cap);
             }
         }
-        (Buf::copy_of(pool, cap, data), 0)
+        (Buf::copy_of(pool, cap, data), 0, true)
     }
 
     /// Copies the cached bytes of `range` (chunk offsets) into `out`
@@ -633,6 +672,7 @@ impl Chunk {
             d.add(td);
             e.buf = Buf::copy_of(pool, e.len as usize, e.bytes());
             e.at = 0;
+            e.sole = Sole::of(&e.buf, 0);
             d.add(self.put(s, e));
         }
         self.apply(d)
