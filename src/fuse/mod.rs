@@ -80,9 +80,11 @@ impl FuseFs {
     /// log line says so).
     ///
     /// In this mode the kernel owns the file size, modification times and
-    /// `O_APPEND` offsets, may read through a write-only handle to fill a
-    /// partly written page, and clears set-id bits itself; the adapter
-    /// opens handles accordingly.
+    /// `O_APPEND` offsets, and may read through a write-only handle to
+    /// fill a partly written page; the adapter opens handles accordingly.
+    /// A write-back from the page cache carries no caller, so set-id bits
+    /// are cleared on the kernel's request (`FUSE_HANDLE_KILLPRIV_V2`), or
+    /// by the kernel itself where that is missing.
     pub fn with_writeback_cache(mut self, on: bool) -> FuseFs {
         self.writeback_cache = on;
         self
