@@ -380,8 +380,9 @@ impl Vfs {
     }
 
     /// `setattr`: chmod, chown, truncate, utimes, with POSIX permission
-    /// rules (owner or root; setuid/setgid cleared by chown and by a chmod
-    /// of a non-member's group; times need ownership, or write permission
+    /// rules (owner or root; setuid/setgid cleared by chown, by a truncate
+    /// of a non-root caller, on `kill_suidgid`, and by a chmod of a
+    /// non-member's group; times need ownership, or write permission
     /// for `UTIME_NOW`).
     ///
     /// # Errors
@@ -420,7 +421,10 @@ impl Vfs {
                 set.perm = Some(without_suidgid(set.perm.unwrap_or(cur.perm)));
             }
         }
-        if req.kill_suidgid && cur.kind == FileKind::Regular {
+        // Set-id bits go on the FUSE kernel's request, and on a truncate
+        // by a non-root caller (as truncate(2) on ext4 without CAP_FSETID).
+        let kill = req.kill_suidgid || (req.size.is_some() && creds.uid != 0);
+        if kill && cur.kind == FileKind::Regular {
             let p = set.perm.unwrap_or(cur.perm);
             if without_suidgid(p) != p {
                 set.perm = Some(without_suidgid(p));
@@ -451,10 +455,6 @@ impl Vfs {
                 return Err(FsError::Invalid("truncate of a special file"));
             }
             perm::check(creds, &cur, Access::WRITE)?;
-            if creds.uid != 0 && cur.perm & 0o6000 != 0 {
-                // As truncate(2) on ext4 by a caller without CAP_FSETID.
-                set.perm = Some(without_suidgid(set.perm.unwrap_or(cur.perm)));
-            }
             self.truncate(ino, size, now, &mut set)?;
         }
         set.ctime = Some(now);
