@@ -363,8 +363,8 @@ fn fdatasync_bound(cfg: &Cfg, dir: &Path) -> f64 {
 }
 
 /// Bytes/s of writing `append_total` bytes as 64 KiB records into a fresh
-/// fallocated file, without syncs: through a shared mapping (the WAL's
-/// path: a page fault per page) or with `pwrite`.
+/// fallocated file, without syncs: through a shared mapping (a page fault
+/// per page) or with `pwrite` (the WAL's path).
 fn pagecache_write_bound(cfg: &Cfg, dir: &Path, mmap: bool) -> f64 {
     let path = dir.join("raw-pagecache");
     let len = cfg.append_total;

@@ -8,9 +8,9 @@
 //! the surviving records in LSN order so the cache can be rebuilt.
 //!
 //! Two implementations:
-//! - [`MmapPersister`]: segment files in a directory, written through a
-//!   shared memory map, synced with `msync(MS_SYNC)` (which Linux turns into
-//!   an `fdatasync` of the range). The on-disk layout lives in [`format`](mod@format)
+//! - [`MmapPersister`]: segment files in a directory, appended with
+//!   `pwritev`, read through a shared read-only memory map, synced with
+//!   `fdatasync`. The on-disk layout lives in [`format`](mod@format)
 //!   and in `doc/DESIGN.md`.
 //! - [`NullPersister`]: keeps nothing. For ephemeral mounts and tests.
 //!
@@ -56,7 +56,7 @@ pub type Result<T, E = WalError> = std::result::Result<T, E>;
 /// returns the highest durable LSN.
 ///
 /// # Errors
-/// After a failed `msync`/`fdatasync` the persister is *poisoned*: that
+/// After a failed `fdatasync`/`fsync` the persister is *poisoned*: that
 /// call and every later one returns [`WalError::Poisoned`] until the log is
 /// closed and opened again (which re-reads what really reached the disk).
 /// A failed sync is never retried: the kernel may have dropped the dirty

@@ -1,5 +1,5 @@
-//! [`MmapPersister`]: the log as segment files written through a shared
-//! memory map.
+//! [`MmapPersister`]: the log as segment files, appended with `pwritev`
+//! and read through a shared read-only memory map.
 //!
 //! Locking order: `reclaim_lock` -> `inner` -> (a segment's own append
 //! lock). `sync_state` is never held while taking `inner`... except by the
@@ -29,11 +29,11 @@ use crate::{Persister, Result};
 
 /// When appends become durable against power loss. Every mode keeps a
 /// returned append across a crash of the process (the record is in the
-/// shared mapping, i.e. the page cache).
+/// page cache).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// Every append is durable before it returns. Concurrent appenders
-    /// share one `msync` (group commit).
+    /// share one `fdatasync` (group commit).
     Always,
     /// Appends return at once; a background sync runs every `max_delay`,
     /// so a power loss loses at most the last `max_delay` (plus one sync)
@@ -162,15 +162,16 @@ struct Shared<S: Storage> {
     reclaim_lock: Mutex<()>,
 }
 
-/// The log on segment files written through a shared memory map.
+/// The log on segment files: appended with `pwritev`, read (recovery,
+/// compaction) through a shared read-only memory map without copying.
 ///
 /// `S` is the storage: [`MmapStorage`] (a directory) in production,
 /// [`crate::sim::SimStorage`] in crash tests.
 ///
 /// # Durability
-/// See [`Durability`]. Records are copied into the mapping under one lock
-/// (so LSN order is file order); syncs run outside it with
-/// `msync(MS_SYNC)` over the unsynced ranges, oldest segment first, after
+/// See [`Durability`]. Records are written at the end of the active
+/// segment under one lock (so LSN order is file order); syncs run outside
+/// it with `fdatasync` of each segment with unsynced bytes, oldest first, after
 /// an `fsync` of the directory when a segment file was created. Space is
 /// allocated with `fallocate` before any byte is written into it, so a
 /// full disk fails the append with an error ([`WalError::is_disk_full`])
@@ -364,13 +365,15 @@ impl<S: Storage> MmapPersister<S> {
                         && crate::format::decode_watermark(h.record_seed(), &s.file.watermark())
                             .is_some_and(|w| w.0 > stats.last_lsn)
                     {
-                        s.file.write_watermark(&encode_watermark(
-                            h.record_seed(),
-                            Lsn(stats.last_lsn),
-                        ));
+                        s.file
+                            .write_watermark(&encode_watermark(
+                                h.record_seed(),
+                                Lsn(stats.last_lsn),
+                            ))
+                            .map_err(|e| WalError::io("pwrite", &s.name, e))?;
                         s.file
                             .sync(0, 0, true)
-                            .map_err(|e| WalError::io("msync", &s.name, e))?;
+                            .map_err(|e| WalError::io("fdatasync", &s.name, e))?;
                     }
                 }
                 stats.corruption = Some(Corruption {
@@ -401,7 +404,7 @@ impl<S: Storage> MmapPersister<S> {
             // is acknowledged after it.
             s.file
                 .sync(HEADER_LEN as u64, s.file.published(), false)
-                .map_err(|e| WalError::io("msync", &s.name, e))?;
+                .map_err(|e| WalError::io("fdatasync", &s.name, e))?;
             let seg = Segment {
                 synced_to: AtomicU64::new(s.file.published()),
                 records_end: Some(s.valid_end),
@@ -560,7 +563,11 @@ fn create_segment<S: Storage>(
     let mut head = header.encode();
     head[WATERMARK_OFFSET..WATERMARK_OFFSET + WATERMARK_LEN]
         .copy_from_slice(&encode_watermark(header.record_seed(), durable));
-    file.append(&[&head]);
+    if let Err(e) = file.append(&[&head]) {
+        drop(file);
+        let _ = storage.remove(&name);
+        return Err(WalError::io("pwrite", &name, e));
+    }
     Ok(Arc::new(Segment {
         file,
         name,
@@ -612,9 +619,10 @@ fn write_whole_file<S: Storage>(storage: &S, name: &str, bytes: &[u8]) -> Result
         .map_err(|e| WalError::io("create", &tmp, e))?;
     f.allocate(len)
         .map_err(|e| WalError::io("fallocate", &tmp, e))?;
-    f.append(&[bytes]);
+    f.append(&[bytes])
+        .map_err(|e| WalError::io("pwrite", &tmp, e))?;
     f.sync(0, len, true)
-        .map_err(|e| WalError::io("msync", &tmp, e))?;
+        .map_err(|e| WalError::io("fdatasync", &tmp, e))?;
     drop(f);
     storage
         .rename(&tmp, name)
@@ -696,7 +704,11 @@ impl<S: Storage> Shared<S> {
                     .allocate(want)
                     .map_err(|e| WalError::io("fallocate", &seg.name, e))?;
             }
-            seg.file.append(&[rec.head(), rec.data(), rec.padding()]);
+            // A failed write uses no LSN; the next append overwrites what
+            // it left past the published end.
+            seg.file
+                .append(&[rec.head(), rec.data(), rec.padding()])
+                .map_err(|e| WalError::io("pwrite", &seg.name, e))?;
             inner
                 .index
                 .apply(lsn, seg.header.first_lsn.0, at + data_offset(), &kind);
@@ -785,10 +797,13 @@ impl<S: Storage> Shared<S> {
         }
         // The watermark says what the previous sync made durable; it rides
         // along with this sync at no extra flush.
-        active.file.write_watermark(&encode_watermark(
-            active.header.record_seed(),
-            Lsn(prev_durable),
-        ));
+        active
+            .file
+            .write_watermark(&encode_watermark(
+                active.header.record_seed(),
+                Lsn(prev_durable),
+            ))
+            .map_err(|e| WalError::io("pwrite", &active.name, e))?;
         let mut synced_active = false;
         for (seg, to) in segs {
             let is_active = Arc::ptr_eq(&seg, &active);
@@ -796,14 +811,14 @@ impl<S: Storage> Shared<S> {
             let from = seg.synced_to.load(Ordering::Acquire);
             seg.file
                 .sync(from, to, is_active)
-                .map_err(|e| WalError::io("msync", &seg.name, e))?;
+                .map_err(|e| WalError::io("fdatasync", &seg.name, e))?;
             seg.synced_to.fetch_max(to, Ordering::AcqRel);
         }
         if !synced_active {
             active
                 .file
                 .sync(0, 0, true)
-                .map_err(|e| WalError::io("msync", &active.name, e))?;
+                .map_err(|e| WalError::io("fdatasync", &active.name, e))?;
         }
         Ok(upto)
     }
@@ -902,12 +917,17 @@ impl<S: Storage> Shared<S> {
             .storage
             .create(&tmp, total)
             .map_err(|e| WalError::io("create", &tmp, e))?;
-        file.allocate(total)
-            .map_err(|e| WalError::io("fallocate", &tmp, e))?;
+        // On an error below, the partial file goes (a leftover would be
+        // removed at the next open anyway).
+        let discard = |op: &'static str, e: std::io::Error| {
+            let _ = self.storage.remove(&tmp);
+            WalError::io(op, &tmp, e)
+        };
+        file.allocate(total).map_err(|e| discard("fallocate", e))?;
         let mut head = header.encode();
         head[WATERMARK_OFFSET..WATERMARK_OFFSET + WATERMARK_LEN]
             .copy_from_slice(&encode_watermark(header.record_seed(), Lsn(end.0 - 1)));
-        file.append(&[&head]);
+        file.append(&[&head]).map_err(|e| discard("pwrite", e))?;
         let by_key: HashMap<u64, &Arc<Segment<S::File>>> =
             group.iter().map(|s| (s.header.first_lsn.0, s)).collect();
         let mut moved = Moved::new();
@@ -932,7 +952,8 @@ impl<S: Storage> Shared<S> {
             let rec = EncodedRecord::new(header.record_seed(), p.lsn, &kind)
                 .map_err(WalError::InvalidArgument)?;
             let at = file.published();
-            file.append(&[rec.head(), rec.data(), rec.padding()]);
+            file.append(&[rec.head(), rec.data(), rec.padding()])
+                .map_err(|e| discard("pwrite", e))?;
             moved
                 .entry((p.file, p.chunk, p.lsn))
                 .or_default()
@@ -940,12 +961,8 @@ impl<S: Storage> Shared<S> {
             live_bytes += len;
         }
         debug_assert_eq!(file.published(), total);
-        let synced = file.sync(0, total, true);
-        if let Err(e) = synced {
-            drop(file);
-            let _ = self.storage.remove(&tmp);
-            return Err(WalError::io("msync", &tmp, e));
-        }
+        file.sync(0, total, true)
+            .map_err(|e| discard("fdatasync", e))?;
         self.storage
             .rename(&tmp, &name)
             .map_err(|e| WalError::io("rename", &tmp, e))?;

@@ -7,7 +7,7 @@
 //! written since its last sync either whole, torn (each 512-byte sector
 //! new or old, at random) or not written at all. Directory changes
 //! (create, remove, rename) survive only if [`Storage::sync_dir`] ran after
-//! them. Syncs and allocations can be made to fail.
+//! them. Syncs, allocations and writes can be made to fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -28,6 +28,7 @@ pub const SECTOR: u64 = 512;
 struct Faults {
     fail_syncs: AtomicBool,
     fail_allocate: AtomicBool,
+    fail_writes: AtomicBool,
     syncs: AtomicU64,
 }
 
@@ -57,6 +58,12 @@ impl SimStorage {
     /// Makes every later allocation fail with ENOSPC (`true`) or succeed.
     pub fn fail_allocate(&self, fail: bool) {
         self.faults.fail_allocate.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every later append and watermark write fail with EIO after
+    /// writing the first half of its bytes (`true`), or succeed.
+    pub fn fail_writes(&self, fail: bool) {
+        self.faults.fail_writes.store(fail, Ordering::SeqCst);
     }
 
     /// Number of successful file syncs so far.
@@ -351,21 +358,31 @@ impl SegmentFile for SimHandle {
         self.file.published.load(Ordering::Acquire)
     }
 
-    fn append(&self, parts: &[&[u8]]) {
+    fn append(&self, parts: &[&[u8]]) -> io::Result<()> {
         let mut st = lock(&self.file.state);
-        let mut at = self.file.published.load(Ordering::Acquire);
+        let start = self.file.published.load(Ordering::Acquire);
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         assert!(
-            at + total <= st.allocated,
+            start + total <= st.allocated,
             "append past the allocated space"
         );
+        let failing = self.faults.fail_writes.load(Ordering::SeqCst);
+        // A failing write leaves its first half behind, unpublished.
+        let mut budget = if failing { total / 2 } else { total };
+        let mut at = start;
         for p in parts {
+            let p = &p[..(p.len() as u64).min(budget) as usize];
             self.file.write_at(at, p);
             let (first, last) = (at / PAGE, (at + p.len() as u64).div_ceil(PAGE));
             st.dirty.extend(first..last);
             at += p.len() as u64;
+            budget -= p.len() as u64;
+        }
+        if failing {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.file.published.store(at, Ordering::Release);
+        Ok(())
     }
 
     fn read(&self, offset: u64, len: u64) -> Option<&[u8]> {
@@ -384,10 +401,17 @@ impl SegmentFile for SimHandle {
         })
     }
 
-    fn write_watermark(&self, slot: &[u8; WATERMARK_LEN]) {
+    fn write_watermark(&self, slot: &[u8; WATERMARK_LEN]) -> io::Result<()> {
         let mut st = lock(&self.file.state);
+        if self.faults.fail_writes.load(Ordering::SeqCst) {
+            self.file
+                .write_at(WATERMARK_OFFSET as u64, &slot[..WATERMARK_LEN / 2]);
+            st.dirty.insert(0);
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         self.file.write_at(WATERMARK_OFFSET as u64, slot);
         st.dirty.insert(0);
+        Ok(())
     }
 
     fn watermark(&self) -> [u8; WATERMARK_LEN] {

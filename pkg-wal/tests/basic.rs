@@ -2,6 +2,7 @@
 //! simulated storage: round trips, rotation, reclaim, locking, poisoning,
 //! a full disk.
 
+use rand::SeedableRng;
 use slicefs_wal::sim::SimStorage;
 use slicefs_wal::{
     ChunkIndex, Durability, FileId, FlushedMarker, Lsn, MmapPersister, Persister, RecordKind,
@@ -144,6 +145,51 @@ fn a_failed_sync_poisons_the_log_until_reopened() {
     drop(p);
     let p = MmapPersister::open_on(st.process_crash(), cfg(Durability::None)).unwrap();
     assert_eq!(slices(&p).len(), 2);
+}
+
+/// A write error (EIO from `pwritev`) fails that append only: it uses no
+/// LSN, the half record it left on disk is overwritten by the next
+/// append, and after a power loss the log holds exactly the appends that
+/// returned. A failed watermark write fails the sync and poisons the log.
+#[test]
+fn a_failed_write_fails_that_append_and_loses_nothing() {
+    let st = SimStorage::new();
+    let p = MmapPersister::open_on(
+        st.clone(),
+        cfg(Durability::Batch {
+            max_delay: std::time::Duration::from_secs(3600),
+        }),
+    )
+    .unwrap();
+    assert_eq!(write(&p, 1, 0, 0, b"first"), Lsn(1));
+    st.fail_writes(true);
+    let err = p
+        .append_slice(&SliceWrite {
+            file: FileId(1),
+            chunk: ChunkIndex(0),
+            slice: SliceId(9),
+            offset: 5,
+            data: &[0xEE; 3000],
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("pwrite"), "{err}");
+    st.fail_writes(false);
+    assert_eq!(p.next_lsn(), Lsn(2), "the failed append used no LSN");
+    assert_eq!(write(&p, 1, 0, 5, b"second"), Lsn(2));
+    assert_eq!(p.sync().unwrap(), Lsn(2));
+    drop(p);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let st = st.crash(&mut rng);
+    let p = MmapPersister::open_on(st.clone(), cfg(Durability::None)).unwrap();
+    assert_eq!(
+        slices(&p),
+        vec![(1, 1, 0, b"first".to_vec()), (2, 1, 5, b"second".to_vec())]
+    );
+    write(&p, 1, 0, 11, b"third");
+    st.fail_writes(true);
+    assert!(p.sync().is_err(), "the watermark write failed");
+    st.fail_writes(false);
+    assert!(matches!(p.sync(), Err(WalError::Poisoned { .. })));
 }
 
 #[test]
