@@ -22,6 +22,7 @@
 pub mod error;
 pub mod format;
 mod index;
+mod logged;
 mod mmap_persister;
 mod null;
 mod recovery;
@@ -31,6 +32,7 @@ pub mod storage;
 mod types;
 
 pub use error::WalError;
+pub use logged::LoggedBytes;
 pub use mmap_persister::{Durability, LOCK_FILE, MmapPersister, ReclaimStats, WalConfig};
 pub use null::NullPersister;
 pub use recovery::{Corruption, Recovery, RecoveryMode, RecoveryStats};
@@ -66,6 +68,15 @@ pub trait Persister: Send + Sync {
     /// `chunk` of file `file`. `offset_in_chunk + data.len()` must not
     /// exceed [`CHUNK_SIZE`] ([`WalError::InvalidArgument`] otherwise).
     fn append_slice(&self, write: &SliceWrite<'_>) -> Result<Lsn>;
+
+    /// [`Persister::append_slice`], also returning the logged copy of
+    /// `write.data` when the log can lend it ([`LoggedBytes`]: read in
+    /// place from the log, valid however long it is kept), so the caller
+    /// need not keep a copy of its own. `None` when the log keeps no bytes
+    /// ([`NullPersister`]) or cannot lend them; the default.
+    fn append_slice_logged(&self, write: &SliceWrite<'_>) -> Result<(Lsn, Option<LoggedBytes>)> {
+        Ok((self.append_slice(write)?, None))
+    }
 
     /// Appends the removal of `file`: on replay every earlier record of the
     /// file is void; later records (a re-created file) are not.

@@ -25,7 +25,7 @@ use crate::recovery::{
 use crate::scan::{CORRUPT_SUFFIX, LogScan, TMP_SUFFIX, compacted_name, scan, segment_name};
 use crate::storage::{MmapStorage, SegmentFile, Storage};
 use crate::types::{FileId, FlushedMarker, Lsn, RecordKind, SliceWrite};
-use crate::{Persister, Result};
+use crate::{LoggedBytes, Persister, Result};
 
 /// When appends become durable against power loss. Every mode keeps a
 /// returned append across a crash of the process (the record is in the
@@ -121,6 +121,10 @@ impl<F: SegmentFile> ReplaySource for Segment<F> {
         &self.name
     }
 }
+
+/// A record just appended: its LSN, its segment, and where in the segment
+/// it starts.
+type Appended<F> = (Lsn, Arc<Segment<F>>, u64);
 
 struct Inner<F> {
     next_lsn: u64,
@@ -655,8 +659,14 @@ impl<S: Storage> Shared<S> {
     }
 
     fn append(&self, kind: RecordKind<'_>) -> Result<Lsn> {
+        self.append_at(kind).map(|(lsn, _, _)| lsn)
+    }
+
+    /// Appends a record; returns its LSN, its segment and where in the
+    /// segment it starts.
+    fn append_at(&self, kind: RecordKind<'_>) -> Result<Appended<S::File>> {
         self.check_usable()?;
-        let lsn = {
+        let (lsn, seg, at) = {
             let mut inner = lock(&self.inner);
             let lsn = Lsn(inner.next_lsn);
             if lsn.0 >= crate::format::MAX_LSN {
@@ -714,12 +724,12 @@ impl<S: Storage> Shared<S> {
                 .apply(lsn, seg.header.first_lsn.0, at + data_offset(), &kind);
             inner.next_lsn += 1;
             self.next_lsn.store(inner.next_lsn, Ordering::Release);
-            lsn
+            (lsn, seg, at)
         };
         if self.config.durability == Durability::Always {
             self.sync_to(lsn.0)?;
         }
-        Ok(lsn)
+        Ok((lsn, seg, at))
     }
 
     fn maybe_request_reclaim(&self, inner: &Inner<S::File>) {
@@ -1009,6 +1019,24 @@ impl<S: Storage> Shared<S> {
 impl<S: Storage> Persister for MmapPersister<S> {
     fn append_slice(&self, write: &SliceWrite<'_>) -> Result<Lsn> {
         self.shared.append(RecordKind::Slice(*write))
+    }
+
+    /// Lends the payload from the segment it was written to (see
+    /// [`LoggedBytes`]).
+    fn append_slice_logged(&self, write: &SliceWrite<'_>) -> Result<(Lsn, Option<LoggedBytes>)> {
+        let (lsn, seg, at) = self.shared.append_at(RecordKind::Slice(*write))?;
+        let len = write.data.len() as u64;
+        let Some(bytes) = seg.file.read(at + data_offset(), len) else {
+            // Not expected (the record was just published); the caller
+            // then keeps a copy.
+            return Ok((lsn, None));
+        };
+        debug_assert_eq!(bytes, write.data);
+        let owner: Arc<dyn Send + Sync> = seg.clone();
+        // SAFETY: published bytes of a segment never change and stay
+        // mapped while the segment lives (`SegmentFile::read`), and
+        // `owner` keeps the segment alive.
+        Ok((lsn, Some(unsafe { LoggedBytes::new(owner, bytes) })))
     }
 
     fn append_remove(&self, file: FileId) -> Result<Lsn> {

@@ -270,6 +270,51 @@ fn reclaim_keeps_disk_use_proportional_to_live_data() {
     assert_eq!(p.live_bytes(), 8192);
 }
 
+/// Bytes lent by `append_slice_logged` are the written bytes, and stay
+/// readable after the log compacted their segment away (its file removed
+/// from the directory) and after the log is closed.
+#[test]
+fn lent_bytes_outlive_their_segment_and_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = MmapPersister::open(dir.path(), cfg(Durability::None)).unwrap();
+    let mut lent = Vec::new();
+    for i in 0..40u32 {
+        let data: Vec<u8> = (0..5000u32).map(|b| (b * 7 + i) as u8).collect();
+        let (lsn, bytes) = p
+            .append_slice_logged(&SliceWrite {
+                file: FileId(1),
+                chunk: ChunkIndex(0),
+                slice: SliceId(u64::from(i)),
+                offset: i * 5000,
+                data: &data,
+            })
+            .unwrap();
+        let bytes = bytes.expect("the mmap persister lends its bytes");
+        assert_eq!(bytes.as_slice(), &data[..]);
+        assert_eq!(bytes.slice(10..20).as_slice(), &data[10..20]);
+        lent.push((lsn, data, bytes));
+    }
+    let first_segment = slicefs_wal::scan::segment_name(Lsn(1));
+    assert!(dir.path().join(&first_segment).exists());
+    p.append_flushed(&FlushedMarker {
+        file: FileId(1),
+        chunk: ChunkIndex(0),
+        offset: 0,
+        len: 40 * 5000,
+        upto: p.next_lsn(),
+    })
+    .unwrap();
+    write(&p, 2, 0, 0, &[9; 70_000]);
+    let stats = p.reclaim().unwrap();
+    assert!(stats.segments_compacted > 0, "{stats:?}");
+    assert!(!dir.path().join(&first_segment).exists());
+    p.close().unwrap();
+    drop(p);
+    for (lsn, data, bytes) in &lent {
+        assert_eq!(bytes.as_slice(), &data[..], "record {lsn}");
+    }
+}
+
 /// Appenders on several threads, each flushing its older writes, while the
 /// background reclaim compacts: what is left un-flushed is recovered whole.
 #[test]
