@@ -20,11 +20,16 @@
 //! back to the [`Pool`] while live and idle buffers together stay under
 //! the cache's capacity, so a writer in steady state reuses memory that
 //! is already faulted in (rewriting touched memory runs at 25 GB/s).
+//!
+//! A buffer may instead hold bytes lent by the log ([`Buf::logged`]): a
+//! record's payload read in place, full from the start and never written.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use slicefs_wal::LoggedBytes;
 
 /// Smallest buffer taken from the pool (and mapped); smaller ones come
 /// from the global allocator, which recycles them itself.
@@ -68,6 +73,8 @@ enum Region {
     Heap { ptr: NonNull<u8>, cap: usize },
     /// An anonymous mapping.
     Map(memmap2::MmapMut),
+    /// A record's payload in the log, read in place; full and read-only.
+    Logged(LoggedBytes),
 }
 
 impl Region {
@@ -99,10 +106,14 @@ impl Region {
         Region::Heap { ptr, cap }
     }
 
+    /// Start of the region. Never written through for `Logged` (such a
+    /// buffer is full when made, so nothing appends to it, and its
+    /// extents are never `Sole`).
     fn ptr(&mut self) -> *mut u8 {
         match self {
             Region::Heap { ptr, .. } => ptr.as_ptr(),
             Region::Map(m) => m.as_mut_ptr(),
+            Region::Logged(b) => b.as_slice().as_ptr().cast_mut(),
         }
     }
 
@@ -110,6 +121,7 @@ impl Region {
         match self {
             Region::Heap { cap, .. } => *cap,
             Region::Map(m) => m.len(),
+            Region::Logged(b) => b.len(),
         }
     }
 }
@@ -126,8 +138,8 @@ impl Drop for Region {
     }
 }
 
-// SAFETY: a region is plain owned memory (a heap allocation or a mapping);
-// nothing in it is tied to a thread.
+// SAFETY: a region is plain owned memory (a heap allocation or a mapping)
+// or lent log bytes (which are Send); nothing in it is tied to a thread.
 unsafe impl Send for Region {}
 
 /// Recycles large buffers and counts the memory of all buffers.
@@ -175,6 +187,9 @@ impl Pool {
     }
 
     fn give(&self, r: Region) {
+        if matches!(r, Region::Logged(_)) {
+            return;
+        }
         let cap = r.cap();
         let Some(i) = class_index(cap) else {
             return;
@@ -243,6 +258,28 @@ impl Buf {
             extents: AtomicU32::new(0),
             pool: pool.clone(),
         })
+    }
+
+    /// A full, read-only buffer over bytes lent by the log (no copy). It
+    /// counts as live memory like any buffer: the bytes sit in the page
+    /// cache for as long as the buffer holds them.
+    pub(crate) fn logged(pool: &Arc<Pool>, bytes: LoggedBytes) -> Arc<Buf> {
+        let cap = bytes.len();
+        let mut region = Region::Logged(bytes);
+        pool.live.fetch_add(cap as u64, Ordering::Relaxed);
+        Arc::new(Buf {
+            ptr: region.ptr(),
+            region: Some(region),
+            cap,
+            len: AtomicUsize::new(cap),
+            extents: AtomicU32::new(0),
+            pool: pool.clone(),
+        })
+    }
+
+    /// Whether the bytes are lent by the log ([`Buf::logged`]).
+    pub(crate) fn is_logged(&self) -> bool {
+        matches!(self.region, Some(Region::Logged(_)))
     }
 
     /// A buffer holding a copy of `data`.

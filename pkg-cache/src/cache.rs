@@ -12,11 +12,20 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use slicefs_wal::{ChunkIndex, FileId, Lsn, SliceId};
+use slicefs_wal::{ChunkIndex, FileId, LoggedBytes, Lsn, SliceId};
 
-use crate::buf::Pool;
-use crate::chunk::{BlockSnapshot, Chunk, Delta, SnapshotOptions};
+use crate::buf::{Buf, Pool};
+use crate::chunk::{BlockSnapshot, Chunk, Delta, SnapshotOptions, Src};
 use crate::{CHUNK, CacheError, chunk_ranges};
+
+/// The bytes of a write handed to the cache.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// Copied into the cache's buffers.
+    Copy(&'a [u8]),
+    /// Lent by the log, kept in place.
+    Logged(&'a LoggedBytes),
+}
 
 /// Start-up settings of a [`SliceCache`].
 #[derive(Clone, Debug)]
@@ -342,32 +351,67 @@ impl SliceCache {
         lsn: Lsn,
         reservation: Option<&mut Reservation<'_>>,
     ) {
-        self.insert_with(file, offset, data, lsn, reservation, true);
+        self.insert_with(file, offset, Input::Copy(data), lsn, reservation, true);
+    }
+
+    /// [`SliceCache::insert`] of bytes lent by the log
+    /// ([`slicefs_wal::Persister::append_slice_logged`]): the cache keeps
+    /// them in place instead of copying, so a write is copied once, into
+    /// the log. Each such write is an extent of its own (never extended or
+    /// rewritten in place), and once uploaded its bytes are dropped rather
+    /// than kept as clean (holding them would keep the log's segment file
+    /// alive).
+    pub fn insert_logged(
+        &self,
+        file: FileId,
+        offset: u64,
+        data: &LoggedBytes,
+        lsn: Lsn,
+        reservation: Option<&mut Reservation<'_>>,
+    ) {
+        self.insert_with(file, offset, Input::Logged(data), lsn, reservation, true);
     }
 
     /// [`SliceCache::insert`] for recovery replay: every record keeps its
     /// own LSN (no in-place extension), so the flushed markers that follow
     /// in the log drop exactly the bytes they cover.
     pub fn insert_replayed(&self, file: FileId, offset: u64, data: &[u8], lsn: Lsn) {
-        self.insert_with(file, offset, data, lsn, None, false);
+        self.insert_with(file, offset, Input::Copy(data), lsn, None, false);
     }
 
     fn insert_with(
         &self,
         file: FileId,
         offset: u64,
-        data: &[u8],
+        data: Input<'_>,
         lsn: Lsn,
         reservation: Option<&mut Reservation<'_>>,
         extend: bool,
     ) {
         let f = self.file_or_new(file);
         let mut d = Delta::default();
+        let len = match data {
+            Input::Copy(b) => b.len(),
+            Input::Logged(b) => b.len(),
+        };
         {
             let mut fc = lock(&f);
-            for r in chunk_ranges(offset, data.len() as u64) {
+            for r in chunk_ranges(offset, len as u64) {
                 let c = fc.chunks.entry(r.chunk.0).or_default();
-                d.add(c.insert(&self.pool, r.offset, &data[r.buf.clone()], lsn, extend));
+                // A buffer belongs to one chunk: one per chunk's part.
+                let logged;
+                let src = match data {
+                    Input::Copy(b) => Src::Copy(&b[r.buf.clone()]),
+                    Input::Logged(b) => {
+                        logged = Buf::logged(&self.pool, b.slice(r.buf.clone()));
+                        Src::Logged {
+                            buf: &logged,
+                            at: 0,
+                            len: r.buf.len(),
+                        }
+                    }
+                };
+                d.add(c.insert(&self.pool, r.offset, src, lsn, extend));
                 d.add(c.compact_if_wasteful(&self.pool));
                 c.last_use = self.tick();
             }

@@ -87,6 +87,41 @@ impl Extent {
     }
 }
 
+/// The bytes of a write being inserted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Src<'a> {
+    /// Copied into the cache's own buffers.
+    Copy(&'a [u8]),
+    /// Already in a logged buffer ([`Buf::logged`]), used in place:
+    /// `buf[at..at + len]`.
+    Logged {
+        buf: &'a Arc<Buf>,
+        at: usize,
+        len: usize,
+    },
+}
+
+impl<'a> Src<'a> {
+    fn len(&self) -> usize {
+        match *self {
+            Src::Copy(b) => b.len(),
+            Src::Logged { len, .. } => len,
+        }
+    }
+
+    /// The part `from..to` (offsets relative to the start).
+    fn part(&self, from: usize, to: usize) -> Src<'a> {
+        match *self {
+            Src::Copy(b) => Src::Copy(&b[from..to]),
+            Src::Logged { buf, at, .. } => Src::Logged {
+                buf,
+                at: at + from,
+                len: to - from,
+            },
+        }
+    }
+}
+
 /// Byte counts that changed, for the cache's global accounting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Delta {
@@ -282,12 +317,13 @@ impl Chunk {
     /// `extend`: sequential writes may grow the newest extent in place
     /// (off during recovery replay, where each record's LSN must stay
     /// exact for the flushed markers that follow; replayed records still
-    /// share buffers).
+    /// share buffers). Logged bytes are never copied: each such write is
+    /// an extent of its own, never extended or rewritten in place.
     pub(crate) fn insert(
         &mut self,
         pool: &Arc<Pool>,
         offset: u32,
-        data: &[u8],
+        data: Src<'_>,
         lsn: Lsn,
         extend: bool,
     ) -> Delta {
@@ -298,7 +334,7 @@ impl Chunk {
             let off = offset + at as u32;
             let block_end = (block_of(off) + 1) * BLOCK_SIZE as u32;
             let n = (data.len() - at).min((block_end - off) as usize);
-            d.add(self.insert_in_block(pool, off, &data[at..at + n], lsn, extend));
+            d.add(self.insert_in_block(pool, off, data.part(at, at + n), lsn, extend));
             at += n;
         }
         self.max_lsn = self.max_lsn.max(lsn);
@@ -318,17 +354,18 @@ impl Chunk {
         &mut self,
         pool: &Arc<Pool>,
         offset: u32,
-        data: &[u8],
+        src: Src<'_>,
         lsn: Lsn,
         extend: bool,
     ) -> Delta {
-        let end = offset + data.len() as u32;
-        if data.is_empty() {
+        let end = offset + src.len() as u32;
+        if src.len() == 0 {
             return Delta::default();
         }
         // A rewrite of exactly one older extent whose buffer nothing else
         // uses (random overwrites of the same records): in place.
-        if let Some(e) = self.extents.get_mut(&offset)
+        if let Src::Copy(data) = src
+            && let Some(e) = self.extents.get_mut(&offset)
             && e.len == data.len() as u32
             && e.lsn < lsn
             && let Some(Sole(p)) = e.sole
@@ -353,7 +390,11 @@ impl Chunk {
             };
         }
         // Sequential writes extend the newest pending extent.
-        if extend && lsn > self.max_lsn && !self.block_in_flight(block_of(offset)) {
+        if let Src::Copy(data) = src
+            && extend
+            && lsn > self.max_lsn
+            && !self.block_in_flight(block_of(offset))
+        {
             let next_free = self
                 .extents
                 .range(offset..)
@@ -376,7 +417,10 @@ impl Chunk {
             .filter(|(s, e)| *s + e.len > offset)
             .map(|(s, e)| (*s, *s + e.len))
             .collect();
-        let (buf, base, fresh) = self.place(pool, offset, data);
+        let (buf, base, fresh) = match src {
+            Src::Copy(data) => self.place(pool, offset, data),
+            Src::Logged { buf, at, .. } => (buf.clone(), at, false),
+        };
         let mut cursor = offset;
         let mut gaps = Vec::new();
         for (s, e) in newer {
@@ -615,9 +659,13 @@ impl Chunk {
             if s < a {
                 d.add(self.put(s, e.part(0, a - s)));
             }
-            let mut clean = e.part(a - s, b - s);
-            clean.state = State::Clean;
-            d.add(self.put(a, clean));
+            // Logged bytes are not kept once uploaded: they would keep
+            // the log's segment (and its disk space) alive until evicted.
+            if !e.buf.is_logged() {
+                let mut clean = e.part(a - s, b - s);
+                clean.state = State::Clean;
+                d.add(self.put(a, clean));
+            }
             if end > b {
                 d.add(self.put(b, e.part(b - s, e.len)));
             }

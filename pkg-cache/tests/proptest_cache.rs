@@ -1,5 +1,6 @@
 //! Reference-model property test of [`SliceCache`]: random writes
-//! (around block and chunk boundaries, and sequential appends), reads,
+//! (around block and chunk boundaries, and sequential appends; every other
+//! one with bytes lent by a log and kept in place), reads,
 //! truncates, removes, flush snapshots, flushed marks, aborts and
 //! evictions on three files, checked after every step against a model.
 //!
@@ -37,6 +38,10 @@ use std::ops::Range;
 use proptest::prelude::*;
 use slicefs_cache::{
     BLOCK_SIZE, BlockSnapshot, CHUNK_SIZE, CacheConfig, CacheStats, FileId, SliceCache,
+};
+use slicefs_wal::sim::SimStorage;
+use slicefs_wal::{
+    ChunkIndex, Durability, MmapPersister, Persister, SliceId, SliceWrite, WalConfig,
 };
 
 /// Model granularity; divides the block size.
@@ -289,6 +294,8 @@ fn block_start(snap: &BlockSnapshot) -> u64 {
 
 struct Harness {
     cache: SliceCache,
+    /// Lends the bytes of every other write (`SliceCache::insert_logged`).
+    wal: MmapPersister<SimStorage>,
     files: Vec<FileModel>,
     in_flight: Vec<BlockSnapshot>,
     tainted: HashSet<(u64, u32, u32)>,
@@ -305,6 +312,17 @@ impl Harness {
                 dirty_wait: std::time::Duration::from_secs(5),
             })
             .expect("cache"),
+            wal: MmapPersister::open_on(
+                SimStorage::new(),
+                WalConfig {
+                    durability: Durability::None,
+                    // Small simulated files (a larger record gets its own).
+                    segment_bytes: 1 << 20,
+                    auto_reclaim: false,
+                    ..WalConfig::default()
+                },
+            )
+            .expect("log"),
             files: (0..FILES).map(|_| FileModel::default()).collect(),
             in_flight: Vec::new(),
             tainted: HashSet::new(),
@@ -318,13 +336,42 @@ impl Harness {
         self.next_lsn += 1;
         let data = pattern(lsn, len);
         let mut r = self.cache.reserve(len as u64).expect("reserve");
-        self.cache.insert(
-            FileId(file),
-            offset,
-            &data,
-            slicefs_cache::Lsn(lsn),
-            Some(&mut r),
-        );
+        if lsn.is_multiple_of(2) {
+            // As the file system does: one logged record per chunk's part,
+            // kept in place by the cache.
+            let mut at = 0;
+            while at < len {
+                let off = offset + at as u64;
+                let n = ((CHUNK_SIZE - off % CHUNK_SIZE) as usize).min(len - at);
+                let (_, bytes) = self
+                    .wal
+                    .append_slice_logged(&SliceWrite {
+                        file: FileId(file),
+                        chunk: ChunkIndex((off / CHUNK_SIZE) as u32),
+                        slice: SliceId(lsn),
+                        offset: (off % CHUNK_SIZE) as u32,
+                        data: &data[at..at + n],
+                    })
+                    .expect("append");
+                let bytes = bytes.expect("the log lends its bytes");
+                self.cache.insert_logged(
+                    FileId(file),
+                    off,
+                    &bytes,
+                    slicefs_cache::Lsn(lsn),
+                    Some(&mut r),
+                );
+                at += n;
+            }
+        } else {
+            self.cache.insert(
+                FileId(file),
+                offset,
+                &data,
+                slicefs_cache::Lsn(lsn),
+                Some(&mut r),
+            );
+        }
         drop(r);
         self.files[file as usize].write(offset, &data, lsn);
     }

@@ -797,9 +797,9 @@ impl Vfs {
         let mut res = self.cache.reserve(data.len() as u64).map_err(cache_err)?;
         for r in chunk_ranges(offset, data.len() as u64) {
             let bytes = &data[r.buf.clone()];
-            let lsn = self
+            let (lsn, logged) = self
                 .persister
-                .append_slice(&SliceWrite {
+                .append_slice_logged(&SliceWrite {
                     file,
                     chunk: r.chunk,
                     slice: self.cache.next_slice_id(),
@@ -808,7 +808,12 @@ impl Vfs {
                 })
                 .map_err(wal_err)?;
             let at = u64::from(r.chunk.0) * CHUNK_SIZE + u64::from(r.offset);
-            self.cache.insert(file, at, bytes, lsn, Some(&mut res));
+            // The cache keeps the log's copy when it lends one: the data
+            // is then copied once, into the log.
+            match logged {
+                Some(b) => self.cache.insert_logged(file, at, &b, lsn, Some(&mut res)),
+                None => self.cache.insert(file, at, bytes, lsn, Some(&mut res)),
+            }
         }
         drop(res);
         let now = Timespec::now();
