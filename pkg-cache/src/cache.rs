@@ -18,6 +18,12 @@ use crate::buf::{Buf, Pool};
 use crate::chunk::{BlockSnapshot, Chunk, Delta, SnapshotOptions, Src};
 use crate::{CHUNK, CacheError, chunk_ranges};
 
+/// Writes of at least this many bytes are kept in the log's lent copy by
+/// [`SliceCache::insert_logged`]; smaller ones are copied (an extent and
+/// its buffer header cost about 200 bytes, 5% of a 4 KiB write, and
+/// small sequential writes then share one buffer). 64 KiB.
+pub const LEND_MIN: usize = 64 << 10;
+
 /// The bytes of a write handed to the cache.
 #[derive(Clone, Copy)]
 enum Input<'a> {
@@ -355,12 +361,14 @@ impl SliceCache {
     }
 
     /// [`SliceCache::insert`] of bytes lent by the log
-    /// ([`slicefs_wal::Persister::append_slice_logged`]): the cache keeps
-    /// them in place instead of copying, so a write is copied once, into
-    /// the log. Each such write is an extent of its own (never extended or
-    /// rewritten in place), and once uploaded its bytes are dropped rather
-    /// than kept as clean (holding them would keep the log's segment file
-    /// alive).
+    /// ([`slicefs_wal::Persister::append_slice_logged`]): from
+    /// [`LEND_MIN`] bytes on the cache keeps them in place instead of
+    /// copying, so a write is copied once, into the log. Each such write is
+    /// an extent of its own (never extended or rewritten in place), and
+    /// once uploaded its bytes are dropped rather than kept as clean
+    /// (holding them would keep the log's segment file alive). Smaller
+    /// writes are copied as by [`SliceCache::insert`], where sequential
+    /// ones share a growing buffer and rewrites go in place.
     pub fn insert_logged(
         &self,
         file: FileId,
@@ -369,7 +377,12 @@ impl SliceCache {
         lsn: Lsn,
         reservation: Option<&mut Reservation<'_>>,
     ) {
-        self.insert_with(file, offset, Input::Logged(data), lsn, reservation, true);
+        let input = if data.len() < LEND_MIN {
+            Input::Copy(data.as_slice())
+        } else {
+            Input::Logged(data)
+        };
+        self.insert_with(file, offset, input, lsn, reservation, true);
     }
 
     /// [`SliceCache::insert`] for recovery replay: every record keeps its

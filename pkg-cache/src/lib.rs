@@ -19,10 +19,10 @@ mod recover;
 
 use std::ops::Range;
 
-pub use cache::{CacheConfig, CacheStats, Reservation, SliceCache};
+pub use cache::{CacheConfig, CacheStats, LEND_MIN, Reservation, SliceCache};
 pub use chunk::{BlockSnapshot, SnapshotOptions};
 pub use recover::{RecoveryReport, recover, recover_with_progress};
-pub use slicefs_wal::{CHUNK_SIZE, ChunkIndex, FileId, Lsn, SliceId};
+pub use slicefs_wal::{CHUNK_SIZE, ChunkIndex, FileId, LoggedBytes, Lsn, SliceId};
 
 /// Bytes of a block, the unit uploaded to the object store: 4 MiB.
 pub const BLOCK_SIZE: u64 = 4 << 20;

@@ -1,6 +1,7 @@
 //! Reference-model property test of [`SliceCache`]: random writes
 //! (around block and chunk boundaries, and sequential appends; every other
-//! one with bytes lent by a log and kept in place), reads,
+//! one handed over as bytes lent by a log, kept in place from `LEND_MIN`
+//! on), reads,
 //! truncates, removes, flush snapshots, flushed marks, aborts and
 //! evictions on three files, checked after every step against a model.
 //!
