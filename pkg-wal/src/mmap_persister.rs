@@ -202,7 +202,8 @@ impl MmapPersister<MmapStorage> {
     /// durable watermark fails the open (see [`RecoveryMode`]).
     ///
     /// # Errors
-    /// [`WalError::Locked`] if another process has the directory open;
+    /// [`WalError::Locked`] if another process (or another log in this
+    /// one) has the directory open, after retrying for half a second;
     /// [`WalError::Corrupt`] / [`WalError::BadHeader`] for damaged logs;
     /// [`WalError::Io`] for I/O failures.
     pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<Self> {
@@ -226,16 +227,33 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| WalError::io("open", path.display().to_string(), e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(WalError::Locked {
-            dir: dir.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(WalError::io("flock", path.display().to_string(), e))
+    // A lock released by a log just closed in this process can linger for
+    // a moment: a child another thread is spawning shares the descriptor
+    // (and so the lock) until it execs. Seen as a rare `Locked` in the
+    // parallel tests; a short wait covers it, and a real second user
+    // still gets `Locked`.
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(WalError::Locked {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(WalError::io("flock", path.display().to_string(), e));
+            }
         }
     }
 }
+
+/// How long [`MmapPersister::open`] retries a held directory lock before
+/// it reports [`WalError::Locked`].
+const LOCK_WAIT: Duration = Duration::from_millis(500);
 
 impl<S: Storage> MmapPersister<S> {
     /// Opens the log kept in `storage` (see [`MmapPersister::open`]). No
