@@ -51,7 +51,7 @@ pub type Result<T, E = WalError> = std::result::Result<T, E>;
 /// # LSNs and durability
 /// Every append returns the record's [`Lsn`]; LSNs are strictly increasing
 /// and gap-free, starting at 1 for a new log. An append has *returned* when
-/// the record is in the log's memory map: it survives a crash of this
+/// the record is written to the log file: it survives a crash of this
 /// process (the page cache keeps it) but not a power loss, unless the
 /// durability mode is [`Durability::Always`]. [`Persister::sync`] makes
 /// every record appended before the call durable against power loss and
