@@ -33,6 +33,17 @@ enum Input<'a> {
     Logged(&'a LoggedBytes),
 }
 
+impl<'a> Input<'a> {
+    /// Lent bytes: kept in place from [`LEND_MIN`] on, else copied.
+    fn lent(data: &'a LoggedBytes) -> Input<'a> {
+        if data.len() < LEND_MIN {
+            Input::Copy(data.as_slice())
+        } else {
+            Input::Logged(data)
+        }
+    }
+}
+
 /// Start-up settings of a [`SliceCache`].
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
@@ -377,12 +388,7 @@ impl SliceCache {
         lsn: Lsn,
         reservation: Option<&mut Reservation<'_>>,
     ) {
-        let input = if data.len() < LEND_MIN {
-            Input::Copy(data.as_slice())
-        } else {
-            Input::Logged(data)
-        };
-        self.insert_with(file, offset, input, lsn, reservation, true);
+        self.insert_with(file, offset, Input::lent(data), lsn, reservation, true);
     }
 
     /// [`SliceCache::insert`] for recovery replay: every record keeps its
@@ -390,6 +396,14 @@ impl SliceCache {
     /// in the log drop exactly the bytes they cover.
     pub fn insert_replayed(&self, file: FileId, offset: u64, data: &[u8], lsn: Lsn) {
         self.insert_with(file, offset, Input::Copy(data), lsn, None, false);
+    }
+
+    /// [`SliceCache::insert_replayed`] of bytes lent by the log
+    /// ([`slicefs_wal::Recovery::next_record_lent`]), kept in place from
+    /// [`LEND_MIN`] on as by [`SliceCache::insert_logged`]: recovery then
+    /// copies no large record and takes no anonymous memory for it.
+    pub fn insert_replayed_logged(&self, file: FileId, offset: u64, data: &LoggedBytes, lsn: Lsn) {
+        self.insert_with(file, offset, Input::lent(data), lsn, None, false);
     }
 
     fn insert_with(

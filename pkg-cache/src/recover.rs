@@ -71,8 +71,8 @@ pub fn recover_with_progress(
     let total = rec.stats().records;
     let mut dropped = 0u64;
     let mut truncates = std::collections::BTreeMap::new();
-    while let Some(r) = rec.next_record() {
-        let r = r?;
+    while let Some(r) = rec.next_record_lent() {
+        let (r, lent) = r?;
         report.records += 1;
         if report.records % 16_384 == 0 {
             progress(report.records, total);
@@ -83,7 +83,11 @@ pub fn recover_with_progress(
                 report.slice_bytes += w.data.len() as u64;
                 cache.observe_slice_id(w.slice);
                 let offset = u64::from(w.chunk.0) * CHUNK_SIZE + u64::from(w.offset);
-                cache.insert_replayed(w.file, offset, w.data, r.lsn);
+                // Large records stay in the log's pages (no copy).
+                match &lent {
+                    Some(b) => cache.insert_replayed_logged(w.file, offset, b, r.lsn),
+                    None => cache.insert_replayed(w.file, offset, w.data, r.lsn),
+                }
             }
             RecordKind::Remove { file } => {
                 truncates.remove(&file);

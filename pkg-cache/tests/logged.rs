@@ -102,3 +102,51 @@ fn lent_bytes_outlive_the_log_that_lent_them() {
     assert!(missing.is_empty());
     assert_eq!(got, big);
 }
+
+/// Recovery lends large replayed records too: after a restart the cache
+/// holds the log's bytes (so an upload drops them, as for a live write),
+/// and small records are copied.
+#[test]
+fn recovery_keeps_large_records_in_the_log_and_copies_small_ones() {
+    let st = SimStorage::new();
+    let cfg = WalConfig {
+        durability: Durability::None,
+        segment_bytes: 4 << 20,
+        auto_reclaim: false,
+        ..WalConfig::default()
+    };
+    let big: Vec<u8> = (0..2 * LEND_MIN).map(|i| (i % 249) as u8 + 1).collect();
+    let small = vec![0x5A; 4096];
+    {
+        let wal = MmapPersister::open_on(st.clone(), cfg.clone()).expect("log");
+        for (offset, data) in [(0u32, &big[..]), (big.len() as u32, &small[..])] {
+            wal.append_slice(&SliceWrite {
+                file: FileId(1),
+                chunk: ChunkIndex(0),
+                slice: SliceId(u64::from(offset)),
+                offset,
+                data,
+            })
+            .expect("append");
+        }
+        wal.close().expect("close");
+    }
+    let wal = MmapPersister::open_on(st.process_crash(), cfg).expect("reopen");
+    let cache = cache();
+    let report = slicefs_cache::recover(&wal, &cache).expect("recover");
+    assert_eq!(report.pending_bytes, (big.len() + small.len()) as u64);
+    drop(wal);
+    let mut want = big.clone();
+    want.extend_from_slice(&small);
+    let (got, missing) = read(&cache, 0, want.len());
+    assert!(missing.is_empty(), "{missing:?}");
+    assert_eq!(got, want);
+    let snaps = cache.dirty_blocks(FileId(1));
+    assert_eq!(snaps.len(), 1);
+    cache.mark_flushed(&snaps[0]);
+    assert_eq!(
+        cache.stats().clean_bytes,
+        small.len() as u64,
+        "the lent record is dropped, the copied one stays clean"
+    );
+}

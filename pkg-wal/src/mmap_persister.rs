@@ -1090,6 +1090,7 @@ impl<S: Storage> Persister for MmapPersister<S> {
             .values()
             .map(|s| ReplaySpan {
                 source: s.clone() as Arc<dyn ReplaySource>,
+                owner: s.clone() as Arc<dyn Send + Sync>,
                 start: HEADER_LEN as u64,
                 end: s.records_end(),
             })

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::LoggedBytes;
 use crate::error::WalError;
 use crate::format::{Stop, decode_verified_record};
-use crate::types::Record;
+use crate::types::{Record, RecordKind};
 
 /// What to do when recovery finds a bad record inside the acknowledged
 /// part of the log (before the newest durable watermark).
@@ -73,6 +74,8 @@ pub(crate) trait ReplaySource: Send + Sync {
 
 pub(crate) struct ReplaySpan {
     pub(crate) source: Arc<dyn ReplaySource>,
+    /// The same segment, as the owner of bytes lent from it.
+    pub(crate) owner: Arc<dyn Send + Sync>,
     pub(crate) start: u64,
     pub(crate) end: u64,
 }
@@ -127,6 +130,25 @@ impl<'a> Recovery<'a> {
     /// skipped.
     #[allow(clippy::should_implement_trait)]
     pub fn next_record(&mut self) -> Option<Result<Record<'_>, WalError>> {
+        self.next_inner(false).map(|r| r.map(|(rec, _)| rec))
+    }
+
+    /// [`Recovery::next_record`], also lending a slice record's payload
+    /// ([`LoggedBytes`], valid however long it is kept), so that the
+    /// consumer need not copy it. `None` for other records.
+    ///
+    /// # Errors
+    /// As [`Recovery::next_record`].
+    pub fn next_record_lent(
+        &mut self,
+    ) -> Option<Result<(Record<'_>, Option<LoggedBytes>), WalError>> {
+        self.next_inner(true)
+    }
+
+    fn next_inner(
+        &mut self,
+        lend: bool,
+    ) -> Option<Result<(Record<'_>, Option<LoggedBytes>), WalError>> {
         loop {
             let span = self.spans.get(self.span)?;
             if self.cursor >= span.end {
@@ -149,7 +171,18 @@ impl<'a> Recovery<'a> {
             return match decode_verified_record(bytes, (at - span.start) as usize) {
                 Ok((rec, used)) => {
                     self.cursor += used as u64;
-                    Some(Ok(rec))
+                    let lent = match rec.kind {
+                        RecordKind::Slice(w) if lend => {
+                            let owner = span.owner.clone();
+                            // SAFETY: `w.data` lies in the span's verified,
+                            // published bytes, which never change and stay
+                            // mapped while the segment lives; `owner` is
+                            // that segment.
+                            Some(unsafe { LoggedBytes::new(owner, w.data) })
+                        }
+                        _ => None,
+                    };
+                    Some(Ok((rec, lent)))
                 }
                 Err(stop) => {
                     self.span = self.spans.len();
