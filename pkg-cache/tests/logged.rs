@@ -8,17 +8,29 @@ use slicefs_wal::{
     ChunkIndex, Durability, MmapPersister, Persister, SliceId, SliceWrite, WalConfig,
 };
 
+fn log_on(st: SimStorage) -> MmapPersister<SimStorage> {
+    let cfg = WalConfig {
+        durability: Durability::None,
+        segment_bytes: 4 << 20,
+        auto_reclaim: false,
+        ..WalConfig::default()
+    };
+    MmapPersister::open_on(st, cfg).expect("log")
+}
+
 fn log() -> MmapPersister<SimStorage> {
-    MmapPersister::open_on(
-        SimStorage::new(),
-        WalConfig {
-            durability: Durability::None,
-            segment_bytes: 4 << 20,
-            auto_reclaim: false,
-            ..WalConfig::default()
-        },
-    )
-    .expect("log")
+    log_on(SimStorage::new())
+}
+
+/// A slice write of `data` at `offset` of file 1, chunk 0.
+fn slice(offset: u32, data: &[u8]) -> SliceWrite<'_> {
+    SliceWrite {
+        file: FileId(1),
+        chunk: ChunkIndex(0),
+        slice: SliceId(u64::from(offset)),
+        offset,
+        data,
+    }
 }
 
 fn cache() -> SliceCache {
@@ -34,13 +46,7 @@ fn cache() -> SliceCache {
 /// the cache; returns the LSN.
 fn write(wal: &MmapPersister<SimStorage>, cache: &SliceCache, offset: u32, data: &[u8]) -> Lsn {
     let (lsn, lent): (Lsn, Option<LoggedBytes>) = wal
-        .append_slice_logged(&SliceWrite {
-            file: FileId(1),
-            chunk: ChunkIndex(0),
-            slice: SliceId(u64::from(offset)),
-            offset,
-            data,
-        })
+        .append_slice_logged(&slice(offset, data))
         .expect("append");
     let lent = lent.expect("the mmap persister lends its bytes");
     cache.insert_logged(FileId(1), u64::from(offset), &lent, lsn, None);
@@ -109,29 +115,16 @@ fn lent_bytes_outlive_the_log_that_lent_them() {
 #[test]
 fn recovery_keeps_large_records_in_the_log_and_copies_small_ones() {
     let st = SimStorage::new();
-    let cfg = WalConfig {
-        durability: Durability::None,
-        segment_bytes: 4 << 20,
-        auto_reclaim: false,
-        ..WalConfig::default()
-    };
     let big: Vec<u8> = (0..2 * LEND_MIN).map(|i| (i % 249) as u8 + 1).collect();
     let small = vec![0x5A; 4096];
     {
-        let wal = MmapPersister::open_on(st.clone(), cfg.clone()).expect("log");
+        let wal = log_on(st.clone());
         for (offset, data) in [(0u32, &big[..]), (big.len() as u32, &small[..])] {
-            wal.append_slice(&SliceWrite {
-                file: FileId(1),
-                chunk: ChunkIndex(0),
-                slice: SliceId(u64::from(offset)),
-                offset,
-                data,
-            })
-            .expect("append");
+            wal.append_slice(&slice(offset, data)).expect("append");
         }
         wal.close().expect("close");
     }
-    let wal = MmapPersister::open_on(st.process_crash(), cfg).expect("reopen");
+    let wal = log_on(st.process_crash());
     let cache = cache();
     let report = slicefs_cache::recover(&wal, &cache).expect("recover");
     assert_eq!(report.pending_bytes, (big.len() + small.len()) as u64);

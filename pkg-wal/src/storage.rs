@@ -197,27 +197,36 @@ pub struct MmapFile {
 }
 
 /// Writes all of `parts`, one after another, at byte `offset` of `file`
-/// (`pwritev`, repeated after a short write).
+/// (`pwritev` of up to 8 parts per call, repeated after a short write; no
+/// allocation, as it runs once per append).
 fn pwrite_all(file: &File, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
-    // The parts not yet written; the first one may be partly written.
-    let mut rest: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
-    let mut first = 0;
-    while first < rest.len() {
-        let iov: Vec<libc::iovec> = rest[first..]
-            .iter()
-            .take(libc::UIO_MAXIOV as usize)
-            .map(|p| libc::iovec {
+    const BATCH: usize = 8;
+    // The next part to write, and how many of its bytes are written.
+    let (mut next, mut done) = (0usize, 0usize);
+    while next < parts.len() {
+        if done == parts[next].len() {
+            (next, done) = (next + 1, 0);
+            continue;
+        }
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; BATCH];
+        let batch = &parts[next..parts.len().min(next + BATCH)];
+        for (k, p) in batch.iter().enumerate() {
+            let p = if k == 0 { &p[done..] } else { p };
+            iov[k] = libc::iovec {
                 iov_base: p.as_ptr().cast_mut().cast(),
                 iov_len: p.len(),
-            })
-            .collect();
-        // SAFETY: every iovec points into a live slice of `parts` for its
-        // whole length, and pwritev only reads them.
+            };
+        }
+        // SAFETY: the first `batch.len()` iovecs point into live slices of
+        // `parts` for their whole length, and pwritev only reads them.
         let n = unsafe {
             libc::pwritev(
                 file.as_raw_fd(),
                 iov.as_ptr(),
-                iov.len() as libc::c_int,
+                batch.len() as libc::c_int,
                 offset as libc::off_t,
             )
         };
@@ -234,13 +243,11 @@ fn pwrite_all(file: &File, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
         offset += n as u64;
         let mut n = n as usize;
         while n > 0 {
-            let len = rest[first].len();
-            if n >= len {
-                n -= len;
-                first += 1;
+            let left = parts[next].len() - done;
+            if n >= left {
+                (next, done, n) = (next + 1, 0, n - left);
             } else {
-                rest[first] = &rest[first][n..];
-                n = 0;
+                (done, n) = (done + n, 0);
             }
         }
     }
@@ -423,8 +430,8 @@ mod tests {
         assert_eq!(&on_disk[WATERMARK_OFFSET..past as usize], &slot);
     }
 
-    /// `pwrite_all` finishes a write that the kernel splits (here: more
-    /// parts than one `pwritev` call takes).
+    /// `pwrite_all` finishes a write that takes several `pwritev` calls
+    /// (here: more parts than one call takes, and empty parts).
     #[test]
     fn pwrite_all_writes_more_parts_than_one_call_takes() {
         let dir = tempfile::tempdir().unwrap();
@@ -436,7 +443,9 @@ mod tests {
             .open(dir.path().join("f"))
             .unwrap();
         let bytes: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
-        let parts: Vec<&[u8]> = bytes.chunks(1).collect();
+        let mut parts: Vec<&[u8]> = bytes.chunks(1).collect();
+        parts.insert(7, &[]);
+        parts.push(&[]);
         pwrite_all(&file, &parts, 5).unwrap();
         let got = std::fs::read(dir.path().join("f")).unwrap();
         assert_eq!(&got[..5], &[0; 5]);
