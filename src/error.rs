@@ -113,7 +113,13 @@ impl From<crate::meta::MetaError> for FsError {
 }
 
 impl From<rusqlite::Error> for FsError {
+    /// `SQLITE_FULL` is `ENOSPC` (the disk under the database is full;
+    /// the transaction was rolled back and may be retried once space is
+    /// freed); everything else is `EIO`.
     fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return FsError::NoSpace(format!("metadata database: {e}"));
+        }
         FsError::io("metadata database", e)
     }
 }

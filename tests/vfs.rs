@@ -234,6 +234,9 @@ fn open_unlinked_files_live_until_the_last_release() {
         assert_eq!(v.read(fh, (5 << 20) - 2, 10).unwrap(), b"\x07\x07tail");
         assert_eq!(v.getattr(a.ino).unwrap().nlink, 0);
         v.release(fh).unwrap();
+        // Freed once the unlink is durable: at the reaper's next round,
+        // or at once on syncfs.
+        v.syncfs().unwrap();
         assert_eq!(
             errno(v.getattr(a.ino)),
             libc::ENOENT,
@@ -471,7 +474,13 @@ fn a_truncate_logged_but_not_in_metadata_is_applied_at_restart() {
 fn fsync_with_upload_returns_after_the_data_is_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let root = Creds::root();
-    let fs = open_fs_with(Some(dir.path()), VfsConfig { fsync_upload: true });
+    let fs = open_fs_with(
+        Some(dir.path()),
+        VfsConfig {
+            fsync_upload: true,
+            ..VfsConfig::default()
+        },
+    );
     let (a, fh) = fs
         .vfs
         .create(&root, Ino::ROOT, b"f", 0o644, RW, true)

@@ -23,10 +23,12 @@ pub struct RecoveryReport {
     pub flushed_bytes_dropped: u64,
     /// The highest LSN replayed.
     pub last_lsn: u64,
-    /// Per file, the last truncate in the log (after its last remove):
-    /// `(file, lsn, size)`, by file. The metadata store applies one it has
-    /// not recorded (a crash between the log append and the metadata
-    /// update).
+    /// Every truncate in the log after its file's last remove, as
+    /// `(file, lsn, size)`, by file and then in LSN order. The metadata
+    /// store applies, in this order, those it has not recorded (a crash
+    /// between the log append and the metadata update): all of them, not
+    /// only the last, since a write between two truncates is cut by the
+    /// later one only where it reaches past that one's size.
     pub truncates: Vec<(FileId, slicefs_wal::Lsn, u64)>,
     /// Time taken (scan and rebuild).
     pub duration: Duration,
@@ -70,7 +72,7 @@ pub fn recover_with_progress(
     let mut rec = persister.recover()?;
     let total = rec.stats().records;
     let mut dropped = 0u64;
-    let mut truncates = std::collections::BTreeMap::new();
+    let mut truncates: std::collections::BTreeMap<FileId, Vec<_>> = Default::default();
     while let Some(r) = rec.next_record_lent() {
         let (r, lent) = r?;
         report.records += 1;
@@ -94,7 +96,7 @@ pub fn recover_with_progress(
                 cache.remove(file);
             }
             RecordKind::Truncate { file, size } => {
-                truncates.insert(file, (r.lsn, size));
+                truncates.entry(file).or_default().push((r.lsn, size));
                 cache.truncate(file, size);
             }
             RecordKind::Flushed(m) => {
@@ -108,7 +110,7 @@ pub fn recover_with_progress(
     report.flushed_bytes_dropped = dropped;
     report.truncates = truncates
         .into_iter()
-        .map(|(f, (lsn, size))| (f, lsn, size))
+        .flat_map(|(f, ts)| ts.into_iter().map(move |(lsn, size)| (f, lsn, size)))
         .collect();
     report.pending_bytes = cache.stats().dirty_bytes.saturating_sub(before);
     let mut files: BTreeSet<FileId> = cache.dirty_files().into_iter().collect();

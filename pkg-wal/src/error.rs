@@ -65,6 +65,12 @@ pub enum WalError {
     /// The persister was closed.
     #[error("the log is closed")]
     Closed,
+
+    /// Reclaim did not run: the owner's barrier (see
+    /// [`crate::Persister::set_reclaim_barrier`]) failed, so the records
+    /// it would drop may still be needed. Nothing was changed.
+    #[error("reclaim held back: {0}")]
+    ReclaimBarrier(String),
 }
 
 impl WalError {

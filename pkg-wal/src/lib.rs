@@ -40,6 +40,10 @@ pub use types::{
     CHUNK_SIZE, ChunkIndex, FileId, FlushedMarker, Lsn, Record, RecordKind, SliceId, SliceWrite,
 };
 
+/// See [`Persister::set_reclaim_barrier`]: `Err` holds why the records
+/// must stay.
+pub type ReclaimBarrier = Box<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
+
 /// Result type of this crate.
 pub type Result<T, E = WalError> = std::result::Result<T, E>;
 
@@ -113,6 +117,16 @@ pub trait Persister: Send + Sync {
     /// Reclaims the space of records that are no longer needed (flushed,
     /// removed or truncated away) while appends go on. Returns what it did.
     fn reclaim(&self) -> Result<ReclaimStats>;
+
+    /// Sets what reclaim calls before it drops any record (flushed bytes,
+    /// and the removes and truncates that void others): the owner makes
+    /// durable whatever justifies those records elsewhere (the metadata
+    /// change behind a truncate). If the barrier fails, reclaim drops
+    /// nothing and reports [`WalError::ReclaimBarrier`]. The default does
+    /// nothing: a log that keeps nothing drops nothing.
+    fn set_reclaim_barrier(&self, barrier: ReclaimBarrier) {
+        let _ = barrier;
+    }
 
     /// Syncs, stops background work and releases the log. Later calls
     /// return [`WalError::Closed`].

@@ -164,6 +164,7 @@ struct Shared<S: Storage> {
     bg: Mutex<Background>,
     bg_cv: Condvar,
     reclaim_lock: Mutex<()>,
+    reclaim_barrier: Mutex<Option<Arc<crate::ReclaimBarrier>>>,
 }
 
 /// The log on segment files: appended with `pwritev`, read (recovery,
@@ -480,6 +481,7 @@ impl<S: Storage> MmapPersister<S> {
             bg: Mutex::new(Background::default()),
             bg_cv: Condvar::new(),
             reclaim_lock: Mutex::new(()),
+            reclaim_barrier: Mutex::new(None),
             config,
         });
         let mut threads = Vec::new();
@@ -928,6 +930,12 @@ impl<S: Storage> Shared<S> {
         // once they are durable themselves: a compaction must never be
         // more durable than the records that justify it.
         self.sync_to(snapshot_lsn)?;
+        // And only once what justifies them outside the log is durable
+        // (the metadata change behind a truncate).
+        let barrier = lock(&self.reclaim_barrier).clone();
+        if let Some(b) = barrier {
+            b().map_err(WalError::ReclaimBarrier)?;
+        }
         let first = group[0].header.first_lsn;
         let end = Lsn(boundary);
         let name = compacted_name(first, end);
@@ -1096,6 +1104,10 @@ impl<S: Storage> Persister for MmapPersister<S> {
             })
             .collect();
         Ok(Recovery::new(spans, self.shared.open_stats.clone()))
+    }
+
+    fn set_reclaim_barrier(&self, barrier: crate::ReclaimBarrier) {
+        *lock(&self.shared.reclaim_barrier) = Some(Arc::new(barrier));
     }
 
     fn reclaim(&self) -> Result<ReclaimStats> {

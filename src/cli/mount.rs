@@ -264,6 +264,7 @@ fn resolve(args: &MountArgs) -> anyhow::Result<Resolved> {
     }
     o.vfs = VfsConfig {
         fsync_upload: args.fsync_upload || file.fsync_upload.unwrap_or(false),
+        ..VfsConfig::default()
     };
     let drain_timeout = match args.drain_timeout.clone().or(file.drain_timeout) {
         Some(d) => parse_duration("--drain-timeout", &d)?,
@@ -472,6 +473,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         let _ = nix::mount::umount2(&args.mountpoint, nix::mount::MntFlags::MNT_DETACH);
     }
     status_task.abort();
+    // Every namespace change durable, unlinked files freed.
+    if let Err(e) = vfs.syncfs() {
+        tracing::error!(error = %e, "final metadata sync failed");
+    }
     eprintln!(
         "slicefs: uploading dirty data ({} bytes)",
         vfs.cache().dirty_bytes()

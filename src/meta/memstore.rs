@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use super::ops::Tx;
-use super::store::{Backend, TxMode};
+use super::store::{Backend, Barrier, TxMode};
 use super::types::{DirEntry, FileKind, Ino, Inode, Usage};
 use super::{BlockAddr, BlockRef};
 use crate::error::FsError;
@@ -230,6 +230,15 @@ impl Tx for MemTx<'_> {
         Ok(v)
     }
 
+    fn raise(&mut self, counter: &'static str, at_least: u64) -> Result<()> {
+        let old = self.s.counters.get(counter).copied();
+        if old.unwrap_or(0) < at_least {
+            self.s.counters.insert(counter, at_least);
+            self.undo.push(Undo::Counter(counter, old));
+        }
+        Ok(())
+    }
+
     fn symlink(&mut self, ino: Ino) -> Result<Option<Vec<u8>>> {
         Ok(self.s.symlinks.get(&ino).cloned())
     }
@@ -321,7 +330,12 @@ impl Tx for MemTx<'_> {
 }
 
 impl Backend for MemBackend {
-    fn run(&self, mode: TxMode, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+    fn run(
+        &self,
+        mode: TxMode,
+        _barrier: Barrier<'_>,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
+    ) -> Result<()> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut tx = MemTx {
             s: &mut s,
@@ -334,7 +348,7 @@ impl Backend for MemBackend {
         r
     }
 
-    fn sync(&self) -> Result<()> {
+    fn sync(&self, _barrier: Barrier<'_>) -> Result<()> {
         Ok(())
     }
 }

@@ -103,6 +103,12 @@ pub trait BlockMap: Send + Sync {
     /// referenced.
     fn remove_blocks(&self, file: FileId) -> Result<Vec<BlockKey>, MetaError>;
 
+    /// Makes every change so far durable against power loss (after the
+    /// log it depends on). Called before an object dropped by a
+    /// truncate or removal is deleted, so that no durable block map can
+    /// point at a deleted object.
+    fn sync(&self) -> Result<(), MetaError>;
+
     /// Whether `key` is the committed version of its block.
     fn is_referenced(&self, key: &BlockKey) -> Result<bool, MetaError>;
 }

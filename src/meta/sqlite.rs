@@ -21,6 +21,16 @@
 //! the process at once, and a power loss after the next sync;
 //! [`TxMode::Durable`] transactions and `sync` run with
 //! `synchronous=FULL`, whose WAL fsync also covers every commit before.
+//! Automatic checkpoints are off (`wal_autocheckpoint=0`): a checkpoint
+//! fsyncs the WAL, which would make commits durable behind the log's back
+//! (see [`MetaStore::attach_log`](super::MetaStore::attach_log)). `sync`
+//! checkpoints instead, once enough commits piled up.
+//!
+//! A durable commit or checkpoint that fails with an I/O error poisons the
+//! store: every later write and sync fails until it is reopened (the
+//! kernel may have dropped the pages a failed fsync covered; retrying it
+//! could report success for data that is gone, "fsyncgate"). A full disk
+//! (`SQLITE_FULL`) is [`FsError::NoSpace`] and poisons nothing.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -28,7 +38,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::ops::Tx;
-use super::store::{Backend, TxMode};
+use super::store::{Backend, Barrier, TxMode};
 use super::types::{DirEntry, FileKind, Ino, Inode, Timespec, Usage};
 use super::{BlockAddr, BlockRef};
 use crate::error::FsError;
@@ -62,8 +72,25 @@ CREATE TABLE blocks(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER 
     version INTEGER NOT NULL, len INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block));
 ";
 
+/// Commits after which `sync` also checkpoints the WAL into the database.
+const CHECKPOINT_AFTER_COMMITS: u64 = 1000;
+
 pub(crate) struct SqliteBackend {
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
+}
+
+struct Conn {
+    conn: Connection,
+    /// Why the store refuses writes: a durable commit failed.
+    poisoned: Option<String>,
+    /// Commits since the last checkpoint.
+    commits: u64,
+}
+
+/// Whether `e` is an I/O error of the database or its WAL (a failed write
+/// or fsync), as opposed to a full disk, a busy lock or a logic error.
+fn is_io_error(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure)
 }
 
 impl SqliteBackend {
@@ -72,6 +99,7 @@ impl SqliteBackend {
             Connection::open(path).map_err(|e| FsError::io("open the metadata database", e))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let has_info: bool = conn
@@ -108,7 +136,11 @@ impl SqliteBackend {
             tx.commit()?;
         }
         Ok(SqliteBackend {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Conn {
+                conn,
+                poisoned: None,
+                commits: 0,
+            }),
         })
     }
 }
@@ -273,6 +305,16 @@ impl Tx for SqlTx<'_, '_> {
         Ok(st.query_row(params![counter], |r| r.get::<_, i64>(0))? as u64)
     }
 
+    fn raise(&mut self, counter: &'static str, at_least: u64) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO counters(name, value) VALUES (?1, ?2) \
+                 ON CONFLICT(name) DO UPDATE SET value = max(value, ?2)",
+            )?
+            .execute(params![counter, at_least as i64])?;
+        Ok(())
+    }
+
     fn symlink(&mut self, ino: Ino) -> Result<Option<Vec<u8>>> {
         let mut st = self
             .tx
@@ -400,11 +442,30 @@ impl Tx for SqlTx<'_, '_> {
 }
 
 impl Backend for SqliteBackend {
-    fn run(&self, mode: TxMode, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        if mode == TxMode::Durable {
-            conn.pragma_update(None, "synchronous", "FULL")?;
+    fn run(
+        &self,
+        mode: TxMode,
+        barrier: Barrier<'_>,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
+    ) -> Result<()> {
+        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if mode != TxMode::Read
+            && let Some(why) = &c.poisoned
+        {
+            return Err(FsError::io(
+                "metadata database",
+                format!("refused: an earlier durable commit failed ({why}); remount"),
+            ));
         }
+        if mode == TxMode::Durable {
+            barrier()?;
+            c.conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        let Conn {
+            conn,
+            poisoned,
+            commits,
+        } = &mut *c;
         let result = (|| {
             let behavior = match mode {
                 TxMode::Read => TransactionBehavior::Deferred,
@@ -414,20 +475,45 @@ impl Backend for SqliteBackend {
             f(&mut SqlTx { tx: &tx })?;
             if mode == TxMode::Read {
                 tx.rollback()?;
-            } else {
-                tx.commit()?;
+                return Ok(());
             }
+            if let Err(e) = tx.commit() {
+                if mode == TxMode::Durable && is_io_error(&e) {
+                    *poisoned = Some(e.to_string());
+                }
+                return Err(e.into());
+            }
+            *commits += 1;
             Ok(())
         })();
         if mode == TxMode::Durable {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            c.conn.pragma_update(None, "synchronous", "NORMAL")?;
         }
         result
     }
 
-    fn sync(&self) -> Result<()> {
+    fn sync(&self, barrier: Barrier<'_>) -> Result<()> {
         // A FULL commit fsyncs the WAL file, which covers every commit
         // before it.
-        self.run(TxMode::Durable, &mut |tx| tx.next("sync").map(|_| ()))
+        self.run(TxMode::Durable, barrier, &mut |tx| {
+            tx.next("sync").map(|_| ())
+        })?;
+        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if c.commits >= CHECKPOINT_AFTER_COMMITS {
+            // Everything in the WAL is durable now: copying it into the
+            // database changes nothing a power loss could see.
+            let r = c
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            match r {
+                Ok(()) => c.commits = 0,
+                Err(e) if is_io_error(&e) => {
+                    c.poisoned = Some(e.to_string());
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 }

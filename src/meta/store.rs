@@ -1,9 +1,9 @@
 //! [`MetaStore`]: the metadata store, over a backend (SQLite or memory).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
-use slicefs_wal::FileId;
+use slicefs_wal::{FileId, Persister};
 
 use super::ops::{self, Tx, XattrFlags};
 use super::types::{DirEntry, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage};
@@ -26,11 +26,24 @@ pub(crate) enum TxMode {
     Durable,
 }
 
+/// Called by a backend before it makes anything durable, under the lock
+/// that orders its commits: no transaction commits between the barrier
+/// and the durable commit that follows it.
+pub(crate) type Barrier<'a> = &'a dyn Fn() -> Result<()>;
+
 /// Runs transactions: all of `f` or nothing.
 pub(crate) trait Backend: Send + Sync {
-    fn run(&self, mode: TxMode, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
-    /// Makes every committed transaction durable against power loss.
-    fn sync(&self) -> Result<()>;
+    /// Runs `f` as one transaction. A [`TxMode::Durable`] one calls
+    /// `barrier` first (see [`Barrier`]).
+    fn run(
+        &self,
+        mode: TxMode,
+        barrier: Barrier<'_>,
+        f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
+    ) -> Result<()>;
+    /// Makes every committed transaction durable against power loss,
+    /// calling `barrier` first.
+    fn sync(&self, barrier: Barrier<'_>) -> Result<()>;
 }
 
 /// The metadata store: inodes, directory entries, symlink targets,
@@ -41,9 +54,17 @@ pub(crate) trait Backend: Send + Sync {
 /// returns; against power loss, once [`MetaStore::sync`] (fsync of a file
 /// or directory) returned after it. Block map commits are durable on
 /// return (the log forgets the bytes after them).
+///
+/// Order with the log (doc/DESIGN.md, "One durable order"): once a log is
+/// attached ([`MetaStore::attach_log`]), nothing in metadata becomes
+/// durable before the log is durable up to every record appended before
+/// it: every durable commit first syncs the log, under the lock that
+/// orders metadata commits. A size, a truncate or a block-map change is
+/// therefore never durable without the log records it depends on.
 #[derive(Clone)]
 pub struct MetaStore {
     backend: Arc<dyn Backend>,
+    log: Arc<OnceLock<Weak<dyn Persister>>>,
 }
 
 impl MetaStore {
@@ -56,6 +77,7 @@ impl MetaStore {
     pub fn open_sqlite(path: &Path, uid: u32, gid: u32) -> Result<MetaStore> {
         let s = MetaStore {
             backend: Arc::new(SqliteBackend::open(path)?),
+            log: Arc::default(),
         };
         s.init(uid, gid)?;
         Ok(s)
@@ -65,6 +87,7 @@ impl MetaStore {
     pub fn memory(uid: u32, gid: u32) -> MetaStore {
         let s = MetaStore {
             backend: Arc::new(MemBackend::default()),
+            log: Arc::default(),
         };
         s.init(uid, gid).expect("the memory backend cannot fail");
         s
@@ -76,9 +99,28 @@ impl MetaStore {
         })
     }
 
+    /// Attaches the log this metadata depends on: from now on every
+    /// durable commit first syncs `log` (log before metadata). Set once;
+    /// a second call is ignored. Held weakly: the log may hold this store
+    /// in its reclaim barrier.
+    pub fn attach_log(&self, log: &Arc<dyn Persister>) {
+        let _ = self.log.set(Arc::downgrade(log));
+    }
+
+    /// Makes the attached log durable up to its last append.
+    fn log_barrier(&self) -> Result<()> {
+        match self.log.get().and_then(Weak::upgrade) {
+            Some(log) if log.is_enabled() => log
+                .sync()
+                .map(|_| ())
+                .map_err(|e| FsError::io("sync the log before metadata", e)),
+            _ => Ok(()),
+        }
+    }
+
     fn write<T>(&self, mode: TxMode, mut f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
         let mut out = None;
-        self.backend.run(mode, &mut |tx| {
+        self.backend.run(mode, &|| self.log_barrier(), &mut |tx| {
             out = Some(f(tx)?);
             Ok(())
         })?;
@@ -89,12 +131,26 @@ impl MetaStore {
         self.write(TxMode::Read, f)
     }
 
-    /// Makes every change so far durable against power loss.
+    /// Makes every change so far durable against power loss, after the
+    /// attached log (see the type's doc).
+    ///
+    /// # Errors
+    /// [`FsError::Io`]; after a failed durable commit every later write
+    /// and sync fails too (the store is poisoned until reopened).
+    /// [`FsError::NoSpace`] when the disk is full (nothing is lost; a
+    /// later sync may succeed).
+    pub fn sync(&self) -> Result<()> {
+        self.backend.sync(&|| self.log_barrier())
+    }
+
+    /// Makes sure inode numbers up to `ino` are never handed out again (a
+    /// log after a power loss may still hold data of files whose creation
+    /// metadata lost).
     ///
     /// # Errors
     /// [`FsError::Io`].
-    pub fn sync(&self) -> Result<()> {
-        self.backend.sync()
+    pub fn reserve_inos(&self, ino: Ino) -> Result<()> {
+        self.write(TxMode::Write, |tx| tx.raise("ino", ino.0))
     }
 
     /// The inode `name` in directory `parent` (`.` and `..` included).
@@ -321,6 +377,10 @@ impl BlockMap for MetaStore {
     fn remove_blocks(&self, file: FileId) -> std::result::Result<Vec<BlockKey>, MetaError> {
         self.write(TxMode::Write, |tx| ops::truncate_blocks(tx, Ino(file.0), 0))
             .map_err(meta_err("remove blocks"))
+    }
+
+    fn sync(&self) -> std::result::Result<(), MetaError> {
+        MetaStore::sync(self).map_err(meta_err("sync"))
     }
 
     fn is_referenced(&self, key: &BlockKey) -> std::result::Result<bool, MetaError> {

@@ -293,7 +293,9 @@ struct Inner {
     uploads_in_flight: AtomicUsize,
     downloads: Mutex<HashMap<BlockKey, Download>>,
     block_cache: Mutex<BlockCache>,
-    gc_tx: mpsc::Sender<(Instant, BlockKey)>,
+    gc_tx: mpsc::Sender<GcItem>,
+    /// `true` once background work may run ([`TransferManager::resume`]).
+    resumed: tokio::sync::watch::Sender<bool>,
     draining: AtomicBool,
     /// Objects put but not yet committed or given up: never orphans.
     uploading: Arc<Mutex<std::collections::HashSet<BlockKey>>>,
@@ -318,6 +320,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 const GC_QUEUE_MAX: usize = 1 << 16;
 
+/// An object to delete: when it was queued, and when it may go.
+struct GcItem {
+    queued: Instant,
+    due: Instant,
+    key: BlockKey,
+}
+
 /// Largest file offset the manager addresses: `u32` chunk indexes of
 /// 64 MiB.
 pub const MAX_OFFSET: u64 = (u32::MAX as u64) * CHUNK_SIZE;
@@ -330,6 +339,22 @@ impl TransferManager {
     /// Contract: inode numbers are not reused (a removed file's stale
     /// uploads are recognised by its number).
     pub fn start(
+        cache: Arc<SliceCache>,
+        persister: Arc<dyn Persister>,
+        meta: Arc<dyn BlockMap>,
+        store: BlockStore,
+        config: TransferConfig,
+    ) -> TransferManager {
+        let tm = TransferManager::start_paused(cache, persister, meta, store, config);
+        tm.resume();
+        tm
+    }
+
+    /// [`TransferManager::start`], with uploads and deletions held until
+    /// [`TransferManager::resume`]: start-up settles recovery against
+    /// metadata first (truncates, removed files, orphans), and no upload
+    /// may commit a block on unsettled state. Reads work at once.
+    pub fn start_paused(
         cache: Arc<SliceCache>,
         persister: Arc<dyn Persister>,
         meta: Arc<dyn BlockMap>,
@@ -354,6 +379,7 @@ impl TransferManager {
             uploads_in_flight: AtomicUsize::new(0),
             downloads: Mutex::new(HashMap::new()),
             gc_tx,
+            resumed: tokio::sync::watch::Sender::new(false),
             draining: AtomicBool::new(false),
             uploading: Arc::new(Mutex::new(std::collections::HashSet::new())),
             cancel: CancellationToken::new(),
@@ -380,6 +406,12 @@ impl TransferManager {
             .tasks
             .spawn(async move { i.collector(gc_rx).await });
         tm
+    }
+
+    /// Lets uploads and deletions run (see
+    /// [`TransferManager::start_paused`]). Idempotent.
+    pub fn resume(&self) {
+        self.inner.resumed.send_replace(true);
     }
 
     /// Tells the manager that `len` bytes at `offset` of `file` were
@@ -595,6 +627,7 @@ impl TransferManager {
         let inner = &self.inner;
         let mut report = SweepReport::default();
         let now = SystemTime::now();
+        let mut doomed = Vec::new();
         for (key, modified) in inner.store.list(None).await? {
             report.listed += 1;
             if inner.meta.is_referenced(&key)? || lock(&inner.uploading).contains(&key) {
@@ -605,6 +638,18 @@ impl TransferManager {
                 report.young += 1;
                 continue;
             }
+            doomed.push(key);
+        }
+        if doomed.is_empty() {
+            return Ok(report);
+        }
+        // The change that unreferenced them must be durable before they
+        // go (versions are never reused, so nothing references them again).
+        let meta = inner.meta.clone();
+        tokio::task::spawn_blocking(move || meta.sync())
+            .await
+            .map_err(|_| TransferError::Shutdown)??;
+        for key in doomed {
             inner.store.delete(&key).await?;
             lock(&inner.block_cache).remove(&key);
             report.deleted += 1;
@@ -776,7 +821,20 @@ impl Inner {
     }
 
     /// The background loop that decides what to upload.
+    /// Waits for [`TransferManager::resume`]; `false` if the manager
+    /// stopped first.
+    async fn resumed(&self) -> bool {
+        let mut rx = self.resumed.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|&r| r) => r.is_ok(),
+            _ = self.cancel.cancelled() => false,
+        }
+    }
+
     async fn flusher(self: Arc<Self>) {
+        if !self.resumed().await {
+            return;
+        }
         let mut last_sweep = Instant::now();
         loop {
             tokio::select! {
@@ -1146,14 +1204,15 @@ impl Inner {
                         }
                         if matches!(*e, BlockStoreError::NotFound { .. }) {
                             missing += 1;
-                            if missing >= 5 {
+                            if missing == 5 {
                                 // The committed object is gone from the
                                 // store (not by us: the epoch is the
-                                // same). Its bytes are lost; say so loudly
-                                // and keep the snapshot's bytes moving.
-                                tracing::error!(%key, "committed block object missing from the store; its bytes outside this write read as zeros");
-                                self.note_failure("read block for merge", &e);
-                                break Bytes::new();
+                                // same). Its bytes are not ours to invent:
+                                // the upload waits (the log keeps the
+                                // snapshot's bytes), reads of the rest of
+                                // the block fail with EIO, and the stall
+                                // shows in the status.
+                                tracing::error!(%key, "committed block object missing from the store; this block cannot be uploaded and reads of its bytes fail");
                             }
                         }
                         self.note_failure("read block for merge", &e);
@@ -1387,7 +1446,12 @@ impl Inner {
     }
 
     fn enqueue_gc(&self, due: Instant, key: BlockKey) {
-        match self.gc_tx.try_send((due, key)) {
+        let item = GcItem {
+            queued: Instant::now(),
+            due,
+            key,
+        };
+        match self.gc_tx.try_send(item) {
             Ok(()) => {
                 self.counters.gc_pending.fetch_add(1, Ordering::Relaxed);
             }
@@ -1398,16 +1462,39 @@ impl Inner {
         }
     }
 
-    /// Deletes replaced objects once their grace period is over.
-    async fn collector(self: Arc<Self>, mut rx: mpsc::Receiver<(Instant, BlockKey)>) {
+    /// Deletes replaced objects once their grace period is over, and
+    /// once the metadata change that dropped them is durable: a block map
+    /// that a power loss brings back must never point at a deleted
+    /// object. One metadata sync covers every object queued before it.
+    async fn collector(self: Arc<Self>, mut rx: mpsc::Receiver<GcItem>) {
+        if !self.resumed().await {
+            return;
+        }
+        let mut synced_at: Option<Instant> = None;
         loop {
-            let (due, key) = tokio::select! {
+            let GcItem { queued, due, key } = tokio::select! {
                 m = rx.recv() => match m { Some(m) => m, None => return },
                 _ = self.cancel.cancelled() => return,
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(due.into()) => {}
                 _ = self.cancel.cancelled() => return,
+            }
+            if synced_at.is_none_or(|t| t <= queued) {
+                let started = Instant::now();
+                let meta = self.meta.clone();
+                let synced = tokio::task::spawn_blocking(move || meta.sync()).await;
+                match synced {
+                    Ok(Ok(())) => synced_at = Some(started),
+                    Ok(Err(e)) => {
+                        // Not deleted: the sweep finds it later.
+                        tracing::warn!(%key, error = %e, "metadata sync before a deletion failed; left for the orphan sweep");
+                        self.counters.gc_pending.fetch_sub(1, Ordering::Relaxed);
+                        self.counters.gc_deferred.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(_) => return,
+                }
             }
             lock(&self.block_cache).remove(&key);
             let mut ok = false;

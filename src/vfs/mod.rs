@@ -14,10 +14,12 @@
 
 mod open;
 mod perm;
+mod reaper;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use slicefs_cache::{CHUNK_SIZE, CacheError, SliceCache, chunk_ranges};
 use slicefs_wal::{Persister, SliceWrite, WalError};
@@ -48,11 +50,24 @@ fn range_end(offset: u64, len: u64) -> Result<u64> {
 }
 
 /// Per-mount settings of the VFS.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct VfsConfig {
     /// `fsync` also waits until the file's data is in the object store
     /// (not only durable in the log). Default: false.
     pub fsync_upload: bool,
+    /// How long an unlinked file waits, at most, before its unlink is made
+    /// durable (one metadata sync for every file unlinked meanwhile) and
+    /// its data is freed. Default: 1 s. Minimum: 1 ms.
+    pub reap_interval: Duration,
+}
+
+impl Default for VfsConfig {
+    fn default() -> Self {
+        VfsConfig {
+            fsync_upload: false,
+            reap_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// How a file is opened (the `O_*` flags that matter here).
@@ -204,18 +219,24 @@ pub struct Vfs {
     tm: TransferManager,
     rt: tokio::runtime::Handle,
     config: VfsConfig,
-    nodes: Mutex<HashMap<Ino, Arc<Node>>>,
+    nodes: Arc<Mutex<HashMap<Ino, Arc<Node>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     ns: Mutex<()>,
+    parts: reaper::Parts,
+    reaper: reaper::Reaper,
 }
 
 impl Vfs {
     /// Joins the parts. The cache must already hold what the log
     /// recovered (`slicefs_cache::recover`), and `report` is that
-    /// recovery's report: sizes, truncates and unknown files are settled
-    /// against metadata here, before any request. `rt` runs the transfer
-    /// manager's reads.
+    /// recovery's report: sizes, truncates, unknown files and orphans are
+    /// settled against metadata here, before any request; then the
+    /// transfer manager is resumed (it may be started paused, see
+    /// [`TransferManager::start_paused`]), so that no upload runs on
+    /// unsettled state. The metadata store is tied to the log
+    /// ([`MetaStore::attach_log`]). `rt` runs the transfer manager's
+    /// reads.
     ///
     /// # Errors
     /// Metadata or log errors while settling recovery.
@@ -228,22 +249,46 @@ impl Vfs {
         config: VfsConfig,
         report: &slicefs_cache::RecoveryReport,
     ) -> Result<(Vfs, VfsRecovery)> {
+        // One durable order (doc/DESIGN.md): metadata is durable only
+        // after the log, and the log drops no record before the metadata
+        // that justifies it is durable.
+        meta.attach_log(&persister);
+        let m = meta.clone();
+        persister.set_reclaim_barrier(Box::new(move || m.sync().map_err(|e| e.to_string())));
+        let nodes = Arc::new(Mutex::new(HashMap::new()));
+        let parts = reaper::Parts {
+            meta: meta.clone(),
+            cache: cache.clone(),
+            persister: persister.clone(),
+            tm: tm.clone(),
+            nodes: nodes.clone(),
+        };
+        let interval = config.reap_interval.max(Duration::from_millis(1));
         let vfs = Vfs {
+            reaper: reaper::Reaper::start(parts.clone(), interval)?,
+            parts,
             meta,
             cache,
             persister,
             tm,
             rt,
             config,
-            nodes: Mutex::new(HashMap::new()),
+            nodes,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             ns: Mutex::new(()),
         };
         let rec = vfs.recover(report)?;
+        vfs.tm.resume();
         Ok((vfs, rec))
     }
 
+    /// Settles the log's replay against metadata, in this order: the log
+    /// is ahead of metadata for truncates and sizes (applied, each
+    /// truncate in LSN order); files metadata does not know lose their
+    /// log data (their creation was lost); metadata is made durable (with
+    /// the log before it); then orphans are freed. See doc/DESIGN.md,
+    /// "Recovery".
     fn recover(&self, report: &slicefs_cache::RecoveryReport) -> Result<VfsRecovery> {
         let mut rec = VfsRecovery::default();
         for &(file, lsn, size) in &report.truncates {
@@ -261,6 +306,11 @@ impl Vfs {
                 }
                 _ => {}
             }
+        }
+        // A file whose creation metadata lost may still have data in the
+        // log: its number must not be handed out again.
+        if let Some(max) = report.files_with_pending.iter().max() {
+            self.meta.reserve_inos(Ino(max.0))?;
         }
         for file in &report.files_with_pending {
             let ino = Ino(file.0);
@@ -283,6 +333,8 @@ impl Vfs {
                         ino = ino.0,
                         "the log has data of a file metadata does not know; dropped"
                     );
+                    // Metadata never durably had this file, so dropping
+                    // its data contradicts nothing durable.
                     self.persister.append_remove(*file).map_err(wal_err)?;
                     self.cache.remove(*file);
                     rec.unknown_files += 1;
@@ -290,11 +342,14 @@ impl Vfs {
                 Err(e) => return Err(e),
             }
         }
+        // What recovery read may be only in the page cache (a crash of
+        // the process, not of the machine): the unlinks are made durable
+        // before any orphan's data is dropped.
+        self.meta.sync()?;
         for ino in self.meta.orphans()? {
-            self.free(ino)?;
+            self.parts.free(ino)?;
             rec.orphans_freed += 1;
         }
-        self.meta.sync()?;
         Ok(rec)
     }
 
@@ -486,14 +541,16 @@ impl Vfs {
         }
         let n = self.node(ino);
         let mut st = n.as_ref().map(|n| lock(&n.state));
+        // No sync here: metadata, which cuts the block map below, becomes
+        // durable only after the log (MetaStore::attach_log), so the
+        // truncate record is durable before the cut is; the objects the
+        // cut drops are deleted only once it is durable (the transfer
+        // manager's collector), and the log keeps the record until then
+        // (reclaim barrier).
         let lsn = self
             .persister
             .append_truncate(ino.file(), size)
             .map_err(wal_err)?;
-        // The block map may only lose blocks once the log cannot lose the
-        // truncate (else a crash would keep the old bytes in the log and
-        // lose them in the store).
-        self.sync_log(lsn)?;
         self.cache.truncate(ino.file(), size);
         let mut t = set.clone();
         t.size = Some(size);
@@ -795,18 +852,28 @@ impl Vfs {
         let offset = if flags.append { st.attr.size } else { offset };
         let end = range_end(offset, data.len() as u64)?;
         let mut res = self.cache.reserve(data.len() as u64).map_err(cache_err)?;
+        // A write that crosses a chunk boundary is logged in parts: if a
+        // later part fails, the parts before it are applied and the write
+        // is short (as write(2) may be), never an error for a write that
+        // is half applied.
+        let mut done = 0usize;
         for r in chunk_ranges(offset, data.len() as u64) {
             let bytes = &data[r.buf.clone()];
-            let (lsn, logged) = self
-                .persister
-                .append_slice_logged(&SliceWrite {
-                    file,
-                    chunk: r.chunk,
-                    slice: self.cache.next_slice_id(),
-                    offset: r.offset,
-                    data: bytes,
-                })
-                .map_err(wal_err)?;
+            let appended = self.persister.append_slice_logged(&SliceWrite {
+                file,
+                chunk: r.chunk,
+                slice: self.cache.next_slice_id(),
+                offset: r.offset,
+                data: bytes,
+            });
+            let (lsn, logged) = match appended {
+                Ok(a) => a,
+                Err(e) if done == 0 => return Err(wal_err(e)),
+                Err(e) => {
+                    tracing::warn!(ino = node.ino.0, error = %e, done, "write cut short at a chunk boundary");
+                    break;
+                }
+            };
             let at = u64::from(r.chunk.0) * CHUNK_SIZE + u64::from(r.offset);
             // The cache keeps the log's copy when it lends one: the data
             // is then copied once, into the log.
@@ -814,8 +881,10 @@ impl Vfs {
                 Some(b) => self.cache.insert_logged(file, at, &b, lsn, Some(&mut res)),
                 None => self.cache.insert(file, at, bytes, lsn, Some(&mut res)),
             }
+            done = r.buf.end;
         }
         drop(res);
+        let end = end - (data.len() - done) as u64;
         let now = Timespec::now();
         st.attr.size = st.attr.size.max(end);
         st.attr.mtime = now;
@@ -825,8 +894,8 @@ impl Vfs {
         }
         st.dirty = true;
         drop(st);
-        self.tm.notify_write(file, offset, data.len() as u64);
-        Ok(data.len() as u32)
+        self.tm.notify_write(file, offset, done as u64);
+        Ok(done as u32)
     }
 
     /// `fallocate` on an open handle. Mode 0 (`posix_fallocate`) grows the
@@ -931,26 +1000,36 @@ impl Vfs {
         drop(nodes);
         // The node's link count follows unlink, rmdir, rename and link.
         if lock(&node.state).attr.nlink == 0 {
-            self.free(node.ino)?;
+            self.orphaned(node.ino)?;
         }
         Ok(())
     }
 
-    fn sync_log(&self, lsn: slicefs_wal::Lsn) -> Result<()> {
-        if self.persister.durable_lsn() < lsn {
-            self.persister.sync().map_err(wal_err)?;
+    /// An inode lost its last link and has no handle: it is freed once
+    /// the change is durable (the orphan reaper), or at once when the log
+    /// keeps nothing (nothing it says could outlive metadata).
+    fn orphaned(&self, ino: Ino) -> Result<()> {
+        if self.persister.is_enabled() {
+            self.reaper.queue(ino);
+            Ok(())
+        } else {
+            self.parts.free(ino)
         }
-        Ok(())
     }
 
-    /// Frees an inode with no links and no handles: log, cache, block map
-    /// and the inode.
-    fn free(&self, ino: Ino) -> Result<()> {
-        let lsn = self.persister.append_remove(ino.file()).map_err(wal_err)?;
-        self.sync_log(lsn)?;
-        self.cache.remove(ino.file());
-        self.tm
-            .change_blocks(ino.file(), true, || self.meta.purge(ino).map(|k| ((), k)))
+    /// `syncfs`/`sync`: everything written and every namespace change so
+    /// far is durable (log, then metadata), and unlinked files waiting
+    /// for that are freed.
+    ///
+    /// # Errors
+    /// `EIO` (a failed sync: the store that failed refuses further
+    /// writes), `ENOSPC`.
+    pub fn syncfs(&self) -> Result<()> {
+        for n in lock(&self.nodes).values().cloned().collect::<Vec<_>>() {
+            self.persist(&n)?;
+        }
+        self.meta.sync()?;
+        self.reaper.reap_now()
     }
 
     fn check_sticky(&self, creds: &Creds, dir: &Inode, victim: &Inode) -> Result<()> {
@@ -983,7 +1062,7 @@ impl Vfs {
             return Ok(());
         }
         if a.nlink == 0 {
-            self.free(a.ino)?;
+            self.orphaned(a.ino)?;
         }
         Ok(())
     }
@@ -1003,7 +1082,7 @@ impl Vfs {
         let d = self.meta.rmdir(parent, name, Timespec::now())?;
         match self.node(d.ino) {
             Some(n) => lock(&n.state).attr.nlink = 0,
-            None => self.free(d.ino)?,
+            None => self.orphaned(d.ino)?,
         }
         Ok(())
     }
@@ -1043,7 +1122,7 @@ impl Vfs {
             if let Some(n) = self.node(old.ino) {
                 lock(&n.state).attr.nlink = old.nlink;
             } else if old.nlink == 0 {
-                self.free(old.ino)?;
+                self.orphaned(old.ino)?;
             }
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! validate options and the block store, lock and recover the log,
 //! settle recovery against metadata, resume uploads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use slicefs_cache::{CacheConfig, RecoveryReport, SliceCache, recover_with_progress};
@@ -115,14 +115,13 @@ pub async fn open_fs_with_progress(
     rt: &tokio::runtime::Handle,
     mut progress: impl FnMut(u64, u64) + Send + 'static,
 ) -> Result<OpenedFs, FsError> {
-    std::fs::create_dir_all(&options.data_dir)
+    create_dir_durably(&options.data_dir)
         .map_err(|e| FsError::io("create the data directory", e))?;
     let store_config = match &options.store {
         Some(s) => s.clone(),
         None => {
             let dir = options.data_dir.join("blocks");
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| FsError::io("create the block directory", e))?;
+            create_dir_durably(&dir).map_err(|e| FsError::io("create the block directory", e))?;
             let abs = dir
                 .canonicalize()
                 .map_err(|e| FsError::io("resolve the block directory", e))?;
@@ -144,8 +143,16 @@ pub async fn open_fs_with_progress(
         )?,
         MetaKind::Memory => MetaStore::memory(options.root_uid, options.root_gid),
     };
+    // The database file and its WAL were just created, or exist: their
+    // entries in the data directory are made durable (SQLite syncs the
+    // directory for a new WAL, not for the database file).
+    if options.meta == MetaKind::Sqlite {
+        sync_dir(&options.data_dir).map_err(|e| FsError::io("fsync the data directory", e))?;
+    }
     let persister: Arc<dyn Persister> = match options.persister {
         PersisterKind::Mmap => {
+            create_dir_durably(&options.data_dir.join("wal"))
+                .map_err(|e| FsError::io("create the log directory", e))?;
             let dir = options.data_dir.join("wal");
             let wal = options.wal.clone();
             let p = tokio::task::spawn_blocking(move || MmapPersister::open(dir, wal))
@@ -165,7 +172,8 @@ pub async fn open_fs_with_progress(
             .await
             .map_err(|e| FsError::io("replay the write-ahead log", e))?
             .map_err(|e| FsError::io("replay the write-ahead log", e))?;
-    let tm = TransferManager::start(
+    // Held until Vfs::new has settled recovery against metadata.
+    let tm = TransferManager::start_paused(
         cache.clone(),
         persister.clone(),
         Arc::new(meta.clone()),
@@ -187,4 +195,32 @@ pub async fn open_fs_with_progress(
         replay,
         recovery,
     })
+}
+
+/// fsync of a directory: its entries (files created, renamed or removed
+/// in it) are durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// `mkdir -p`, with each directory it creates made durable in its parent
+/// (a power loss right after start-up must not lose the data directory,
+/// or the `wal/` and `blocks/` entries in it).
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durably(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    sync_dir(dir)?;
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => sync_dir(Path::new(".")),
+    }
 }

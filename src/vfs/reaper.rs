@@ -1,0 +1,198 @@
+//! The orphan reaper: frees unlinked inodes once their unlink is durable.
+//!
+//! An unlink, rmdir or rename that drops an inode's last link leaves the
+//! inode in metadata with link count 0 (an *orphan*, as on ext4 and XFS),
+//! in the same transaction as the entry change. Its data (log records,
+//! cache, block map, objects) is freed only after that transaction is
+//! durable: a Remove record that reached the log before the unlink reached
+//! metadata would, after a power loss, leave a linked file whose bytes the
+//! log replay dropped (a file full of zeros). So the reaper batches: it
+//! makes metadata durable once (which syncs the log first), then frees
+//! every orphan queued before. No fsync per unlink.
+//!
+//! A crash before the free leaves the orphan in metadata; recovery frees
+//! it (`Vfs::recover`, after its own metadata sync).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use slicefs_cache::SliceCache;
+use slicefs_wal::Persister;
+
+use super::{Node, lock, wal_err};
+use crate::error::FsError;
+use crate::meta::{Ino, MetaStore};
+use crate::transfer::TransferManager;
+
+/// Orphans queued past this count are reaped at once, without waiting for
+/// the interval.
+const BATCH_MAX: usize = 4096;
+
+/// What freeing an inode needs: the stores that hold its data.
+#[derive(Clone)]
+pub(super) struct Parts {
+    pub meta: MetaStore,
+    pub cache: Arc<SliceCache>,
+    pub persister: Arc<dyn Persister>,
+    pub tm: TransferManager,
+    pub nodes: Arc<Mutex<HashMap<Ino, Arc<Node>>>>,
+}
+
+impl Parts {
+    /// Frees an orphan whose unlink is durable: a Remove record in the
+    /// log (not synced: if it is lost, the orphan is freed again at the
+    /// next start), the cache, then the inode and its block map (whose
+    /// objects are deleted once that is durable, by the transfer
+    /// manager's collector). Skips an inode that is open again or
+    /// linked again.
+    pub fn free(&self, ino: Ino) -> Result<(), FsError> {
+        if lock(&self.nodes).contains_key(&ino) {
+            return Ok(());
+        }
+        match self.meta.getattr(ino) {
+            Ok(a) if a.nlink == 0 => {}
+            Ok(_) | Err(FsError::NotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.persister.append_remove(ino.file()).map_err(wal_err)?;
+        self.cache.remove(ino.file());
+        self.tm
+            .change_blocks(ino.file(), true, || self.meta.purge(ino).map(|k| ((), k)))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    pending: Vec<Ino>,
+    shutdown: bool,
+}
+
+struct Shared {
+    parts: Parts,
+    state: Mutex<State>,
+    cv: Condvar,
+    interval: Duration,
+}
+
+/// The background reaper of one VFS. Stops (and joins its thread) when
+/// dropped; orphans still queued then stay orphans in metadata and are
+/// freed at the next start.
+pub(super) struct Reaper {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reaper {
+    /// Starts the reaper thread; it reaps what is queued every
+    /// `interval`, or at once past [`BATCH_MAX`] orphans.
+    pub fn start(parts: Parts, interval: Duration) -> Result<Reaper, FsError> {
+        let shared = Arc::new(Shared {
+            parts,
+            state: Mutex::new(State::default()),
+            cv: Condvar::new(),
+            interval,
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("orphan-reaper".into())
+            .spawn(move || s.run())
+            .map_err(|e| FsError::io("start the orphan reaper", e))?;
+        Ok(Reaper {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues an orphan (link count 0, no handle open) for freeing once
+    /// its unlink is durable.
+    pub fn queue(&self, ino: Ino) {
+        let mut st = lock(&self.shared.state);
+        st.pending.push(ino);
+        if st.pending.len() >= BATCH_MAX {
+            self.shared.cv.notify_all();
+        }
+    }
+
+    /// Makes metadata durable and frees every orphan queued before this
+    /// call, in this thread.
+    ///
+    /// # Errors
+    /// The metadata sync's or a free's error (what is left stays queued).
+    pub fn reap_now(&self) -> Result<(), FsError> {
+        self.shared.reap()
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        lock(&self.shared.state).shutdown = true;
+        self.shared.cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn run(&self) {
+        let mut failing = false;
+        loop {
+            let deadline = Instant::now() + self.interval;
+            {
+                let mut st = lock(&self.state);
+                loop {
+                    if st.shutdown {
+                        return;
+                    }
+                    let now = Instant::now();
+                    if st.pending.len() >= BATCH_MAX || (now >= deadline && !st.pending.is_empty())
+                    {
+                        break;
+                    }
+                    let wait = deadline
+                        .saturating_duration_since(now)
+                        .max(self.interval / 4);
+                    st = self
+                        .cv
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            match self.reap() {
+                Ok(()) => failing = false,
+                Err(e) => {
+                    // Said once per failing stretch; the orphans stay
+                    // queued (and in metadata) and are tried again.
+                    if !failing {
+                        tracing::error!(error = %e, "freeing unlinked files failed; will retry");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+
+    fn reap(&self) -> Result<(), FsError> {
+        let batch = std::mem::take(&mut lock(&self.state).pending);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let requeue = |rest: &[Ino]| lock(&self.state).pending.extend_from_slice(rest);
+        // The unlinks of the whole batch become durable here, with the
+        // log before them.
+        if let Err(e) = self.parts.meta.sync() {
+            requeue(&batch);
+            return Err(e);
+        }
+        for (i, &ino) in batch.iter().enumerate() {
+            if let Err(e) = self.parts.free(ino) {
+                requeue(&batch[i..]);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
