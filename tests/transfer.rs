@@ -403,3 +403,46 @@ async fn concurrent_reads_share_a_download_and_sequential_reads_prefetch() {
     cold.check_all().await;
     cold.tm.shutdown().await;
 }
+
+/// A committed object that vanished from the store (deleted behind
+/// slicefs's back, or lost by the store) is never merged as zeros: the
+/// upload of a partial write over it waits with its bytes in the log,
+/// nothing is committed, and reading the lost bytes fails instead of
+/// returning zeros.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_committed_object_is_never_merged_as_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_f, store) = faulty_memory(FaultConfig::default());
+    let meta = Arc::new(MetaStore::memory(0, 0));
+    let mut config = fast_config();
+    config.read_retry_for = Duration::from_millis(300);
+    let rig = Rig::new(
+        CacheConfig::default(),
+        mmap_persister(dir.path()),
+        meta.clone(),
+        store.clone(),
+        config,
+    );
+    let f = FileId(7);
+    rig.write(f, 0, &[0xAA; 8192]).await.unwrap();
+    rig.tm.flush_file(f).await.unwrap();
+    let lost = store.list(Some(f)).await.unwrap();
+    assert_eq!(lost.len(), 1);
+    store.delete(&lost[0].0).await.unwrap();
+    let uploads = rig.tm.stats().uploads;
+
+    // A partial write over the lost block: its upload would need the
+    // lost bytes around it.
+    rig.write(f, 100, &[0xBB; 10]).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(3), rig.tm.flush_file(f)).await;
+    assert!(r.is_err(), "the upload must wait, not commit zeros: {r:?}");
+    assert_eq!(rig.tm.stats().uploads, uploads, "nothing committed");
+    assert!(
+        store.list(Some(f)).await.unwrap().is_empty(),
+        "no object with zeros in place of the lost bytes"
+    );
+    // Reading the lost bytes from the store fails (EIO above).
+    let mut old = [0u8; 100];
+    assert!(rig.tm.read(f, 0, &mut old).await.is_err());
+    rig.tm.shutdown().await;
+}

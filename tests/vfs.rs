@@ -13,7 +13,7 @@ use slicefs::vfs::{
     Creds, FsOptions, MetaKind, OpenFlags, PersisterKind, SetAttrRequest, TimeSet, Vfs, VfsConfig,
     VfsRecovery,
 };
-use slicefs_wal::Persister;
+use slicefs_wal::{ChunkIndex, FileId, Persister, SliceId, SliceWrite};
 
 /// A VFS with its runtime. `dir` is `None` for an ephemeral one (memory
 /// metadata, null log, memory store).
@@ -467,6 +467,80 @@ fn a_truncate_logged_but_not_in_metadata_is_applied_at_restart() {
     let all = read_all(&fs, ino);
     assert_eq!(&all[..3], &[9, 9, 9]);
     assert!(all[3..5 << 20].iter().all(|&b| b == 0));
+    fs.unmount();
+}
+
+/// Regression: recovery kept only the last truncate of a file, so a write
+/// between two truncates that metadata lost was cut by the later one
+/// alone, and bytes the first truncate had dropped came back from the
+/// store.
+#[test]
+fn every_truncate_the_log_has_is_applied_in_order_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let ino = {
+        let fs = open_fs(Some(dir.path()));
+        let ino = write_file(&fs, &root, Ino::ROOT, "f", &[b'A'; 100]);
+        fs.rt
+            .block_on(fs.vfs.transfer().drain(Duration::from_secs(60)))
+            .unwrap();
+        // The log has truncate(0), write "B" x 10, truncate(50); metadata
+        // has none of them (the crash came before its updates).
+        fs.persister.append_truncate(ino.file(), 0).unwrap();
+        fs.persister
+            .append_slice(&SliceWrite {
+                file: ino.file(),
+                chunk: ChunkIndex(0),
+                slice: SliceId(1 << 40),
+                offset: 0,
+                data: &[b'B'; 10],
+            })
+            .unwrap();
+        fs.persister.append_truncate(ino.file(), 50).unwrap();
+        fs.persister.sync().unwrap();
+        fs.crash();
+        ino
+    };
+    let fs = open_fs(Some(dir.path()));
+    assert_eq!(fs.recovery.truncates_applied, 2);
+    let mut want = vec![b'B'; 10];
+    want.resize(50, 0);
+    assert_eq!(read_all(&fs, ino), want);
+    fs.unmount();
+}
+
+/// Regression: a file whose creation metadata lost (not fsynced before a
+/// power loss) while the log kept its data: the data is dropped and its
+/// inode number is never handed out again (a new file with that number
+/// would otherwise meet the old file's log records or blocks).
+#[test]
+fn a_file_metadata_never_had_is_dropped_and_its_number_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let lost = {
+        let fs = open_fs(Some(dir.path()));
+        let last = write_file(&fs, &root, Ino::ROOT, "f", b"kept");
+        let lost = FileId(last.0 + 3);
+        fs.persister
+            .append_slice(&SliceWrite {
+                file: lost,
+                chunk: ChunkIndex(0),
+                slice: SliceId(1 << 40),
+                offset: 0,
+                data: b"orphaned bytes",
+            })
+            .unwrap();
+        fs.persister.sync().unwrap();
+        fs.crash();
+        lost
+    };
+    let fs = open_fs(Some(dir.path()));
+    assert_eq!(fs.recovery.unknown_files, 1);
+    assert_eq!(fs.vfs.cache().cached_end(lost), 0, "its data is dropped");
+    for i in 0..5 {
+        let ino = write_file(&fs, &root, Ino::ROOT, &format!("new{i}"), b"x");
+        assert!(ino.0 > lost.0, "inode {} handed out again", ino.0);
+    }
     fs.unmount();
 }
 
