@@ -446,3 +446,97 @@ async fn a_missing_committed_object_is_never_merged_as_zeros() {
     assert!(rig.tm.read(f, 0, &mut old).await.is_err());
     rig.tm.shutdown().await;
 }
+
+/// A log whose disk is full for flushed markers only (what `full`
+/// says); everything else goes to a [`NullPersister`], and it claims to
+/// be enabled so uploads write their markers.
+struct FullForMarkers {
+    inner: NullPersister,
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl slicefs_wal::Persister for FullForMarkers {
+    fn append_slice(
+        &self,
+        w: &slicefs_wal::SliceWrite<'_>,
+    ) -> slicefs_wal::Result<slicefs_wal::Lsn> {
+        self.inner.append_slice(w)
+    }
+    fn append_remove(&self, f: FileId) -> slicefs_wal::Result<slicefs_wal::Lsn> {
+        self.inner.append_remove(f)
+    }
+    fn append_truncate(&self, f: FileId, size: u64) -> slicefs_wal::Result<slicefs_wal::Lsn> {
+        self.inner.append_truncate(f, size)
+    }
+    fn append_flushed(
+        &self,
+        m: &slicefs_wal::FlushedMarker,
+    ) -> slicefs_wal::Result<slicefs_wal::Lsn> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(slicefs_wal::WalError::Io {
+                op: "fallocate",
+                file: "segment".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
+        self.inner.append_flushed(m)
+    }
+    fn sync(&self) -> slicefs_wal::Result<slicefs_wal::Lsn> {
+        self.inner.sync()
+    }
+    fn durable_lsn(&self) -> slicefs_wal::Lsn {
+        self.inner.durable_lsn()
+    }
+    fn next_lsn(&self) -> slicefs_wal::Lsn {
+        self.inner.next_lsn()
+    }
+    fn recover(&self) -> slicefs_wal::Result<slicefs_wal::Recovery<'_>> {
+        self.inner.recover()
+    }
+    fn reclaim(&self) -> slicefs_wal::Result<slicefs_wal::ReclaimStats> {
+        self.inner.reclaim()
+    }
+    fn close(&self) -> slicefs_wal::Result<()> {
+        self.inner.close()
+    }
+    fn is_enabled(&self) -> bool {
+        true
+    }
+}
+
+/// Regression: `ENOSPC` while appending a flushed marker stopped the
+/// transfer manager for good. Now the bytes stay pending and uploads go
+/// on once the disk has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_for_flushed_markers_does_not_stop_uploads() {
+    let (_f, store) = faulty_memory(FaultConfig::default());
+    let log = Arc::new(FullForMarkers {
+        inner: NullPersister::new(),
+        full: std::sync::atomic::AtomicBool::new(true),
+    });
+    let mut config = fast_config();
+    config.upload_delay = Duration::from_millis(50);
+    let rig = Rig::new(
+        CacheConfig::default(),
+        log.clone(),
+        Arc::new(MetaStore::memory(0, 0)),
+        store,
+        config,
+    );
+    let f = FileId(3);
+    rig.write(f, 0, &[5u8; 1000]).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(2), rig.tm.flush_file(f)).await;
+    assert!(
+        r.is_err(),
+        "not clean while the marker cannot be logged: {r:?}"
+    );
+    assert!(rig.cache.dirty_bytes() > 0, "the bytes stay pending");
+    log.full.store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(20), rig.tm.flush_file(f))
+        .await
+        .expect("uploads resume once the disk has room")
+        .unwrap();
+    assert_eq!(rig.cache.dirty_bytes(), 0);
+    rig.check_all().await;
+    rig.tm.shutdown().await;
+}

@@ -1148,9 +1148,18 @@ impl Inner {
                 len: BLOCK_SIZE as u32,
                 upto: snap.lsn,
             };
-            self.persister
-                .append_flushed(&marker)
-                .map_err(|e| TransferError::Wal(e.to_string()))?;
+            match self.persister.append_flushed(&marker) {
+                Ok(_) => {}
+                Err(e) if e.is_disk_full() => {
+                    // The block is committed; only the log's note of it is
+                    // missing. The bytes stay pending (the log keeps them)
+                    // and are uploaded again once the disk has room: a
+                    // full disk never stops uploads for good.
+                    self.note_failure("flushed marker", &e);
+                    return Ok(Outcome::Discarded);
+                }
+                Err(e) => return Err(TransferError::Wal(e.to_string())),
+            }
         }
         // 6. Clean in the cache.
         self.cache.mark_flushed(snap);
