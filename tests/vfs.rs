@@ -693,3 +693,53 @@ fn a_write_back_handle_serves_page_fills_and_writes_at_the_given_offset() {
         assert!(ro.read && !ro.write && !ro.cache_fill);
     });
 }
+
+/// Regression: with `wal/` moved aside after a crash, the mount came up
+/// without a word and files read back as zeros. Metadata records which
+/// log it depends on; another log is refused, unless corruption is
+/// tolerated (then the start goes on and says so).
+#[test]
+fn a_missing_log_is_refused_unless_tolerated() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    {
+        let fs = open_fs(Some(dir.path()));
+        write_file(&fs, &root, Ino::ROOT, "f", &[3u8; 5000]);
+        fs.crash();
+    }
+    std::fs::rename(dir.path().join("wal"), dir.path().join("wal.aside")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut o = FsOptions::new(dir.path());
+    let err = match rt.block_on(slicefs::vfs::open_fs(&o, rt.handle())) {
+        Ok(_) => panic!("a start without the log it needs must fail"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("tolerate-corruption"), "{err}");
+    assert!(err.contains("missing, replaced or recreated"), "{err}");
+    // Put back, it starts and the data is there.
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    std::fs::rename(dir.path().join("wal.aside"), dir.path().join("wal")).unwrap();
+    {
+        let opened = rt.block_on(slicefs::vfs::open_fs(&o, rt.handle())).unwrap();
+        let fs = Fs {
+            vfs: opened.vfs,
+            rt: tokio::runtime::Runtime::new().unwrap(),
+            persister: opened.persister,
+            recovery: opened.recovery,
+        };
+        let ino = fs.vfs.lookup(&root, Ino::ROOT, b"f").unwrap().ino;
+        assert_eq!(read_all(&fs, ino), vec![3u8; 5000]);
+        rt.block_on(fs.vfs.transfer().shutdown());
+        fs.persister.close().unwrap();
+    }
+    // Without it again, tolerated: starts.
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    o.wal.recovery_mode = slicefs_wal::RecoveryMode::TolerateCorruption;
+    let opened = rt.block_on(slicefs::vfs::open_fs(&o, rt.handle())).unwrap();
+    rt.block_on(opened.vfs.transfer().shutdown());
+    opened.persister.close().unwrap();
+}

@@ -128,6 +128,14 @@ pub trait Persister: Send + Sync {
         let _ = barrier;
     }
 
+    /// The identity of this log (random, chosen when the log was
+    /// created, written in every segment header); 0 for a log that keeps
+    /// nothing. Metadata records it with the LSN it depends on, so that a
+    /// log that went missing or was replaced is noticed at start-up.
+    fn log_id(&self) -> u64 {
+        0
+    }
+
     /// Syncs, stops background work and releases the log. Later calls
     /// return [`WalError::Closed`].
     fn close(&self) -> Result<()>;

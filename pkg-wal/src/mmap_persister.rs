@@ -1106,6 +1106,10 @@ impl<S: Storage> Persister for MmapPersister<S> {
         Ok(Recovery::new(spans, self.shared.open_stats.clone()))
     }
 
+    fn log_id(&self) -> u64 {
+        self.shared.wal_id
+    }
+
     fn set_reclaim_barrier(&self, barrier: crate::ReclaimBarrier) {
         *lock(&self.shared.reclaim_barrier) = Some(Arc::new(barrier));
     }

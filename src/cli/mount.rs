@@ -69,6 +69,13 @@ pub struct MountArgs {
     /// fsync also waits for the upload to the object store.
     #[arg(long, env = "SLICEFS_FSYNC_UPLOAD")]
     pub fsync_upload: bool,
+    /// Start even if the log is damaged, missing or not the one the
+    /// metadata depends on: keep the log's valid prefix (damaged segment
+    /// files are renamed `*.corrupt`, never deleted), say what was
+    /// dropped, and go on. Without it such a start is refused. Use it
+    /// only after keeping a copy of the data directory.
+    #[arg(long, env = "SLICEFS_TOLERATE_CORRUPTION")]
+    pub tolerate_corruption: bool,
     /// Use the kernel's write-back page cache: `write(2)` returns at
     /// page-cache speed and the bytes reach the log at `fsync`, `close`
     /// or the kernel's write-back (`--writeback-cache=false` to turn it
@@ -261,6 +268,9 @@ fn resolve(args: &MountArgs) -> anyhow::Result<Resolved> {
     };
     if let Some(d) = args.upload_delay.clone().or(file.upload_delay) {
         o.transfer.upload_delay = parse_duration("--upload-delay", &d)?;
+    }
+    if args.tolerate_corruption {
+        o.wal.recovery_mode = slicefs_wal::RecoveryMode::TolerateCorruption;
     }
     o.vfs = VfsConfig {
         fsync_upload: args.fsync_upload || file.fsync_upload.unwrap_or(false),
@@ -489,6 +499,11 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_file(data_dir.join("status.json"));
     match drained {
         Ok(()) => {
+            // Everything is in the object store: the next start needs no
+            // log (it may be wiped).
+            if let Err(e) = vfs.meta().forget_log() {
+                tracing::warn!(error = %e, "could not record that the log is no longer needed");
+            }
             eprintln!("slicefs: unmounted; everything is in the object store");
             Ok(ExitCode::SUCCESS)
         }

@@ -230,12 +230,13 @@ impl Tx for MemTx<'_> {
         Ok(v)
     }
 
-    fn raise(&mut self, counter: &'static str, at_least: u64) -> Result<()> {
-        let old = self.s.counters.get(counter).copied();
-        if old.unwrap_or(0) < at_least {
-            self.s.counters.insert(counter, at_least);
-            self.undo.push(Undo::Counter(counter, old));
-        }
+    fn counter(&mut self, counter: &'static str) -> Result<u64> {
+        Ok(self.s.counters.get(counter).copied().unwrap_or(0))
+    }
+
+    fn set_counter(&mut self, counter: &'static str, value: u64) -> Result<()> {
+        let old = self.s.counters.insert(counter, value);
+        self.undo.push(Undo::Counter(counter, old));
         Ok(())
     }
 
@@ -348,7 +349,7 @@ impl Backend for MemBackend {
         r
     }
 
-    fn sync(&self, _barrier: Barrier<'_>) -> Result<()> {
+    fn checkpoint(&self) -> Result<()> {
         Ok(())
     }
 }

@@ -37,8 +37,10 @@ pub(crate) trait Tx {
     fn list_dir(&mut self, dir: Ino, after: u64, limit: usize) -> Result<Vec<DirEntry>>;
     /// The next value of a named counter (`ino`, `version`, `cookie`).
     fn next(&mut self, counter: &'static str) -> Result<u64>;
-    /// Raises a named counter to at least `at_least`.
-    fn raise(&mut self, counter: &'static str, at_least: u64) -> Result<()>;
+    /// The value of a named counter (0 if never set).
+    fn counter(&mut self, counter: &'static str) -> Result<u64>;
+    /// Sets a named counter.
+    fn set_counter(&mut self, counter: &'static str, value: u64) -> Result<()>;
     fn symlink(&mut self, ino: Ino) -> Result<Option<Vec<u8>>>;
     fn put_symlink(&mut self, ino: Ino, target: &[u8]) -> Result<()>;
     fn xattr(&mut self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>>;

@@ -305,13 +305,21 @@ impl Tx for SqlTx<'_, '_> {
         Ok(st.query_row(params![counter], |r| r.get::<_, i64>(0))? as u64)
     }
 
-    fn raise(&mut self, counter: &'static str, at_least: u64) -> Result<()> {
+    fn counter(&mut self, counter: &'static str) -> Result<u64> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT value FROM counters WHERE name = ?1")?;
+        let v: Option<i64> = st.query_row(params![counter], |r| r.get(0)).optional()?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    fn set_counter(&mut self, counter: &'static str, value: u64) -> Result<()> {
         self.tx
             .prepare_cached(
                 "INSERT INTO counters(name, value) VALUES (?1, ?2) \
-                 ON CONFLICT(name) DO UPDATE SET value = max(value, ?2)",
+                 ON CONFLICT(name) DO UPDATE SET value = ?2",
             )?
-            .execute(params![counter, at_least as i64])?;
+            .execute(params![counter, value as i64])?;
         Ok(())
     }
 
@@ -492,12 +500,7 @@ impl Backend for SqliteBackend {
         result
     }
 
-    fn sync(&self, barrier: Barrier<'_>) -> Result<()> {
-        // A FULL commit fsyncs the WAL file, which covers every commit
-        // before it.
-        self.run(TxMode::Durable, barrier, &mut |tx| {
-            tx.next("sync").map(|_| ())
-        })?;
+    fn checkpoint(&self) -> Result<()> {
         let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if c.commits >= CHECKPOINT_AFTER_COMMITS {
             // Everything in the WAL is durable now: copying it into the

@@ -41,9 +41,10 @@ pub(crate) trait Backend: Send + Sync {
         barrier: Barrier<'_>,
         f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
     ) -> Result<()>;
-    /// Makes every committed transaction durable against power loss,
-    /// calling `barrier` first.
-    fn sync(&self, barrier: Barrier<'_>) -> Result<()>;
+    /// Copies committed transactions into the main database when enough
+    /// piled up, if the backend keeps a separate journal. Call only right
+    /// after a durable commit: a checkpoint makes everything durable.
+    fn checkpoint(&self) -> Result<()>;
 }
 
 /// The metadata store: inodes, directory entries, symlink targets,
@@ -107,23 +108,40 @@ impl MetaStore {
         let _ = self.log.set(Arc::downgrade(log));
     }
 
-    /// Makes the attached log durable up to its last append.
-    fn log_barrier(&self) -> Result<()> {
+    /// Makes the attached log durable up to its last append; returns
+    /// `(log id, durable LSN)` to record with the durable commit.
+    fn log_barrier(&self) -> Result<Option<(u64, u64)>> {
         match self.log.get().and_then(Weak::upgrade) {
-            Some(log) if log.is_enabled() => log
-                .sync()
-                .map(|_| ())
-                .map_err(|e| FsError::io("sync the log before metadata", e)),
-            _ => Ok(()),
+            Some(log) if log.is_enabled() => {
+                let lsn = log
+                    .sync()
+                    .map_err(|e| FsError::io("sync the log before metadata", e))?;
+                Ok(Some((log.log_id(), lsn.0)))
+            }
+            _ => Ok(None),
         }
     }
 
     fn write<T>(&self, mode: TxMode, mut f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
         let mut out = None;
-        self.backend.run(mode, &|| self.log_barrier(), &mut |tx| {
-            out = Some(f(tx)?);
-            Ok(())
-        })?;
+        // A durable commit first syncs the log, and records which log (up
+        // to which LSN) metadata now depends on.
+        let dep = std::cell::Cell::new(None);
+        self.backend.run(
+            mode,
+            &|| {
+                dep.set(self.log_barrier()?);
+                Ok(())
+            },
+            &mut |tx| {
+                if let Some((id, lsn)) = dep.get() {
+                    tx.set_counter("log_id", id)?;
+                    tx.set_counter("log_lsn", lsn)?;
+                }
+                out = Some(f(tx)?);
+                Ok(())
+            },
+        )?;
         Ok(out.expect("set on success"))
     }
 
@@ -140,7 +158,9 @@ impl MetaStore {
     /// [`FsError::NoSpace`] when the disk is full (nothing is lost; a
     /// later sync may succeed).
     pub fn sync(&self) -> Result<()> {
-        self.backend.sync(&|| self.log_barrier())
+        // A durable commit covers every commit before it.
+        self.write(TxMode::Durable, |tx| tx.next("sync").map(|_| ()))?;
+        self.backend.checkpoint()
     }
 
     /// Makes sure inode numbers up to `ino` are never handed out again (a
@@ -150,7 +170,39 @@ impl MetaStore {
     /// # Errors
     /// [`FsError::Io`].
     pub fn reserve_inos(&self, ino: Ino) -> Result<()> {
-        self.write(TxMode::Write, |tx| tx.raise("ino", ino.0))
+        self.write(TxMode::Write, |tx| {
+            if tx.counter("ino")? < ino.0 {
+                tx.set_counter("ino", ino.0)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The log this metadata depends on, as recorded by the last durable
+    /// commit: `(log id, last durable LSN)`, or `None` when no log is
+    /// needed (a new store, or everything was in the object store at the
+    /// last clean stop).
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn log_dependency(&self) -> Result<Option<(u64, u64)>> {
+        self.read(|tx| {
+            let id = tx.counter("log_id")?;
+            Ok((id != 0).then_some((id, tx.counter("log_lsn")?)))
+        })
+    }
+
+    /// Records that no log is needed (everything is in the object store)
+    /// and makes it durable. The next durable commit records the log
+    /// again.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn forget_log(&self) -> Result<()> {
+        self.backend.run(TxMode::Durable, &|| Ok(()), &mut |tx| {
+            tx.set_counter("log_id", 0)?;
+            tx.set_counter("log_lsn", 0)
+        })
     }
 
     /// The inode `name` in directory `parent` (`.` and `..` included).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use slicefs_cache::{CacheConfig, RecoveryReport, SliceCache, recover_with_progress};
-use slicefs_wal::{MmapPersister, NullPersister, Persister, WalConfig};
+use slicefs_wal::{MmapPersister, NullPersister, Persister, RecoveryMode, WalConfig};
 
 use super::{Vfs, VfsConfig, VfsRecovery};
 use crate::blockstore::{BlockStore, StoreConfig};
@@ -163,6 +163,7 @@ pub async fn open_fs_with_progress(
         }
         PersisterKind::Null => Arc::new(NullPersister::new()),
     };
+    check_log_identity(&meta, persister.as_ref(), options.wal.recovery_mode)?;
     let cache = Arc::new(
         SliceCache::new(options.cache.clone()).map_err(|e| FsError::io("cache settings", e))?,
     );
@@ -223,4 +224,47 @@ fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
         Some(parent) => sync_dir(parent),
         None => sync_dir(Path::new(".")),
     }
+}
+
+/// Refuses a log that is not the one metadata depends on: another log id
+/// (the `wal/` directory was replaced or recreated empty) or one that ends
+/// before the LSN metadata was last made durable with (records missing).
+/// Files whose data only the missing log held would read as zeros, or as
+/// older bytes; with [`RecoveryMode::TolerateCorruption`] the start goes
+/// on and says so.
+///
+/// # Errors
+/// [`FsError::Io`] naming both logs.
+fn check_log_identity(
+    meta: &MetaStore,
+    persister: &dyn Persister,
+    mode: RecoveryMode,
+) -> Result<(), FsError> {
+    let Some((id, lsn)) = meta.log_dependency()? else {
+        return Ok(());
+    };
+    let have_id = persister.log_id();
+    let have_lsn = persister.next_lsn().0.saturating_sub(1);
+    if have_id == id && have_lsn >= lsn {
+        return Ok(());
+    }
+    let what = if have_id != id {
+        format!(
+            "metadata depends on log {id:016x} up to LSN {lsn}, but the log directory holds log {have_id:016x} (missing, replaced or recreated)"
+        )
+    } else {
+        format!("metadata depends on the log up to LSN {lsn}, but the log ends at LSN {have_lsn}")
+    };
+    if mode == RecoveryMode::TolerateCorruption {
+        tracing::error!(
+            "{what}; going on as asked (--tolerate-corruption): data that only that log held is lost, and files read what the object store has"
+        );
+        return Ok(());
+    }
+    Err(FsError::io(
+        "open the write-ahead log",
+        format!(
+            "{what}; restore that log, or start with --tolerate-corruption to go on without it"
+        ),
+    ))
 }
