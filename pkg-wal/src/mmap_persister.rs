@@ -449,7 +449,15 @@ impl<S: Storage> MmapPersister<S> {
 
         let next_lsn = stats.last_lsn + 1;
         let durable = stats.last_lsn;
-        let active = create_segment(&storage, &config, wal_id, Lsn(next_lsn), Lsn(durable), 0)?;
+        let active = create_segment(
+            &storage,
+            &config,
+            wal_id,
+            Lsn(next_lsn),
+            Lsn(durable),
+            0,
+            false,
+        )?;
         segments.insert(next_lsn, active.clone());
         storage
             .sync_dir()
@@ -555,6 +563,10 @@ fn data_offset() -> u64 {
 
 /// Creates a normal segment starting at `first` with room for a record of
 /// `need` bytes, header written (not yet synced).
+/// Creates the segment file for `first`, with room for a record of
+/// `need` bytes. With `replacing`, a segment of that name exists (empty):
+/// the new one is written under a temporary name and renamed over it.
+#[allow(clippy::too_many_arguments)]
 fn create_segment<S: Storage>(
     storage: &S,
     config: &WalConfig,
@@ -562,8 +574,14 @@ fn create_segment<S: Storage>(
     first: Lsn,
     durable: Lsn,
     need: u64,
+    replacing: bool,
 ) -> Result<Arc<Segment<S::File>>> {
-    let name = segment_name(first);
+    let final_name = segment_name(first);
+    let name = if replacing {
+        format!("{final_name}{TMP_SUFFIX}")
+    } else {
+        final_name.clone()
+    };
     let header = SegmentHeader {
         flags: 0,
         wal_id,
@@ -592,9 +610,14 @@ fn create_segment<S: Storage>(
         let _ = storage.remove(&name);
         return Err(WalError::io("pwrite", &name, e));
     }
+    if replacing && let Err(e) = storage.rename(&name, &final_name) {
+        drop(file);
+        let _ = storage.remove(&name);
+        return Err(WalError::io("rename", &name, e));
+    }
     Ok(Arc::new(Segment {
         file,
-        name,
+        name: final_name,
         header,
         synced_to: AtomicU64::new(0),
         records_end: None,
@@ -700,15 +723,11 @@ impl<S: Storage> Shared<S> {
             let need = rec.disk_len() as u64;
             if inner.active.file.published() + need > inner.active.file.capacity() {
                 let durable = self.durable.load(Ordering::Acquire);
-                if inner.active.file.published() == HEADER_LEN as u64 {
-                    // The active segment holds no record (it would get the
-                    // same name): replace it with a larger one.
-                    let old = inner.active.clone();
-                    self.storage
-                        .remove(&old.name)
-                        .map_err(|e| WalError::io("remove", &old.name, e))?;
-                    inner.segments.remove(&old.header.first_lsn.0);
-                }
+                // An active segment that holds no record has the name the
+                // new one gets: the new one is made under a temporary name
+                // and renamed over it, so that a failure (a full disk)
+                // leaves the old one in place and active.
+                let replacing = inner.active.file.published() == HEADER_LEN as u64;
                 let seg = create_segment(
                     &self.storage,
                     &self.config,
@@ -716,6 +735,7 @@ impl<S: Storage> Shared<S> {
                     lsn,
                     Lsn(durable),
                     need,
+                    replacing,
                 )?;
                 inner.segments.insert(lsn.0, seg.clone());
                 inner.active = seg;

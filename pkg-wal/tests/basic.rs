@@ -453,3 +453,32 @@ fn reclaim_runs_its_barrier_first_and_drops_nothing_when_it_fails() {
     assert!(stats.segments_compacted > 0, "{stats:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// Regression: an oversize record refused for a full disk right after a
+/// rotation removed the empty active segment, and later appends went to
+/// that unlinked file (lost at the next open). Now an ordinary active
+/// segment is put back first.
+#[test]
+fn a_full_disk_for_an_oversize_record_keeps_the_log_appendable() {
+    let st = SimStorage::new();
+    let p = MmapPersister::open_on(st.clone(), cfg(Durability::None)).unwrap();
+    let big = vec![1u8; 100 << 10];
+    st.fail_allocate(true);
+    let e = p
+        .append_slice(&SliceWrite {
+            file: FileId(1),
+            chunk: ChunkIndex(0),
+            slice: SliceId(1),
+            offset: 0,
+            data: &big,
+        })
+        .unwrap_err();
+    assert!(e.is_disk_full(), "{e}");
+    st.fail_allocate(false);
+    let lsn = write(&p, 2, 0, 0, b"after the full disk");
+    p.sync().unwrap();
+    drop(p);
+    let p = MmapPersister::open_on(st.process_crash(), cfg(Durability::None)).unwrap();
+    let got = slices(&p);
+    assert_eq!(got, vec![(lsn.0, 2, 0, b"after the full disk".to_vec())]);
+}
