@@ -1,6 +1,8 @@
 //! Helpers shared by the root crate's integration tests: a throwaway
-//! SeaweedFS server with an S3 endpoint ([`seaweed`]).
+//! SeaweedFS server with an S3 endpoint ([`seaweed`]), and slicefs over
+//! the power-loss simulator ([`powerloss`]).
 
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod powerloss;
 pub mod seaweed;
