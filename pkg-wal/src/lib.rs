@@ -118,6 +118,15 @@ pub trait Persister: Send + Sync {
     /// removed or truncated away) while appends go on. Returns what it did.
     fn reclaim(&self) -> Result<ReclaimStats>;
 
+    /// [`Persister::reclaim`], first sealing the record-holding part of
+    /// the log that appends go to, so that its flushed and removed bytes
+    /// are reclaimed too (reclaim alone leaves them until that part
+    /// fills). For a full disk; costs a new segment file. The default is
+    /// `reclaim`.
+    fn reclaim_all(&self) -> Result<ReclaimStats> {
+        self.reclaim()
+    }
+
     /// Sets what reclaim calls before it drops any record (flushed bytes,
     /// and the removes and truncates that void others): the owner makes
     /// durable whatever justifies those records elsewhere (the metadata

@@ -915,6 +915,32 @@ impl<S: Storage> Shared<S> {
         }
     }
 
+    /// Seals the active segment (the next append goes to a new one), so
+    /// that reclaim can compact it too. Nothing to do while it holds no
+    /// record.
+    fn seal(&self) -> Result<()> {
+        self.check_usable()?;
+        let mut inner = lock(&self.inner);
+        if inner.active.file.published() == HEADER_LEN as u64 {
+            return Ok(());
+        }
+        let lsn = Lsn(inner.next_lsn);
+        let durable = Lsn(self.durable.load(Ordering::Acquire));
+        let seg = create_segment(
+            &self.storage,
+            &self.config,
+            self.wal_id,
+            lsn,
+            durable,
+            0,
+            false,
+        )?;
+        inner.segments.insert(lsn.0, seg.clone());
+        inner.active = seg;
+        inner.dir_dirty = true;
+        Ok(())
+    }
+
     /// Compacts all sealed segments into one file holding only live
     /// slice bytes. See `doc/DESIGN.md`, "Reclaim".
     fn reclaim(&self) -> Result<ReclaimStats> {
@@ -1135,6 +1161,14 @@ impl<S: Storage> Persister for MmapPersister<S> {
     }
 
     fn reclaim(&self) -> Result<ReclaimStats> {
+        self.shared.reclaim()
+    }
+
+    fn reclaim_all(&self) -> Result<ReclaimStats> {
+        // A disk too full for a new segment still gets what is sealed.
+        if let Err(e) = self.shared.seal() {
+            tracing::debug!(error = %e, "sealing the active segment failed");
+        }
         self.shared.reclaim()
     }
 

@@ -15,6 +15,7 @@
 mod open;
 mod perm;
 mod reaper;
+mod space;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +60,14 @@ pub struct VfsConfig {
     /// durable (one metadata sync for every file unlinked meanwhile) and
     /// its data is freed. Default: 1 s. Minimum: 1 ms.
     pub reap_interval: Duration,
+    /// A file kept allocated (`reserve_bytes`) on the data directory's
+    /// disk and given back when that disk is full, so that deletes, which
+    /// need a little metadata and log space themselves, still run and
+    /// free space; taken again once the disk has room. Default: none
+    /// ([`open_fs`] sets `<data dir>/reserve` for a data directory).
+    pub reserve_path: Option<std::path::PathBuf>,
+    /// Size of the reserve file. Default: 16 MiB.
+    pub reserve_bytes: u64,
 }
 
 impl Default for VfsConfig {
@@ -66,6 +75,8 @@ impl Default for VfsConfig {
         VfsConfig {
             fsync_upload: false,
             reap_interval: Duration::from_secs(1),
+            reserve_path: None,
+            reserve_bytes: 16 << 20,
         }
     }
 }
@@ -256,7 +267,13 @@ impl Vfs {
         let m = meta.clone();
         persister.set_reclaim_barrier(Box::new(move || m.sync().map_err(|e| e.to_string())));
         let nodes = Arc::new(Mutex::new(HashMap::new()));
+        let space = Arc::new(space::Space::new(
+            config.reserve_path.clone(),
+            config.reserve_bytes,
+            persister.clone(),
+        ));
         let parts = reaper::Parts {
+            space,
             meta: meta.clone(),
             cache: cache.clone(),
             persister: persister.clone(),
@@ -859,13 +876,21 @@ impl Vfs {
         let mut done = 0usize;
         for r in chunk_ranges(offset, data.len() as u64) {
             let bytes = &data[r.buf.clone()];
-            let appended = self.persister.append_slice_logged(&SliceWrite {
+            let w = SliceWrite {
                 file,
                 chunk: r.chunk,
                 slice: self.cache.next_slice_id(),
                 offset: r.offset,
                 data: bytes,
-            });
+            };
+            let appended = match self.persister.append_slice_logged(&w) {
+                Err(e) if e.is_disk_full() => {
+                    // Flushed and removed records may hold the space.
+                    self.parts.space.relieve(false);
+                    self.persister.append_slice_logged(&w)
+                }
+                r => r,
+            };
             let (lsn, logged) = match appended {
                 Ok(a) => a,
                 Err(e) if done == 0 => return Err(wal_err(e)),
@@ -1005,6 +1030,19 @@ impl Vfs {
         Ok(())
     }
 
+    /// Runs a namespace change that frees space (unlink, rmdir, rename
+    /// over a name); if the disk is too full for even that, gives back
+    /// the reserve, compacts the log, and tries once more.
+    fn room_for_delete<T>(&self, mut change: impl FnMut() -> Result<T>) -> Result<T> {
+        match change() {
+            Err(FsError::NoSpace(_)) => {
+                self.parts.space.relieve(true);
+                change()
+            }
+            r => r,
+        }
+    }
+
     /// An inode lost its last link and has no handle: it is freed once
     /// the change is durable (the orphan reaper), or at once when the log
     /// keeps nothing (nothing it says could outlive metadata).
@@ -1054,7 +1092,7 @@ impl Vfs {
         perm::check(creds, &p, Access::WRITE | Access::EXEC)?;
         let victim = self.meta.lookup(parent, name)?;
         self.check_sticky(creds, &p, &victim)?;
-        let a = self.meta.unlink(parent, name, Timespec::now())?;
+        let a = self.room_for_delete(|| self.meta.unlink(parent, name, Timespec::now()))?;
         if let Some(n) = self.node(a.ino) {
             let mut st = lock(&n.state);
             st.attr.nlink = a.nlink;
@@ -1079,7 +1117,7 @@ impl Vfs {
             let victim = self.meta.lookup(parent, name)?;
             self.check_sticky(creds, &p, &victim)?;
         }
-        let d = self.meta.rmdir(parent, name, Timespec::now())?;
+        let d = self.room_for_delete(|| self.meta.rmdir(parent, name, Timespec::now()))?;
         match self.node(d.ino) {
             Some(n) => lock(&n.state).attr.nlink = 0,
             None => self.orphaned(d.ino)?,
@@ -1115,9 +1153,10 @@ impl Vfs {
         if src.kind == FileKind::Directory && parent != new_parent {
             perm::check(creds, &src, Access::WRITE)?;
         }
-        let replaced =
+        let replaced = self.room_for_delete(|| {
             self.meta
-                .rename(parent, name, new_parent, new_name, flags, Timespec::now())?;
+                .rename(parent, name, new_parent, new_name, flags, Timespec::now())
+        })?;
         if let Some(old) = replaced {
             if let Some(n) = self.node(old.ino) {
                 lock(&n.state).attr.nlink = old.nlink;

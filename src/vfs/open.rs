@@ -164,6 +164,12 @@ pub async fn open_fs_with_progress(
         PersisterKind::Null => Arc::new(NullPersister::new()),
     };
     check_log_identity(&meta, persister.as_ref(), options.wal.recovery_mode)?;
+    let mut vfs_config = options.vfs.clone();
+    if vfs_config.reserve_path.is_none()
+        && (options.meta == MetaKind::Sqlite || options.persister == PersisterKind::Mmap)
+    {
+        vfs_config.reserve_path = Some(options.data_dir.join("reserve"));
+    }
     let cache = Arc::new(
         SliceCache::new(options.cache.clone()).map_err(|e| FsError::io("cache settings", e))?,
     );
@@ -187,7 +193,7 @@ pub async fn open_fs_with_progress(
         persister.clone(),
         tm,
         rt.clone(),
-        options.vfs.clone(),
+        vfs_config,
         &replay,
     )?;
     Ok(OpenedFs {

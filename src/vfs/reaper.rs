@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use slicefs_cache::SliceCache;
 use slicefs_wal::Persister;
 
+use super::space::Space;
 use super::{Node, lock, wal_err};
 use crate::error::FsError;
 use crate::meta::{Ino, MetaStore};
@@ -38,6 +39,7 @@ pub(super) struct Parts {
     pub persister: Arc<dyn Persister>,
     pub tm: TransferManager,
     pub nodes: Arc<Mutex<HashMap<Ino, Arc<Node>>>>,
+    pub space: Arc<Space>,
 }
 
 impl Parts {
@@ -147,8 +149,7 @@ impl Shared {
                         return;
                     }
                     let now = Instant::now();
-                    if st.pending.len() >= BATCH_MAX || (now >= deadline && !st.pending.is_empty())
-                    {
+                    if st.pending.len() >= BATCH_MAX || now >= deadline {
                         break;
                     }
                     let wait = deadline
@@ -161,7 +162,14 @@ impl Shared {
                         .0;
                 }
             }
-            match self.reap() {
+            self.parts.space.restore();
+            let mut reaped = self.reap();
+            if matches!(reaped, Err(FsError::NoSpace(_))) {
+                // Freeing needs a little space itself.
+                self.parts.space.relieve(true);
+                reaped = self.reap();
+            }
+            match reaped {
                 Ok(()) => failing = false,
                 Err(e) => {
                     // Said once per failing stretch; the orphans stay
