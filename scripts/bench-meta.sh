@@ -9,6 +9,8 @@
 # Usage: scripts/bench-meta.sh [N]
 #   SLICEFS_BIN   the slicefs binary (default: target/release/slicefs, built)
 #   BENCH_DIR     where the raw directory and the data dir go (/var/tmp)
+#   SLICEFS_MOUNT_ARGS  extra `slicefs mount` arguments (split at spaces),
+#                 e.g. "--upload-delay 1h" to keep uploads out of the run
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 n=${1:-10000}
@@ -33,7 +35,8 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$work/raw" "$mnt"
-"$bin" mount "$mnt" --data-dir "$work/data" --log-level warn 2>"$work/mount.log" &
+# shellcheck disable=SC2086 # arguments are words
+"$bin" mount "$mnt" --data-dir "$work/data" --log-level warn ${SLICEFS_MOUNT_ARGS:-} 2>"$work/mount.log" &
 pid=$!
 for _ in $(seq 1 300); do
     mountpoint -q "$mnt" && break
