@@ -429,3 +429,42 @@ fn sqlite_store_persists_and_refuses_other_schema_versions() {
     assert_eq!(err.errno(), libc::EIO);
     assert!(err.to_string().contains("schema"), "{err}");
 }
+
+/// A version 1 database (before `size_lsn` and `synced_size`) is upgraded
+/// in place at open, keeping everything.
+#[test]
+fn sqlite_store_upgrades_schema_version_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    let f = {
+        let m = MetaStore::open_sqlite(&path, 0, 0).unwrap();
+        let f = m
+            .create(Ino::ROOT, b"kept", &node(FileKind::Regular), t(1))
+            .unwrap();
+        m.sync().unwrap();
+        f
+    };
+    // Back to what version 1 had.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP INDEX inodes_size_lsn; DROP INDEX inodes_truncate_lsn;
+         ALTER TABLE inodes DROP COLUMN size_lsn;
+         ALTER TABLE inodes DROP COLUMN synced_size;
+         UPDATE info SET value = 1 WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    drop(conn);
+    let m = MetaStore::open_sqlite(&path, 0, 0).unwrap();
+    let a = m.lookup(Ino::ROOT, b"kept").unwrap();
+    assert_eq!((a.ino, a.size_lsn, a.synced_size), (f.ino, 0, 0));
+    drop(m);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row(
+            "SELECT value FROM info WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(v, slicefs::meta::SCHEMA_VERSION);
+}

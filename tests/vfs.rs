@@ -743,3 +743,66 @@ fn a_missing_log_is_refused_unless_tolerated() {
     rt.block_on(opened.vfs.transfer().shutdown());
     opened.persister.close().unwrap();
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// A power loss that kept metadata's newer size (SQLite's pages reached
+/// the disk in write-back) but lost the log's records behind it: the log
+/// directory is rolled back to a copy taken at the last fsync. With
+/// `truncate_first`, a truncate (also lost from the log) came before the
+/// write.
+fn metadata_ahead_of_a_torn_log(truncate_first: bool) -> (Vec<u8>, VfsRecovery) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let ino = {
+        let fs = open_fs(Some(dir.path()));
+        let ino = write_file(&fs, &root, Ino::ROOT, "f", &[b'A'; 1000]);
+        fs.persister.sync().unwrap();
+        copy_dir(&dir.path().join("wal"), &dir.path().join("wal.synced"));
+        let fh = fs.vfs.open(&root, ino, RW).unwrap();
+        if truncate_first {
+            let req = SetAttrRequest {
+                size: Some(500),
+                ..SetAttrRequest::default()
+            };
+            fs.vfs.setattr(&root, ino, &req).unwrap();
+        }
+        fs.vfs.write(&root, fh, 2000, &[b'B'; 5000]).unwrap();
+        fs.vfs.release(fh).unwrap();
+        fs.crash();
+        ino
+    };
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    std::fs::rename(dir.path().join("wal.synced"), dir.path().join("wal")).unwrap();
+    let fs = open_fs(Some(dir.path()));
+    let got = read_all(&fs, ino);
+    let rec = fs.recovery.clone();
+    fs.unmount();
+    (got, rec)
+}
+
+/// Regression (found by the randomized power-loss test with torn
+/// writes): a size in metadata covering writes the log lost read as
+/// zeros up to that size. Now the file is as it was after the last
+/// record the log kept.
+#[test]
+fn a_size_whose_writes_the_log_lost_is_cut_back() {
+    let (got, rec) = metadata_ahead_of_a_torn_log(false);
+    assert_eq!(rec.sizes_settled, 1);
+    assert_eq!(got, vec![b'A'; 1000]);
+}
+
+/// As above, with a truncate before the lost write: the file is as it
+/// was right after the truncate.
+#[test]
+fn a_truncate_the_log_lost_still_cuts_what_the_log_replays() {
+    let (got, rec) = metadata_ahead_of_a_torn_log(true);
+    assert_eq!(rec.sizes_settled, 1);
+    assert_eq!(got, vec![b'A'; 500]);
+}

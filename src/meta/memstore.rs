@@ -304,6 +304,18 @@ impl Tx for MemTx<'_> {
             .collect())
     }
 
+    fn inodes_past(&mut self, lsn: u64) -> Result<Vec<Ino>> {
+        let mut v: Vec<Ino> = self
+            .s
+            .inodes
+            .values()
+            .filter(|i| i.size_lsn > lsn || i.truncate_lsn > lsn)
+            .map(|i| i.ino)
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
     fn orphans(&mut self) -> Result<Vec<Ino>> {
         let mut v: Vec<Ino> = self
             .s

@@ -52,6 +52,9 @@ pub(crate) trait Tx {
     fn delete_block(&mut self, addr: BlockAddr) -> Result<()>;
     fn file_blocks(&mut self, ino: Ino) -> Result<Vec<(BlockAddr, BlockRef)>>;
     fn orphans(&mut self) -> Result<Vec<Ino>>;
+    /// Inodes whose size or last truncate depends on a log record past
+    /// `lsn` (`size_lsn` or `truncate_lsn` above it).
+    fn inodes_past(&mut self, lsn: u64) -> Result<Vec<Ino>>;
     fn usage(&mut self) -> Result<Usage>;
 }
 
@@ -103,6 +106,8 @@ pub(crate) fn init_root(tx: &mut dyn Tx, uid: u32, gid: u32, now: Timespec) -> R
         rdev: 0,
         parent: Ino::ROOT,
         truncate_lsn: 0,
+        size_lsn: 0,
+        synced_size: 0,
     })
 }
 
@@ -161,6 +166,8 @@ pub(crate) fn create(
         rdev: node.rdev,
         parent: if is_dir { parent } else { Ino(0) },
         truncate_lsn: 0,
+        size_lsn: 0,
+        synced_size: 0,
     };
     tx.put_inode(&inode)?;
     if let Some(t) = node.target {
@@ -419,6 +426,12 @@ pub(crate) fn setattr(tx: &mut dyn Tx, ino: Ino, set: &SetAttr) -> Result<Inode>
     }
     if let Some(l) = set.truncate_lsn {
         f.truncate_lsn = f.truncate_lsn.max(l);
+    }
+    if let Some(l) = set.size_lsn {
+        f.size_lsn = f.size_lsn.max(l);
+    }
+    if let Some(s) = set.synced_size {
+        f.synced_size = s;
     }
     tx.put_inode(&f)?;
     Ok(f)

@@ -1,15 +1,18 @@
 //! The SQLite backend of [`MetaStore`](super::MetaStore): the embedded
 //! default, one database file in the data directory.
 //!
-//! Schema version 1 (checked at open; a database of another version is
-//! refused, never rewritten):
+//! Schema version 2 (checked at open; version 1 is upgraded in place, one
+//! transaction adding the two columns `size_lsn` and `synced_size`; any
+//! other version is refused, never rewritten):
 //!
 //! ```sql
 //! info(key TEXT PRIMARY KEY, value INTEGER)          -- schema_version
 //! counters(name TEXT PRIMARY KEY, value INTEGER)     -- ino, version, cookie
 //! inodes(ino PRIMARY KEY, kind, perm, uid, gid, size, nlink,
 //!        atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns,
-//!        rdev, parent, truncate_lsn)
+//!        rdev, parent, truncate_lsn, size_lsn, synced_size)
+//!   + index (nlink) where nlink = 0 (orphans), index (size_lsn),
+//!     index (truncate_lsn)
 //! dentries(parent, name BLOB, ino, kind, cookie, PRIMARY KEY(parent, name))
 //!   + index (parent, cookie)
 //! symlinks(ino PRIMARY KEY, target BLOB)
@@ -47,7 +50,16 @@ use slicefs_wal::{ChunkIndex, FileId};
 type Result<T> = std::result::Result<T, FsError>;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// From version 1: the size's write LSN and the synced size.
+const UPGRADE_FROM_1: &str = "
+ALTER TABLE inodes ADD COLUMN size_lsn INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE inodes ADD COLUMN synced_size INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX inodes_size_lsn ON inodes(size_lsn);
+CREATE INDEX inodes_truncate_lsn ON inodes(truncate_lsn);
+UPDATE info SET value = 2 WHERE key = 'schema_version';
+";
 
 const SCHEMA: &str = "
 CREATE TABLE info(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -59,7 +71,10 @@ CREATE TABLE inodes(
     atime_s INTEGER NOT NULL, atime_ns INTEGER NOT NULL,
     mtime_s INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     ctime_s INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-    rdev INTEGER NOT NULL, parent INTEGER NOT NULL, truncate_lsn INTEGER NOT NULL);
+    rdev INTEGER NOT NULL, parent INTEGER NOT NULL, truncate_lsn INTEGER NOT NULL,
+    size_lsn INTEGER NOT NULL, synced_size INTEGER NOT NULL);
+CREATE INDEX inodes_size_lsn ON inodes(size_lsn);
+CREATE INDEX inodes_truncate_lsn ON inodes(truncate_lsn);
 CREATE INDEX inodes_orphans ON inodes(nlink) WHERE nlink = 0;
 CREATE TABLE dentries(
     parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
@@ -117,7 +132,11 @@ impl SqliteBackend {
                     |r| r.get(0),
                 )
                 .optional()?;
-            if v != Some(SCHEMA_VERSION) {
+            if v == Some(1) {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute_batch(UPGRADE_FROM_1)?;
+                tx.commit()?;
+            } else if v != Some(SCHEMA_VERSION) {
                 return Err(FsError::io(
                     "open the metadata database",
                     format!(
@@ -177,11 +196,14 @@ fn row_inode(r: &rusqlite::Row<'_>) -> rusqlite::Result<Inode> {
         rdev: r.get::<_, i64>(13)? as u32,
         parent: Ino(r.get::<_, i64>(14)? as u64),
         truncate_lsn: r.get::<_, i64>(15)? as u64,
+        size_lsn: r.get::<_, i64>(16)? as u64,
+        synced_size: r.get::<_, i64>(17)? as u64,
     })
 }
 
 const INODE_COLS: &str = "ino, kind, perm, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, \
-                          mtime_ns, ctime_s, ctime_ns, rdev, parent, truncate_lsn";
+                          mtime_ns, ctime_s, ctime_ns, rdev, parent, truncate_lsn, size_lsn, \
+                          synced_size";
 
 impl Tx for SqlTx<'_, '_> {
     fn inode(&mut self, ino: Ino) -> Result<Option<Inode>> {
@@ -194,7 +216,8 @@ impl Tx for SqlTx<'_, '_> {
     fn put_inode(&mut self, i: &Inode) -> Result<()> {
         let mut st = self.tx.prepare_cached(&format!(
             "INSERT OR REPLACE INTO inodes({INODE_COLS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+             ?17, ?18)"
         ))?;
         st.execute(params![
             i.ino.0 as i64,
@@ -213,6 +236,8 @@ impl Tx for SqlTx<'_, '_> {
             i64::from(i.rdev),
             i.parent.0 as i64,
             i.truncate_lsn as i64,
+            i.size_lsn as i64,
+            i.synced_size as i64,
         ])?;
         Ok(())
     }
@@ -425,6 +450,15 @@ impl Tx for SqlTx<'_, '_> {
                 },
             ))
         })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn inodes_past(&mut self, lsn: u64) -> Result<Vec<Ino>> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT ino FROM inodes WHERE size_lsn > ?1 \
+             UNION SELECT ino FROM inodes WHERE truncate_lsn > ?1 ORDER BY ino",
+        )?;
+        let rows = st.query_map(params![lsn as i64], |r| Ok(Ino(r.get::<_, i64>(0)? as u64)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 

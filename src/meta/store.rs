@@ -338,6 +338,50 @@ impl MetaStore {
         self.read(|tx| tx.orphans())
     }
 
+    /// Inodes whose size or last truncate depends on a log record with an
+    /// LSN above `lsn` (for recovery after a log lost its tail).
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn inodes_past(&self, lsn: u64) -> Result<Vec<Ino>> {
+        self.read(|tx| tx.inodes_past(lsn))
+    }
+
+    /// Recovery after the log lost its tail past `lsn`: sets the size of
+    /// `ino` to `size` (not more than it has), and its size and truncate
+    /// LSNs to at most `lsn`, so that nothing in metadata refers to a
+    /// record the log no longer has.
+    ///
+    /// # Errors
+    /// `ENOENT`, [`FsError::Io`].
+    pub fn settle_size(&self, ino: Ino, size: u64, lsn: u64) -> Result<Inode> {
+        self.write(TxMode::Write, |tx| {
+            let mut f = ops::getattr(tx, ino)?;
+            f.size = f.size.min(size);
+            f.synced_size = f.synced_size.min(f.size);
+            f.size_lsn = f.size_lsn.min(lsn);
+            f.truncate_lsn = f.truncate_lsn.min(lsn);
+            tx.put_inode(&f)?;
+            Ok(f)
+        })
+    }
+
+    /// The end of the committed blocks of `ino` (0 if none): bytes up to
+    /// it are in the object store.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn blocks_end(&self, ino: Ino) -> Result<u64> {
+        self.read(|tx| {
+            Ok(tx
+                .file_blocks(ino)?
+                .iter()
+                .map(|(a, r)| a.file_offset() + u64::from(r.len))
+                .max()
+                .unwrap_or(0))
+        })
+    }
+
     /// Extended attribute `name` of `ino`.
     ///
     /// # Errors

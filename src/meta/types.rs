@@ -125,6 +125,13 @@ pub struct Inode {
     /// The LSN of the last truncate applied (recovery applies a logged
     /// truncate only if it is newer).
     pub truncate_lsn: u64,
+    /// The LSN of the newest write whose end `size` covers (0: none).
+    /// After a power loss that kept this size but lost that write from the
+    /// log, recovery brings the size back to what survived.
+    pub size_lsn: u64,
+    /// The size at the file's last `fsync`, or set by its last truncate:
+    /// the least size a power loss may leave.
+    pub synced_size: u64,
 }
 
 impl Inode {
@@ -173,6 +180,10 @@ pub struct SetAttr {
     pub ctime: Option<Timespec>,
     /// Truncate LSN to record with a size change.
     pub truncate_lsn: Option<u64>,
+    /// The newest write LSN the size covers (the larger is kept).
+    pub size_lsn: Option<u64>,
+    /// The size a power loss may not go below (see [`Inode::synced_size`]).
+    pub synced_size: Option<u64>,
 }
 
 /// One directory entry, as `readdir` returns it.

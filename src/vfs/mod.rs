@@ -220,6 +220,9 @@ pub struct VfsRecovery {
     pub unknown_files: u64,
     /// Unlinked inodes freed (open when the process stopped).
     pub orphans_freed: u64,
+    /// Files whose size or truncate in metadata depended on log records a
+    /// power loss took: settled back to what survived.
+    pub sizes_settled: u64,
 }
 
 /// The file system. Cheap to share (`Arc<Vfs>`).
@@ -308,6 +311,8 @@ impl Vfs {
     /// "Recovery".
     fn recover(&self, report: &slicefs_cache::RecoveryReport) -> Result<VfsRecovery> {
         let mut rec = VfsRecovery::default();
+        // The log's end as recovered, before this function appends.
+        let log_end = self.persister.next_lsn().0.saturating_sub(1);
         for &(file, lsn, size) in &report.truncates {
             let ino = Ino(file.0);
             match self.meta.getattr(ino) {
@@ -359,6 +364,7 @@ impl Vfs {
                 Err(e) => return Err(e),
             }
         }
+        rec.sizes_settled = self.settle_sizes_past_the_log(log_end)?;
         // What recovery read may be only in the page cache (a crash of
         // the process, not of the machine): the unlinks are made durable
         // before any orphan's data is dropped.
@@ -368,6 +374,55 @@ impl Vfs {
             rec.orphans_freed += 1;
         }
         Ok(rec)
+    }
+
+    /// Metadata commits reach the disk in page write-back too, without
+    /// an fsync, so a power loss may keep a size (or a truncate) whose log
+    /// records it lost. Such a file is brought back to the state right
+    /// after the last record the log kept: a truncate the log lost cuts
+    /// the replayed bytes before it, and the size is what survived (the
+    /// size at the last fsync or truncate, the replayed bytes, the
+    /// committed blocks), never more than metadata had. Only for the log
+    /// metadata depends on (LSNs of another log mean nothing here).
+    /// Returns the number of files settled.
+    fn settle_sizes_past_the_log(&self, last: u64) -> Result<u64> {
+        if !self.persister.is_enabled() {
+            return Ok(0);
+        }
+        match self.meta.log_dependency()? {
+            Some((id, _)) if id == self.persister.log_id() => {}
+            _ => return Ok(0),
+        }
+        let mut n = 0;
+        let past = self.meta.inodes_past(last)?;
+        tracing::info!(
+            log_end = last,
+            files = past.len(),
+            "files whose metadata is ahead of the log"
+        );
+        for ino in past {
+            let a = self.meta.getattr(ino)?;
+            let file = ino.file();
+            if a.truncate_lsn > last {
+                // Every replayed record of the file is older than it.
+                self.cache.truncate(file, a.synced_size);
+            }
+            let survived = a
+                .synced_size
+                .max(self.cache.cached_end(file))
+                .max(self.meta.blocks_end(ino)?);
+            let s = self.meta.settle_size(ino, survived, last)?;
+            if s.size != a.size {
+                tracing::warn!(
+                    ino = ino.0,
+                    from = a.size,
+                    to = s.size,
+                    "size covered writes the log lost (not fsynced before a power loss); cut back"
+                );
+            }
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// The metadata store.
@@ -397,25 +452,33 @@ impl Vfs {
         self.meta.getattr(ino)
     }
 
-    /// Writes an open node's changed attributes to metadata.
-    fn persist(&self, n: &Node) -> Result<()> {
+    /// Writes an open node's changed attributes to metadata; with
+    /// `synced` (an fsync: the log is durable up to now), its size is
+    /// also the least a power loss may leave (`synced_size`).
+    fn persist(&self, n: &Node, synced: bool) -> Result<()> {
         let mut st = lock(&n.state);
-        if !st.dirty {
+        let synced = synced && st.attr.synced_size != st.attr.size;
+        if !st.dirty && !synced {
             return Ok(());
         }
         let a = &st.attr;
         // Size only grows here (a truncate goes to metadata at once), and
         // a committed block may already have grown it further: one
-        // transaction takes the larger.
+        // transaction takes the larger. The size carries the LSN of the
+        // newest write it covers, so that recovery can tell a size whose
+        // data a power loss took from the log.
         let set = SetAttr {
             perm: Some(a.perm),
             grow_size: Some(a.size),
+            size_lsn: Some(a.size_lsn),
+            synced_size: synced.then_some(a.size),
             mtime: Some(a.mtime),
             ctime: Some(a.ctime),
             ..SetAttr::default()
         };
         let stored = self.meta.setattr(n.ino, &set)?;
         st.attr.size = stored.size;
+        st.attr.synced_size = stored.synced_size;
         st.dirty = false;
         Ok(())
     }
@@ -537,7 +600,10 @@ impl Vfs {
         if let Some(n) = n {
             let mut st = lock(&n.state);
             let (size, mtime, dirty) = (st.attr.size, st.attr.mtime, st.dirty);
+            let size_lsn = st.attr.size_lsn;
             st.attr = stored.clone();
+            // Writes newer than metadata keep their LSN with their size.
+            st.attr.size_lsn = st.attr.size_lsn.max(size_lsn);
             if dirty && req.size.is_none() {
                 // Writes newer than metadata stay.
                 st.attr.size = st.attr.size.max(size);
@@ -572,6 +638,7 @@ impl Vfs {
         let mut t = set.clone();
         t.size = Some(size);
         t.truncate_lsn = Some(lsn.0);
+        t.synced_size = Some(size);
         t.mtime = Some(set.mtime.unwrap_or(now));
         t.ctime = Some(now);
         let (a, ()) = self.tm.change_blocks(ino.file(), false, || {
@@ -907,6 +974,7 @@ impl Vfs {
                 None => self.cache.insert(file, at, bytes, lsn, Some(&mut res)),
             }
             done = r.buf.end;
+            st.attr.size_lsn = lsn.0;
         }
         drop(res);
         let end = end - (data.len() - done) as u64;
@@ -968,7 +1036,7 @@ impl Vfs {
     /// `EBADF`, `EIO`.
     pub fn flush(&self, fh: u64) -> Result<()> {
         let (node, _) = self.handle(fh)?;
-        self.persist(&node)
+        self.persist(&node, false)
     }
 
     /// `fsync`/`fdatasync`: returns once every write to the file that
@@ -982,7 +1050,7 @@ impl Vfs {
     pub fn fsync(&self, fh: u64, _datasync: bool) -> Result<()> {
         let (node, _) = self.handle(fh)?;
         self.persister.sync().map_err(wal_err)?;
-        self.persist(&node)?;
+        self.persist(&node, true)?;
         self.meta.sync()?;
         if self.config.fsync_upload {
             self.rt
@@ -1016,7 +1084,7 @@ impl Vfs {
         if !last {
             return Ok(());
         }
-        self.persist(&node)?;
+        self.persist(&node, false)?;
         let mut nodes = lock(&self.nodes);
         if lock(&node.state).opens > 0 {
             return Ok(());
@@ -1064,7 +1132,7 @@ impl Vfs {
     /// writes), `ENOSPC`.
     pub fn syncfs(&self) -> Result<()> {
         for n in lock(&self.nodes).values().cloned().collect::<Vec<_>>() {
-            self.persist(&n)?;
+            self.persist(&n, false)?;
         }
         self.meta.sync()?;
         self.reaper.reap_now()

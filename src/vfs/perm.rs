@@ -119,6 +119,8 @@ mod tests {
             rdev: 0,
             parent: Ino(0),
             truncate_lsn: 0,
+            size_lsn: 0,
+            synced_size: 0,
         }
     }
 
