@@ -411,3 +411,29 @@ fn power_loss_during_upload_keeps_fsynced_data() {
         r.check_baseline();
     }
 }
+
+/// Regression (fsyncgate): a failed SQLite commit or fsync was retried.
+/// Now a durable metadata commit that fails with an I/O error poisons the
+/// metadata store: the fsync fails, later namespace changes and syncs
+/// fail too, even once the disk works again, and reads go on. The
+/// simulator fails the fsync of SQLite's WAL on command.
+#[test]
+fn a_failed_metadata_fsync_is_never_retried() {
+    let Some(mut r) = Rig::new(&[]) else {
+        return;
+    };
+    r.start();
+    std::fs::create_dir(r.p("a")).unwrap();
+    r.sim.fail_fsync(Some("meta.db-wal"));
+    let dir = std::fs::File::open(r.p("")).unwrap();
+    let e = dir.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    r.sim.fail_fsync(None);
+    let e = dir.sync_all().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "retried: {e}");
+    let e = std::fs::create_dir(r.p("b")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(r.p("a").is_dir(), "reads go on");
+    drop(dir);
+    r.kill9();
+}

@@ -77,6 +77,7 @@ mod mount;
 mod state;
 mod tear;
 
+use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -226,6 +227,13 @@ impl PowerLossFs {
     pub fn set_capacity(&mut self, capacity: Option<u64>) {
         self.options.capacity = capacity;
         lock(&self.state).set_capacity(capacity);
+    }
+
+    /// From now on, `fsync` of a file whose name ends with `suffix` fails
+    /// with `EIO` and makes nothing of it durable (a failing disk under
+    /// that file); `None` ends it. Not kept across a power loss.
+    pub fn fail_fsync(&mut self, suffix: Option<&str>) {
+        lock(&self.state).fail_fsync = suffix.map(OsString::from);
     }
 
     /// Pulls the plug: freezes the file system (every later request fails

@@ -153,6 +153,9 @@ pub(crate) struct State {
     capacity: Option<u64>,
     /// Set by a power loss: every later request fails with `EIO`.
     pub(crate) frozen: bool,
+    /// `fsync` of a file with a live name ending in this fails with `EIO`
+    /// and makes nothing durable.
+    pub(crate) fail_fsync: Option<OsString>,
 }
 
 fn now() -> SystemTime {
@@ -200,7 +203,20 @@ impl State {
             used: 0,
             capacity,
             frozen: false,
+            fail_fsync: None,
         }
+    }
+
+    /// Whether a live entry naming `ino` ends with `suffix`.
+    fn named_with_suffix(&self, ino: Ino, suffix: &OsString) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        self.inodes.values().any(|i| match &i.body {
+            Body::Dir(d) => d
+                .live
+                .iter()
+                .any(|(n, &c)| c == ino && n.as_bytes().ends_with(suffix.as_bytes())),
+            _ => false,
+        })
     }
 
     pub(crate) fn set_capacity(&mut self, capacity: Option<u64>) {
@@ -608,6 +624,11 @@ impl State {
     /// bytes, size and attributes become durable. A directory's entries
     /// too.
     pub(crate) fn fsync(&mut self, ino: Ino) -> Result<()> {
+        if let Some(suffix) = &self.fail_fsync
+            && self.named_with_suffix(ino, suffix)
+        {
+            return Err(libc::EIO);
+        }
         let i = self.node_mut(ino)?;
         i.durable_meta = i.meta.clone();
         i.meta_changed = false;
@@ -779,6 +800,7 @@ impl State {
             used,
             capacity: self.capacity,
             frozen: false,
+            fail_fsync: None,
         };
         (state, report)
     }
