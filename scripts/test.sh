@@ -110,6 +110,12 @@ for tool in git python3 diff df; do
 done
 python3 -c 'import sqlite3' || { echo "error: python3 lacks its sqlite3 module" >&2; exit 1; }
 echo "fuse: /dev/fuse; git: $(git --version)"
+# The full-disk test (tests/full_disk.rs) makes a small ext4 image and
+# loop-mounts it: mkfs.ext4 (e2fsprogs) and mount/losetup (util-linux).
+if ! command -v mkfs.ext4 >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq e2fsprogs >/dev/null
+fi
+echo "mkfs.ext4: $(command -v mkfs.ext4)"
 # ---- Later issues install their test dependencies here (idempotent) ----
 #   libnfs-utils, the NFS client of the NFS front-end tests (Debian):
 #       command -v nfs-ls >/dev/null || { apt-get update && apt-get install -y libnfs-utils; }
