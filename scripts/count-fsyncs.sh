@@ -9,7 +9,7 @@
 set -uo pipefail
 bin=$1; n=$2
 w=$(mktemp -d /var/tmp/fc.XXXX); mkdir $w/mnt
-$bin mount $w/mnt --data-dir $w/data --upload-delay 1h $EXTRA 2>$w/log & pid=$!
+$bin mount $w/mnt --data-dir $w/data --upload-delay 1h ${EXTRA:-} 2>$w/log & pid=$!
 for i in $(seq 100); do mountpoint -q $w/mnt && break; sleep 0.1; done
 python3 -c "
 import os,sys
