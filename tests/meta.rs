@@ -3,8 +3,8 @@
 
 use slicefs::error::FsError;
 use slicefs::meta::{
-    BlockAddr, BlockMap, BlockRef, FileKind, Ino, MetaStore, NewNode, RenameFlags, SetAttr,
-    Timespec, XattrFlags,
+    BlockAddr, BlockMap, BlockRef, FileKind, Ino, MetaError, MetaStore, NewNode, RenameFlags,
+    SetAttr, Timespec, XattrFlags,
 };
 use slicefs_wal::{ChunkIndex, FileId};
 
@@ -467,4 +467,30 @@ fn sqlite_store_upgrades_schema_version_1() {
         )
         .unwrap();
     assert_eq!(v, slicefs::meta::SCHEMA_VERSION);
+}
+
+/// Regression: `commit_block` inserted block-map rows for inodes that no
+/// longer existed (an upload that raced the file's removal). Now it is
+/// refused as `FileGone`, and nothing is committed.
+#[test]
+fn a_block_commit_for_a_removed_file_is_refused() {
+    for (name, m, _dir) in stores() {
+        let f = m
+            .create(Ino::ROOT, b"f", &node(FileKind::Regular), t(1))
+            .unwrap();
+        m.unlink(Ino::ROOT, b"f", t(2)).unwrap();
+        m.purge(f.ino).unwrap();
+        let addr = BlockAddr {
+            file: FileId(f.ino.0),
+            chunk: ChunkIndex(0),
+            block: 0,
+        };
+        let version = m.allocate_version().unwrap();
+        let r = m.commit_block(addr, BlockRef { version, len: 10 });
+        assert!(
+            matches!(r, Err(MetaError::FileGone { file }) if file == addr.file),
+            "{name}: {r:?}"
+        );
+        assert_eq!(m.block(addr).unwrap(), None, "{name}");
+    }
 }

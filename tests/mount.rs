@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::powerloss::mounted;
 use common::seaweed::Seaweed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_slicefs");
@@ -19,16 +20,6 @@ struct Mount {
     child: Option<Child>,
     mountpoint: PathBuf,
     log: PathBuf,
-}
-
-fn mounted(mountpoint: &Path) -> bool {
-    let mp = mountpoint
-        .canonicalize()
-        .unwrap_or(mountpoint.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(m) == mp))
 }
 
 impl Mount {

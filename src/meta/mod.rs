@@ -67,6 +67,13 @@ pub struct BlockRef {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetaError {
+    /// The file was removed (its inode purged): nothing was committed,
+    /// and the object meant for it is garbage.
+    #[error("file {file:?} is gone")]
+    FileGone {
+        /// The file.
+        file: FileId,
+    },
     /// The backend failed; nothing was committed by the failed call.
     #[error("metadata {op} failed: {source}")]
     Backend {
@@ -92,6 +99,7 @@ pub trait BlockMap: Send + Sync {
 
     /// Makes `new` the committed version of `addr` and returns the version
     /// it replaced (its object is garbage once this returns).
+    /// [`MetaError::FileGone`] if the file was removed meanwhile.
     fn commit_block(&self, addr: BlockAddr, new: BlockRef) -> Result<Option<BlockRef>, MetaError>;
 
     /// Cuts the block map of `file` to `size` bytes: blocks starting at or

@@ -125,7 +125,13 @@ impl MetaStore {
     fn write<T>(&self, mode: TxMode, mut f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
         let mut out = None;
         // A durable commit first syncs the log, and records which log (up
-        // to which LSN) metadata now depends on.
+        // to which LSN) metadata now depends on. The log is synced once
+        // before taking the backend's lock too, so that the sync under the
+        // lock (which orders it with other commits) usually finds nothing
+        // left to do and other metadata calls do not wait for the log.
+        if mode == TxMode::Durable {
+            self.log_barrier()?;
+        }
         let dep = std::cell::Cell::new(None);
         self.backend.run(
             mode,
@@ -456,7 +462,10 @@ impl BlockMap for MetaStore {
         new: BlockRef,
     ) -> std::result::Result<Option<BlockRef>, MetaError> {
         self.write(TxMode::Durable, |tx| ops::commit_block(tx, addr, new))
-            .map_err(meta_err("commit block"))
+            .map_err(|e| match e {
+                FsError::NotFound => MetaError::FileGone { file: addr.file },
+                e => meta_err("commit block")(e),
+            })
     }
 
     fn truncate_blocks(

@@ -1113,7 +1113,7 @@ impl Inner {
                         }
                     };
                     match attempt {
-                        None => break None,
+                        None | Some(Err(MetaError::FileGone { .. })) => break None,
                         Some(Ok(old)) => break Some(old),
                         Some(Err(e)) => {
                             self.note_failure("commit block", &e);
