@@ -806,3 +806,45 @@ fn a_truncate_the_log_lost_still_cuts_what_the_log_replays() {
     assert_eq!(rec.sizes_settled, 1);
     assert_eq!(got, vec![b'A'; 500]);
 }
+
+/// A log recreated after a clean drain (the `wal/` directory wiped)
+/// starts past every LSN metadata refers to, so that a truncate it logs
+/// is newer than the file's recorded truncate LSN and is applied after a
+/// crash. Before, the new log started at LSN 1 and such a truncate was
+/// taken for an old one.
+#[test]
+fn a_recreated_log_starts_past_the_lsns_metadata_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let (ino, old_lsn) = {
+        let fs = open_fs(Some(dir.path()));
+        let ino = write_file(&fs, &root, Ino::ROOT, "f", &[7u8; 3000]);
+        let req = SetAttrRequest {
+            size: Some(2000),
+            ..SetAttrRequest::default()
+        };
+        fs.vfs.setattr(&root, ino, &req).unwrap();
+        let lsn = fs.vfs.getattr(ino).unwrap().truncate_lsn;
+        assert!(lsn > 0);
+        fs.rt
+            .block_on(fs.vfs.transfer().drain(Duration::from_secs(60)))
+            .unwrap();
+        fs.vfs.meta().forget_log().unwrap();
+        fs.unmount();
+        (ino, lsn)
+    };
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    {
+        let fs = open_fs(Some(dir.path()));
+        assert!(fs.persister.next_lsn().0 > old_lsn);
+        // A truncate in the new log, lost from metadata by a crash, is
+        // applied at the next start.
+        fs.persister.append_truncate(ino.file(), 10).unwrap();
+        fs.persister.sync().unwrap();
+        fs.crash();
+    }
+    let fs = open_fs(Some(dir.path()));
+    assert_eq!(fs.recovery.truncates_applied, 1);
+    assert_eq!(read_all(&fs, ino), vec![7u8; 10]);
+    fs.unmount();
+}

@@ -63,6 +63,12 @@ pub struct WalConfig {
     /// Compact in a background thread once sealed segments hold more dead
     /// bytes than live ones (and at least one segment's worth). Default: on.
     pub auto_reclaim: bool,
+    /// The first LSN of a log that has no segment yet (a new or wiped
+    /// directory); a log with segments goes on from where it ends. Its
+    /// owner sets it past every LSN it still remembers (metadata's
+    /// truncate LSNs), so that a recreated log never hands out an LSN
+    /// that means something else there. Default: 1. Minimum: 1.
+    pub first_lsn: u64,
 }
 
 impl Default for WalConfig {
@@ -75,6 +81,7 @@ impl Default for WalConfig {
             grow_bytes: 4 << 20,
             recovery_mode: RecoveryMode::Strict,
             auto_reclaim: true,
+            first_lsn: 1,
         }
     }
 }
@@ -447,8 +454,11 @@ impl<S: Storage> MmapPersister<S> {
         // tail or moving damaged files aside kept segment keys and offsets.
         stats.live_data_bytes = index.live_bytes();
 
-        let next_lsn = stats.last_lsn + 1;
-        let durable = stats.last_lsn;
+        let mut next_lsn = stats.last_lsn + 1;
+        if segments.is_empty() {
+            next_lsn = next_lsn.max(config.first_lsn);
+        }
+        let durable = next_lsn - 1;
         let active = create_segment(
             &storage,
             &config,

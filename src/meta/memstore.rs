@@ -316,6 +316,16 @@ impl Tx for MemTx<'_> {
         Ok(v)
     }
 
+    fn max_inode_lsn(&mut self) -> Result<u64> {
+        Ok(self
+            .s
+            .inodes
+            .values()
+            .map(|i| i.size_lsn.max(i.truncate_lsn))
+            .max()
+            .unwrap_or(0))
+    }
+
     fn orphans(&mut self) -> Result<Vec<Ino>> {
         let mut v: Vec<Ino> = self
             .s

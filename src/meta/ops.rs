@@ -55,6 +55,8 @@ pub(crate) trait Tx {
     /// Inodes whose size or last truncate depends on a log record past
     /// `lsn` (`size_lsn` or `truncate_lsn` above it).
     fn inodes_past(&mut self, lsn: u64) -> Result<Vec<Ino>>;
+    /// The largest `size_lsn` or `truncate_lsn` of any inode (0: none).
+    fn max_inode_lsn(&mut self) -> Result<u64>;
     fn usage(&mut self) -> Result<Usage>;
 }
 

@@ -462,6 +462,15 @@ impl Tx for SqlTx<'_, '_> {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    fn max_inode_lsn(&mut self) -> Result<u64> {
+        // Both columns are indexed: two index look-ups.
+        let mut st = self.tx.prepare_cached(
+            "SELECT max(coalesce((SELECT max(size_lsn) FROM inodes), 0), \
+                        coalesce((SELECT max(truncate_lsn) FROM inodes), 0))",
+        )?;
+        Ok(st.query_row([], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     fn orphans(&mut self) -> Result<Vec<Ino>> {
         let mut st = self
             .tx

@@ -344,6 +344,16 @@ impl MetaStore {
         self.read(|tx| tx.orphans())
     }
 
+    /// The highest LSN metadata refers to: the log's durable LSN it last
+    /// recorded, and any inode's size or truncate LSN. A log created anew
+    /// starts past it (`WalConfig::first_lsn`).
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn max_lsn(&self) -> Result<u64> {
+        self.read(|tx| Ok(tx.counter("log_lsn")?.max(tx.max_inode_lsn()?)))
+    }
+
     /// Inodes whose size or last truncate depends on a log record with an
     /// LSN above `lsn` (for recovery after a log lost its tail).
     ///

@@ -154,7 +154,10 @@ pub async fn open_fs_with_progress(
             create_dir_durably(&options.data_dir.join("wal"))
                 .map_err(|e| FsError::io("create the log directory", e))?;
             let dir = options.data_dir.join("wal");
-            let wal = options.wal.clone();
+            let mut wal = options.wal.clone();
+            // A log created anew (wiped after a clean drain) starts past
+            // every LSN metadata still refers to.
+            wal.first_lsn = wal.first_lsn.max(meta.max_lsn()? + 1);
             let p = tokio::task::spawn_blocking(move || MmapPersister::open(dir, wal))
                 .await
                 .map_err(|e| FsError::io("open the write-ahead log", e))?
