@@ -848,3 +848,37 @@ fn a_recreated_log_starts_past_the_lsns_metadata_holds() {
     assert_eq!(read_all(&fs, ino), vec![7u8; 10]);
     fs.unmount();
 }
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// Regression: only sealed segments were compacted, so uploaded data in
+/// the active segment (up to 64 MiB) stayed on the log's disk for good
+/// when writes stopped. Once nothing is dirty, the reaper compacts the
+/// whole log.
+#[test]
+fn the_log_gives_back_uploaded_data_once_everything_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let fs = open_fs(Some(dir.path()));
+    write_file(&fs, &root, Ino::ROOT, "f", &vec![5u8; 24 << 20]);
+    let wal = dir.path().join("wal");
+    assert!(dir_bytes(&wal) >= 24 << 20);
+    fs.rt
+        .block_on(fs.vfs.transfer().drain(Duration::from_secs(60)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while dir_bytes(&wal) >= 12 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log still holds {} bytes 20 s after everything was uploaded",
+            dir_bytes(&wal)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs.unmount();
+}

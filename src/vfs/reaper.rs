@@ -140,6 +140,7 @@ impl Drop for Reaper {
 impl Shared {
     fn run(&self) {
         let mut failing = false;
+        let mut compacted_at = self.parts.persister.next_lsn();
         loop {
             let deadline = Instant::now() + self.interval;
             {
@@ -180,6 +181,30 @@ impl Shared {
                     failing = true;
                 }
             }
+            self.compact_when_clean(&mut compacted_at);
+        }
+    }
+
+    /// Once every byte is in the object store (nothing dirty) and the log
+    /// has grown since the last time, compacts the whole log, its active
+    /// segment too: reclaim on its own leaves uploaded data in the active
+    /// segment until that fills (64 MiB by default), which a data dir on a
+    /// small disk cannot spare.
+    fn compact_when_clean(&self, compacted_at: &mut slicefs_wal::Lsn) {
+        let p = &self.parts.persister;
+        if !p.is_enabled() || self.parts.cache.dirty_bytes() > 0 {
+            return;
+        }
+        let next = p.next_lsn();
+        if next == *compacted_at {
+            return;
+        }
+        match p.reclaim_all() {
+            Ok(s) => {
+                tracing::debug!(?s, "log compacted: everything is in the object store");
+                *compacted_at = next;
+            }
+            Err(e) => tracing::debug!(error = %e, "log compaction when clean failed"),
         }
     }
 
