@@ -438,9 +438,26 @@ fn capacity_gives_enospc_and_freeing_gives_space_back() {
     let f = OpenOptions::new().write(true).open(s.path("a")).unwrap();
     f.set_len(100 << 10).unwrap();
     drop(f);
-    std::fs::write(s.path("b"), vec![1u8; 400 << 10]).unwrap();
+    // The kernel sends a file's last release after close(2) returns, on
+    // its own time; an unlinked file's space comes back at that release
+    // (as on ext4). So space freed by the steps above may come back a
+    // moment later: each write may wait for it, up to a second.
+    let write_when_room = |name: &str, len: usize| {
+        let mut tries = 0;
+        while let Err(e) = std::fs::write(s.path(name), vec![1u8; len]) {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            tries += 1;
+            assert!(
+                tries < 50,
+                "no room 1 s after freeing: used {}",
+                s.fs.used_bytes()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    write_when_room("b", 400 << 10);
     std::fs::remove_file(s.path("b")).unwrap();
-    std::fs::write(s.path("c"), vec![1u8; 800 << 10]).unwrap();
+    write_when_room("c", 800 << 10);
     assert_eq!(s.fs.used_bytes(), 900 << 10);
 }
 
