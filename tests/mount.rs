@@ -301,6 +301,19 @@ fn kill9_loses_no_fsynced_file() {
         );
         std::fs::create_dir_all(mp.join("w")).unwrap();
         let w = writer(mp.join("w"), manifest.clone(), next);
+        // At least one file done before the kill (a loaded machine can take
+        // longer than the round's delay for one 3 MiB file and its fsyncs),
+        // then the kill lands in the middle of the next ones.
+        let lines = || {
+            std::fs::read_to_string(&manifest)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lines() <= next && Instant::now() < deadline && !w.is_finished() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         std::thread::sleep(Duration::from_millis(300 + 97 * round as u64));
         let log = m.kill9();
         let written = w.join().unwrap();
