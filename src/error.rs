@@ -59,13 +59,16 @@ pub enum FsError {
     #[error("no space: {0}")]
     NoSpace(String),
     /// `EIO`: a component failed (metadata database, log, object store).
-    #[error("{context}: {source}")]
+    ///
+    /// Displays as `context: cause`; the cause is part of the message, not
+    /// a separate `source()`, so a report that prints the chain (`{:#}`)
+    /// does not say it twice.
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done.
         context: &'static str,
         /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -101,7 +104,7 @@ impl FsError {
     ) -> FsError {
         FsError::Io {
             context,
-            source: source.into(),
+            cause: source.into(),
         }
     }
 }
@@ -122,6 +125,22 @@ impl From<rusqlite::Error> for FsError {
         }
         FsError::io("metadata database", e)
     }
+}
+
+/// Whether `e` or any error in its source chain is an `io::Error` with
+/// `ENOSPC`, or (for backends that flatten the cause into their message)
+/// says "No space left on device".
+pub fn is_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::ENOSPC)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    e.to_string().contains("No space left on device")
 }
 
 #[cfg(test)]

@@ -127,6 +127,20 @@ fn a_full_disk_gives_enospc_keeps_fsynced_data_and_recovers_when_space_is_freed(
         assert!(got == pattern(i, FILE_BYTES), "f{i} differs while full");
     }
 
+    // A crash and a restart while the disk is still full: it mounts (the
+    // start-up needs no room it does not have) and reads work.
+    fs.kill9();
+    let log2 = tmp.path().join("slicefs-restart.log");
+    let mut fs = Slicefs::spawn(&mnt, &data_dir, &log2, &args);
+    fs.wait_mounted();
+    for &i in &synced {
+        let got = std::fs::read(dir.join(format!("f{i}"))).unwrap();
+        assert!(
+            got == pattern(i, FILE_BYTES),
+            "f{i} differs after a full-disk restart"
+        );
+    }
+
     // Deletes work and free space: the mount takes writes again, without
     // a restart.
     let (gone, kept) = synced.split_at(synced.len() / 2);

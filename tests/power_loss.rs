@@ -437,3 +437,60 @@ fn a_failed_metadata_fsync_is_never_retried() {
     drop(dir);
     r.kill9();
 }
+
+/// Regression: the log is read through a memory map, and a media error
+/// under it was `SIGBUS`, killing the mount (and `slicefs wal verify`).
+/// Now the disk's read error is an error: with every log segment
+/// unreadable (the simulator fails reads of `*.wal` with `EIO`, after the
+/// kernel's cached pages are dropped), the start is refused with one line
+/// naming the media error, `wal verify` calls the log corrupt (exit 2),
+/// neither dies of a signal, and once the disk reads again the fsynced
+/// file is whole.
+#[test]
+fn a_media_error_under_the_log_is_an_error_not_sigbus() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(mut r) = Rig::new(&["--upload-delay", "1h"]) else {
+        return;
+    };
+    r.start();
+    let a = write_large_synced(&r.p("a"), 41, 3 << 20);
+    r.kill9();
+    r.sim.fail_reads(Some(".wal"));
+    std::fs::write("/proc/sys/vm/drop_caches", "1").expect("drop the page cache");
+
+    let out = std::process::Command::new(bin())
+        .args(["wal", "verify"])
+        .arg(r.data.join("wal"))
+        .output()
+        .expect("run wal verify");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), None, "wal verify died: {text}");
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("media error"), "{text}");
+
+    r.spawn();
+    let st = r
+        .slicefs
+        .as_mut()
+        .unwrap()
+        .wait_exit(MOUNT_TIMEOUT)
+        .expect("the start is refused, not served");
+    let log = std::fs::read_to_string(r.log_path(r.starts)).unwrap();
+    assert_eq!(st.signal(), None, "slicefs died of a signal: {log}");
+    assert!(!st.success(), "{log}");
+    assert!(log.contains("media error"), "{log}");
+    eprintln!(
+        "refused: {}",
+        log.lines()
+            .filter(|l| l.contains("media"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    r.kill9();
+
+    r.sim.fail_reads(None);
+    r.start();
+    let got = std::fs::read(r.p("a")).unwrap();
+    assert_same(&got, &a, "a once the disk reads again");
+}

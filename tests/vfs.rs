@@ -702,11 +702,17 @@ fn a_write_back_handle_serves_page_fills_and_writes_at_the_given_offset() {
 fn a_missing_log_is_refused_unless_tolerated() {
     let dir = tempfile::tempdir().unwrap();
     let root = Creds::root();
-    {
+    let f = {
         let fs = open_fs(Some(dir.path()));
-        write_file(&fs, &root, Ino::ROOT, "f", &[3u8; 5000]);
+        // `u` is in the object store; `f` only in the log.
+        write_file(&fs, &root, Ino::ROOT, "u", &[4u8; 7000]);
+        fs.rt
+            .block_on(fs.vfs.transfer().drain(Duration::from_secs(60)))
+            .unwrap();
+        let f = write_file(&fs, &root, Ino::ROOT, "f", &[3u8; 5000]);
         fs.crash();
-    }
+        f
+    };
     std::fs::rename(dir.path().join("wal"), dir.path().join("wal.aside")).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -736,10 +742,12 @@ fn a_missing_log_is_refused_unless_tolerated() {
         rt.block_on(fs.vfs.transfer().shutdown());
         fs.persister.close().unwrap();
     }
-    // Without it again, tolerated: starts.
+    // Without it again, tolerated: starts, and names the file that lost
+    // data (`f`, not `u`).
     std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
     o.wal.recovery_mode = slicefs_wal::RecoveryMode::TolerateCorruption;
     let opened = rt.block_on(slicefs::vfs::open_fs(&o, rt.handle())).unwrap();
+    assert_eq!(opened.vfs.list_files_that_lost_data(0).unwrap(), vec![f]);
     rt.block_on(opened.vfs.transfer().shutdown());
     opened.persister.close().unwrap();
 }

@@ -329,7 +329,9 @@ fn main() {
             b.iter_custom(|iters| {
                 let t = Instant::now();
                 for _ in 0..iters {
-                    let missing = cache.read(FileId(1), 0, black_box(&mut out[..]));
+                    let missing = cache
+                        .read(FileId(1), 0, black_box(&mut out[..]))
+                        .expect("readable");
                     assert!(missing.is_empty());
                     black_box(&out);
                 }

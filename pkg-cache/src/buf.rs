@@ -26,10 +26,10 @@
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use slicefs_wal::LoggedBytes;
+use slicefs_wal::{LoggedBytes, MediaError};
 
 /// Smallest buffer taken from the pool (and mapped); smaller ones come
 /// from the global allocator, which recycles them itself.
@@ -231,6 +231,9 @@ pub(crate) struct Buf {
     /// Extents referencing the buffer, kept by the owning chunk for its
     /// memory count.
     pub(crate) extents: AtomicU32,
+    /// Some bytes were copied in from a log page the disk could not read
+    /// (zeros in their place, see [`slicefs_wal::media`]).
+    damaged: AtomicBool,
     pool: Arc<Pool>,
 }
 
@@ -256,6 +259,7 @@ impl Buf {
             cap,
             len: AtomicUsize::new(0),
             extents: AtomicU32::new(0),
+            damaged: AtomicBool::new(false),
             pool: pool.clone(),
         })
     }
@@ -273,6 +277,7 @@ impl Buf {
             cap,
             len: AtomicUsize::new(cap),
             extents: AtomicU32::new(0),
+            damaged: AtomicBool::new(false),
             pool: pool.clone(),
         })
     }
@@ -320,7 +325,30 @@ impl Buf {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(at), data.len());
         }
         self.len.store(at + data.len(), Ordering::Release);
+        self.note_source(data);
         Some(at)
+    }
+
+    /// After copying `data` into this buffer: if `data` came from a log
+    /// page the disk could not read, the buffer holds zeros for it and
+    /// is marked damaged.
+    pub(crate) fn note_source(&self, data: &[u8]) {
+        if slicefs_wal::media::check(data).is_err() {
+            self.damaged.store(true, Ordering::Release);
+        }
+    }
+
+    /// `Err` if `bytes` (of this buffer) may not be the data: the buffer
+    /// lends log bytes the disk could not read, or holds a copy of such.
+    /// Call after copying them out.
+    pub(crate) fn check(&self, bytes: &[u8]) -> Result<(), MediaError> {
+        if self.damaged.load(Ordering::Acquire) {
+            return Err(MediaError { page: 0 });
+        }
+        if self.is_logged() {
+            return slicefs_wal::media::check(bytes);
+        }
+        Ok(())
     }
 
     /// The written bytes `at..at + n`.

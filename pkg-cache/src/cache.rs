@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use slicefs_wal::{ChunkIndex, FileId, LoggedBytes, Lsn, SliceId};
+use slicefs_wal::{ChunkIndex, FileId, LoggedBytes, Lsn, MediaError, SliceId};
 
 use crate::buf::{Buf, Pool};
 use crate::chunk::{BlockSnapshot, Chunk, Delta, SnapshotOptions, Src};
@@ -450,9 +450,19 @@ impl SliceCache {
     /// Copies the cached bytes of `offset..offset + out.len()` of `file`
     /// into `out` and returns the file ranges the cache does not hold
     /// (to be read from the block store, or zeros below the file size).
-    pub fn read(&self, file: FileId, offset: u64, out: &mut [u8]) -> Vec<Range<u64>> {
+    ///
+    /// # Errors
+    /// Some of the range's cached bytes are only in a log page the disk
+    /// could not read ([`slicefs_wal::media`]): they are lost, and the
+    /// read must fail (EIO), never return the zeros `out` holds there.
+    pub fn read(
+        &self,
+        file: FileId,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<Vec<Range<u64>>, MediaError> {
         let Some(f) = self.file(file) else {
-            return std::iter::once(offset..offset + out.len() as u64).collect();
+            return Ok(std::iter::once(offset..offset + out.len() as u64).collect());
         };
         let mut fc = lock(&f);
         let mut missing = Vec::new();
@@ -461,7 +471,7 @@ impl SliceCache {
             match fc.chunks.get_mut(&r.chunk.0) {
                 None => missing.push(base + u64::from(r.offset)..base + u64::from(r.end())),
                 Some(c) => {
-                    for m in c.read(r.offset..r.end(), &mut out[r.buf.clone()]) {
+                    for m in c.read(r.offset..r.end(), &mut out[r.buf.clone()])? {
                         missing.push(base + u64::from(m.start)..base + u64::from(m.end));
                     }
                     c.last_use = self.tick();
@@ -476,7 +486,7 @@ impl SliceCache {
                 _ => merged.push(m),
             }
         }
-        merged
+        Ok(merged)
     }
 
     /// Snapshots the pending bytes of `file`, one [`BlockSnapshot`] per

@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use slicefs_wal::Lsn;
+use slicefs_wal::{Lsn, MediaError};
 
 use crate::buf::{Buf, POOL_MIN, Pool, class_size};
 use crate::{BLOCK_SIZE, BLOCKS_PER_CHUNK};
@@ -207,7 +207,15 @@ pub(crate) struct Chunk {
     pub(crate) pending: u64,
     /// The cache's clock at the last read or write (for LRU eviction).
     pub(crate) last_use: u64,
+    /// Per block (bit `b`), pending bytes found unreadable in the log
+    /// (logged once; see `snapshot_dirty`).
+    damaged: u16,
 }
+
+const _: () = assert!(
+    BLOCKS_PER_CHUNK <= 16,
+    "one bit per block in Chunk::damaged"
+);
 
 fn block_of(offset: u32) -> u32 {
     offset / BLOCK_SIZE as u32
@@ -376,6 +384,7 @@ impl Chunk {
             // chunk, which the caller holds mutably; `p..p + len` is the
             // extent's part of the buffer's written bytes.
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p.as_ptr(), data.len()) };
+            e.buf.note_source(data);
             let n = i64::from(e.len);
             let was = std::mem::replace(&mut e.state, State::Pending);
             e.lsn = lsn;
@@ -523,7 +532,15 @@ impl Chunk {
 
     /// Copies the cached bytes of `range` (chunk offsets) into `out`
     /// (which covers `range`) and returns the sub-ranges not cached.
-    pub(crate) fn read(&self, range: Range<u32>, out: &mut [u8]) -> Vec<Range<u32>> {
+    ///
+    /// # Errors
+    /// Some of the bytes are a log page the disk could not read (their
+    /// only copy): `out` then holds zeros there, which are not the data.
+    pub(crate) fn read(
+        &self,
+        range: Range<u32>,
+        out: &mut [u8],
+    ) -> Result<Vec<Range<u32>>, MediaError> {
         let mut missing = Vec::new();
         let mut cursor = range.start;
         for (&s, e) in self.extents.range(self.first_from(range.start)..range.end) {
@@ -534,14 +551,15 @@ impl Chunk {
             if from > cursor {
                 missing.push(cursor..from);
             }
-            out[(from - range.start) as usize..(to - range.start) as usize]
-                .copy_from_slice(&e.bytes()[(from - s) as usize..(to - s) as usize]);
+            let src = &e.bytes()[(from - s) as usize..(to - s) as usize];
+            out[(from - range.start) as usize..(to - range.start) as usize].copy_from_slice(src);
+            e.buf.check(src)?;
             cursor = to;
         }
         if cursor < range.end {
             missing.push(cursor..range.end);
         }
-        missing
+        Ok(missing)
     }
 
     /// Snapshots every block with pending bytes and no snapshot in flight.
@@ -593,7 +611,25 @@ impl Chunk {
                 Some((o, b)) if *o + b.len() as u32 == s => b.extend_from_slice(e.bytes()),
                 _ => snap.ranges.push((s, e.bytes().to_vec())),
             }
+            if e.buf.check(e.bytes()).is_err() {
+                // The only copy of these pending bytes is a log page the
+                // disk could not read: never upload the zeros read in its
+                // place. The block stays pending; reads of it fail.
+                snap.lsn = Lsn(u64::MAX);
+                let bit = 1u16 << block;
+                if self.damaged & bit == 0 {
+                    self.damaged |= bit;
+                    tracing::error!(
+                        file = file.0,
+                        chunk = chunk.0,
+                        block,
+                        "pending bytes could not be read back from the log (media error): \
+                         they are not uploaded, and reads of them fail with EIO"
+                    );
+                }
+            }
         }
+        out.retain(|b| b.lsn != Lsn(u64::MAX));
         for b in &out {
             self.in_flight[b.block as usize] = b.id;
         }

@@ -35,7 +35,7 @@ fn put(c: &SliceCache, file: FileId, offset: u64, data: &[u8], lsn: u64) {
 
 fn read(c: &SliceCache, file: FileId, range: Range<u64>) -> (Vec<u8>, Vec<Range<u64>>) {
     let mut buf = vec![0u8; (range.end - range.start) as usize];
-    let missing = c.read(file, range.start, &mut buf);
+    let missing = c.read(file, range.start, &mut buf).expect("readable");
     (buf, missing)
 }
 
@@ -619,7 +619,7 @@ fn parallel_writers_with_readers_and_uploads() {
                     let len = rng.random_range(1..64u64 << 10);
                     let mut buf = vec![0u8; len as usize];
                     let mut cursor = off;
-                    for m in c.read(FileId(f), off, &mut buf) {
+                    for m in c.read(FileId(f), off, &mut buf).expect("readable") {
                         assert!(m.start >= cursor && m.start < m.end && m.end <= off + len);
                         cursor = m.end;
                     }
@@ -648,7 +648,9 @@ fn parallel_writers_with_readers_and_uploads() {
                     let from = at.saturating_sub(1000);
                     let to = (at + len + 1000).min(REGION as usize);
                     let mut buf = vec![0u8; to - from];
-                    let missing = c.read(FileId(f), base + from as u64, &mut buf);
+                    let missing = c
+                        .read(FileId(f), base + from as u64, &mut buf)
+                        .expect("readable");
                     let st = store.lock().unwrap();
                     for m in missing {
                         let (s, e) = ((m.start - base) as usize, (m.end - base) as usize);

@@ -55,7 +55,7 @@ fn write(wal: &MmapPersister<SimStorage>, cache: &SliceCache, offset: u32, data:
 
 fn read(cache: &SliceCache, offset: u64, len: usize) -> (Vec<u8>, Vec<std::ops::Range<u64>>) {
     let mut out = vec![0u8; len];
-    let missing = cache.read(FileId(1), offset, &mut out);
+    let missing = cache.read(FileId(1), offset, &mut out).expect("readable");
     (out, missing)
 }
 

@@ -555,7 +555,10 @@ impl Harness {
         let fm = &self.files[file as usize];
         let n = (range.end - range.start) as usize;
         let mut got = vec![0u8; n];
-        let missing = self.cache.read(FileId(file), range.start, &mut got);
+        let missing = self
+            .cache
+            .read(FileId(file), range.start, &mut got)
+            .expect("readable");
         let mut cached = Vec::new();
         let mut cursor = range.start;
         for m in &missing {

@@ -139,7 +139,7 @@ fn check(cache: &SliceCache, store: &[Vec<u8>], model: &[Vec<u8>]) -> Result<(),
     for f in 0..FILES {
         let len = model[f].len().max(store[f].len()) + 100;
         let mut buf = vec![0u8; len];
-        for m in cache.read(FileId(f as u64), 0, &mut buf) {
+        for m in cache.read(FileId(f as u64), 0, &mut buf).expect("readable") {
             let (a, b) = (m.start as usize, m.end as usize);
             let s = &store[f];
             let have = b.min(s.len()).max(a);

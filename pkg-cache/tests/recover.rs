@@ -75,7 +75,9 @@ fn crash_and_recover(log: impl FnOnce(&dyn Persister)) -> (SliceCache, RecoveryR
 /// `range`.
 fn assert_content(c: &SliceCache, file: u64, range: Range<u64>, want: &[(Range<u64>, Option<u8>)]) {
     let mut buf = vec![0u8; (range.end - range.start) as usize];
-    let missing = c.read(FileId(file), range.start, &mut buf);
+    let missing = c
+        .read(FileId(file), range.start, &mut buf)
+        .expect("readable");
     let want_missing: Vec<Range<u64>> = want
         .iter()
         .filter(|(_, b)| b.is_none())
@@ -379,7 +381,7 @@ fn many_records_across_segments_are_replayed_in_order() {
     assert_eq!(report.records, 300);
     assert_eq!(report.slice_bytes, 900_000);
     let mut got = vec![0u8; want.len()];
-    let missing = c.read(FileId(1), 0, &mut got);
+    let missing = c.read(FileId(1), 0, &mut got).expect("readable");
     let holes: u64 = missing.iter().map(|m| m.end - m.start).sum();
     assert_eq!(report.pending_bytes + holes, want.len() as u64);
     assert!(got == want, "replayed content differs");

@@ -25,7 +25,7 @@ fn put(c: &SliceCache, file: FileId, offset: u64, data: &[u8], lsn: u64) {
 /// Bytes of `range` (0 where missing) and the missing ranges.
 fn read(c: &SliceCache, file: FileId, range: Range<u64>) -> (Vec<u8>, Vec<Range<u64>>) {
     let mut buf = vec![0u8; (range.end - range.start) as usize];
-    let missing = c.read(file, range.start, &mut buf);
+    let missing = c.read(file, range.start, &mut buf).expect("readable");
     (buf, missing)
 }
 

@@ -236,6 +236,16 @@ impl PowerLossFs {
         lock(&self.state).fail_fsync = suffix.map(OsString::from);
     }
 
+    /// From now on, reads of a file whose name ends with `suffix` fail
+    /// with `EIO` (bad sectors under that file: a read through a mapping
+    /// of it gets `SIGBUS`); `None` ends it. Only reads that reach the
+    /// simulator fail: drop the kernel's page cache first
+    /// (`/proc/sys/vm/drop_caches`) for pages already cached. Not kept
+    /// across a power loss.
+    pub fn fail_reads(&mut self, suffix: Option<&str>) {
+        lock(&self.state).fail_reads = suffix.map(OsString::from);
+    }
+
     /// Pulls the plug: freezes the file system (every later request fails
     /// with `EIO`), unmounts it, replaces it with its durable tree (see the
     /// crate docs; `crash` says what happens to unsynced data) and mounts

@@ -156,6 +156,8 @@ pub(crate) struct State {
     /// `fsync` of a file with a live name ending in this fails with `EIO`
     /// and makes nothing durable.
     pub(crate) fail_fsync: Option<OsString>,
+    /// Reads of files named with this suffix fail with `EIO`.
+    pub(crate) fail_reads: Option<OsString>,
 }
 
 fn now() -> SystemTime {
@@ -204,6 +206,7 @@ impl State {
             capacity,
             frozen: false,
             fail_fsync: None,
+            fail_reads: None,
         }
     }
 
@@ -560,6 +563,11 @@ impl State {
     }
 
     pub(crate) fn read(&self, ino: Ino, off: u64, len: u64) -> Result<Vec<u8>> {
+        if let Some(suffix) = &self.fail_reads
+            && self.named_with_suffix(ino, suffix)
+        {
+            return Err(libc::EIO);
+        }
         match &self.node(ino)?.body {
             Body::File(f) => Ok(f.live.read(off, len)),
             Body::Dir(_) => Err(libc::EISDIR),
@@ -801,6 +809,7 @@ impl State {
             capacity: self.capacity,
             frozen: false,
             fail_fsync: None,
+            fail_reads: None,
         };
         (state, report)
     }

@@ -23,6 +23,7 @@ pub mod error;
 pub mod format;
 mod index;
 mod logged;
+pub mod media;
 mod mmap_persister;
 mod null;
 mod recovery;
@@ -33,6 +34,7 @@ mod types;
 
 pub use error::WalError;
 pub use logged::LoggedBytes;
+pub use media::MediaError;
 pub use mmap_persister::{Durability, LOCK_FILE, MmapPersister, ReclaimStats, WalConfig};
 pub use null::NullPersister;
 pub use recovery::{Corruption, Recovery, RecoveryMode, RecoveryStats};

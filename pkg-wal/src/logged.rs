@@ -16,8 +16,9 @@ use std::sync::Arc;
 /// when the last one drops).
 ///
 /// A read of these bytes may fault a page back in from the segment file
-/// if the kernel evicted it; an I/O error there raises `SIGBUS`, as for
-/// any mapped file.
+/// if the kernel evicted it; where the disk fails, the page reads as
+/// zeros and [`crate::media::check`] (or [`LoggedBytes::check`]) fails
+/// for it: a reader checks after it copied the bytes out.
 #[derive(Clone)]
 pub struct LoggedBytes {
     /// Keeps the mapping alive.
@@ -50,6 +51,12 @@ impl LoggedBytes {
         // SAFETY: valid and unchanged while `owner` lives (`new`'s
         // contract), and `self` holds `owner`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// `Err` if the disk could not read some of these bytes (they read as
+    /// zeros there). See [`crate::media`].
+    pub fn check(&self) -> Result<(), crate::MediaError> {
+        crate::media::check(self.as_slice())
     }
 
     /// Length in bytes.

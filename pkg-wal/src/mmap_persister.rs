@@ -1046,6 +1046,16 @@ impl<S: Storage> Shared<S> {
             let at = file.published();
             file.append(&[rec.head(), rec.data(), rec.padding()])
                 .map_err(|e| discard("pwrite", e))?;
+            if let Err(e) = crate::media::check(src) {
+                // The source read as zeros where the disk failed: the
+                // copy is not the data. Keep the old segments.
+                let _ = self.storage.remove(&tmp);
+                return Err(WalError::Corrupt {
+                    file: format!("segment {:016x}", p.src_seg),
+                    offset: p.src_at,
+                    reason: e.to_string(),
+                });
+            }
             moved
                 .entry((p.file, p.chunk, p.lsn))
                 .or_default()

@@ -88,6 +88,9 @@ pub struct Failure {
     /// True when the failure lies after the durable watermark: a torn tail
     /// that a crash explains. False: corruption of acknowledged records.
     pub torn: bool,
+    /// True when the disk could not read the bytes (a media error, see
+    /// [`crate::media`]): never torn, whatever the watermark says.
+    pub media: bool,
 }
 
 /// The result of scanning a log directory.
@@ -168,7 +171,10 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
             Some(b) => {
                 let mut full = [0u8; HEADER_LEN];
                 full[..64].copy_from_slice(b);
-                SegmentHeader::decode(&full)
+                match crate::media::check(b) {
+                    Ok(()) => SegmentHeader::decode(&full),
+                    Err(e) => Err(e.to_string()),
+                }
             }
         };
         let header = match header {
@@ -222,9 +228,13 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
             offset,
             reason,
             torn: false,
+            media: false,
         };
         let Some(h) = seg.header else {
-            out.failure = Some(fail(0, bad_header_reason(&seg.file)));
+            let (reason, media) = bad_header_reason(&seg.file);
+            let mut f = fail(0, reason);
+            f.media = media;
+            out.failure = Some(f);
             break;
         };
         if h.first_lsn.0 != expected {
@@ -332,6 +342,16 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
         }
         out.stats.records += seg.records;
         out.stats.data_bytes += seg.data_bytes;
+        if let Err(e) = crate::media::check(bytes) {
+            // Zeros where the disk failed: what the loop made of them
+            // (an end, a bad CRC) is not the log's content.
+            let page_at = HEADER_LEN as u64 + e.page.saturating_sub(bytes.as_ptr() as usize) as u64;
+            seg.valid_end = seg.valid_end.min(page_at);
+            let mut f = fail(seg.valid_end, format!("{e} (segment offset {page_at})"));
+            f.media = true;
+            out.failure = Some(f);
+            break;
+        }
         if let Some(reason) = failure {
             out.failure = Some(fail(seg.valid_end, reason));
             break;
@@ -355,6 +375,7 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
                     out.stats.last_lsn, out.watermark
                 ),
                 torn: false,
+                media: false,
             });
         }
     }
@@ -362,7 +383,7 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
         // Everything up to the watermark was durable when the watermark
         // was written, so a valid prefix that stops short of it lost
         // acknowledged records: corruption. Past it, a crash explains it.
-        f.torn = out.stats.last_lsn >= out.watermark.0;
+        f.torn = !f.media && out.stats.last_lsn >= out.watermark.0;
         if f.torn {
             let seg_tail = out.segments[f.segment].len.saturating_sub(f.offset);
             let later: u64 = out.segments[f.segment + 1..].iter().map(|s| s.len).sum();
@@ -373,13 +394,21 @@ pub fn scan<S: Storage>(storage: &S) -> Result<LogScan<S::File>, WalError> {
     Ok(out)
 }
 
-fn bad_header_reason<F: SegmentFile>(file: &F) -> String {
+/// Why a segment's header did not decode, and whether the disk could not
+/// read it (a media error).
+fn bad_header_reason<F: SegmentFile>(file: &F) -> (String, bool) {
     match file.read(0, 64) {
-        None => "file is shorter than the header".into(),
+        None => ("file is shorter than the header".into(), false),
         Some(b) => {
             let mut full = [0u8; HEADER_LEN];
             full[..64].copy_from_slice(b);
-            SegmentHeader::decode(&full).err().unwrap_or_default()
+            if let Err(e) = crate::media::check(b) {
+                return (e.to_string(), true);
+            }
+            (
+                SegmentHeader::decode(&full).err().unwrap_or_default(),
+                false,
+            )
         }
     }
 }

@@ -66,6 +66,10 @@ pub trait SegmentFile: Send + Sync + 'static {
     fn append(&self, parts: &[&[u8]]) -> io::Result<()>;
     /// The published bytes `offset..offset + len`, or `None` if that range
     /// is not published or touches the watermark slot.
+    ///
+    /// Where the disk cannot read a page, the bytes there read as zeros:
+    /// a caller checks what it used with [`crate::media::check`] before it
+    /// trusts it (a copy, a decoded record).
     fn read(&self, offset: u64, len: u64) -> Option<&[u8]>;
     /// Writes the watermark slot in place.
     ///
@@ -105,13 +109,18 @@ impl MmapStorage {
         let map = MmapOptions::new()
             .len(usize::try_from(capacity).map_err(|_| io::ErrorKind::InvalidInput)?)
             .map_raw_read_only(&file)?;
-        Ok(MmapFile {
+        let f = MmapFile {
             allocated: AtomicU64::new(file.metadata()?.len()),
             file,
             map,
             published: AtomicU64::new(published),
             append_lock: Mutex::new(()),
-        })
+        };
+        // Registered so that a media error under the mapping is an error
+        // for the bytes it hit (crate::media), not SIGBUS for the process;
+        // `Drop` unregisters it.
+        crate::media::register(f.map.as_ptr(), f.map.len());
+        Ok(f)
     }
 }
 
@@ -186,7 +195,9 @@ impl Storage for MmapStorage {
 /// MB/s (three runs each, alternating). LMDB makes the same choice by
 /// default (writes with `pwrite`, reads through the map). A read-only
 /// mapping also means no stray store can reach the log's bytes, and an
-/// I/O error on a write is an error return, never `SIGBUS`.
+/// I/O error on a write is an error return, never `SIGBUS`. An I/O error
+/// on a read is `SIGBUS`, which [`crate::media`] turns into an error for
+/// the bytes it hit.
 #[derive(Debug)]
 pub struct MmapFile {
     file: File,
@@ -355,6 +366,12 @@ impl SegmentFile for MmapFile {
         self.file.set_len(p)?;
         self.allocated.store(p, Ordering::Release);
         self.file.sync_all()
+    }
+}
+
+impl Drop for MmapFile {
+    fn drop(&mut self) {
+        crate::media::unregister(self.map.as_ptr());
     }
 }
 

@@ -321,10 +321,21 @@ impl BlockStore {
             .await
             .map_err(|e| unusable("list", e))?;
         let body = Bytes::from_static(b"slicefs probe");
-        self.store
+        if let Err(e) = self
+            .store
             .put(&path, PutPayload::from_bytes(body.clone()))
             .await
-            .map_err(|e| unusable("put", e))?;
+        {
+            if crate::error::is_no_space(&e) {
+                // Reachable and ours, only full: the mount must come up
+                // (reads, and deletes that free space, work on a full
+                // disk); uploads wait and retry until there is room.
+                tracing::warn!(url = %self.url, error = %e,
+                    "the block store has no space left: starting anyway; uploads wait until space is freed");
+                return Ok(());
+            }
+            return Err(unusable("put", e));
+        }
         let got = self
             .store
             .get(&path)

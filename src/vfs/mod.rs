@@ -425,6 +425,55 @@ impl Vfs {
         Ok(n)
     }
 
+    /// After a start that went on without records the metadata depends on
+    /// (`--tolerate-corruption`): logs, one error line each, the files
+    /// that lost data with them, so the user knows what to restore. With
+    /// `after` > 0 (the log ends there), every file whose metadata refers
+    /// to a later record; with 0 (another log), every file that is longer
+    /// than what the object store holds for it. Returns them.
+    ///
+    /// Not found: overwrites inside what the object store holds that only
+    /// the lost records had (the store's older bytes read back); the
+    /// metadata does not record them.
+    ///
+    /// # Errors
+    /// `EIO` from metadata.
+    pub fn list_files_that_lost_data(&self, after: u64) -> Result<Vec<Ino>> {
+        const MAX_LINES: usize = 1000;
+        let mut lost = Vec::new();
+        for ino in self.meta.inodes_past(after)? {
+            let a = self.meta.getattr(ino)?;
+            if a.kind != FileKind::Regular {
+                continue;
+            }
+            let stored = self.meta.blocks_end(ino)?;
+            if after == 0 && a.size <= stored {
+                continue;
+            }
+            lost.push(ino);
+            if lost.len() <= MAX_LINES {
+                tracing::error!(
+                    ino = ino.0,
+                    size = a.size,
+                    object_store_holds = stored,
+                    "file lost data the missing log records held (find it with `find MOUNTPOINT -inum {}`)",
+                    ino.0
+                );
+            }
+        }
+        tracing::error!(
+            files = lost.len(),
+            after_lsn = after,
+            "files that lost data with the log records that are gone{}",
+            if lost.len() > MAX_LINES {
+                format!(" (the first {MAX_LINES} are listed above)")
+            } else {
+                String::new()
+            }
+        );
+        Ok(lost)
+    }
+
     /// The metadata store.
     pub fn meta(&self) -> &MetaStore {
         &self.meta
@@ -868,7 +917,8 @@ impl Vfs {
     ///
     /// # Errors
     /// `EBADF` (not open for reading), `EISDIR`, `EIO` (the object store
-    /// failed past its retries).
+    /// failed past its retries, or the only copy of pending bytes is a
+    /// log page the disk cannot read).
     pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
         let (node, flags) = self.handle(fh)?;
         if !flags.read && !flags.cache_fill {
@@ -887,7 +937,10 @@ impl Vfs {
         let n = (size - offset).min(u64::from(len)) as usize;
         let mut out = vec![0u8; n];
         let file = node.ino.file();
-        let missing = self.cache.read(file, offset, &mut out);
+        let missing = self.cache.read(file, offset, &mut out).map_err(|e| {
+            tracing::error!(ino = node.ino.0, offset, len, "read: {e}");
+            FsError::io("read from the log", e)
+        })?;
         for m in missing {
             let from = (m.start - offset) as usize;
             let to = (m.end - offset) as usize;

@@ -158,15 +158,34 @@ pub async fn open_fs_with_progress(
             // A log created anew (wiped after a clean drain) starts past
             // every LSN metadata still refers to.
             wal.first_lsn = wal.first_lsn.max(meta.max_lsn()? + 1);
-            let p = tokio::task::spawn_blocking(move || MmapPersister::open(dir, wal))
-                .await
-                .map_err(|e| FsError::io("open the write-ahead log", e))?
-                .map_err(|e| FsError::io("open the write-ahead log", e))?;
+            let reserve = options.data_dir.join("reserve");
+            let p = tokio::task::spawn_blocking(move || {
+                match MmapPersister::open(&dir, wal.clone()) {
+                    // A start on a full disk: the log needs a new segment.
+                    // The reserve is there for this (the VFS takes it
+                    // again once the disk has room).
+                    Err(e) if crate::error::is_no_space(&e) && give_back_reserve(&reserve) => {
+                        MmapPersister::open(&dir, wal)
+                    }
+                    r => r,
+                }
+            })
+            .await
+            .map_err(|e| FsError::io("open the write-ahead log", e))?
+            .map_err(|e| {
+                if crate::error::is_no_space(&e) {
+                    FsError::NoSpace(format!(
+                        "open the write-ahead log: {e} (free some space on the data directory's disk)"
+                    ))
+                } else {
+                    FsError::io("open the write-ahead log", e)
+                }
+            })?;
             Arc::new(p)
         }
         PersisterKind::Null => Arc::new(NullPersister::new()),
     };
-    check_log_identity(&meta, persister.as_ref(), options.wal.recovery_mode)?;
+    let lost_after = check_log_identity(&meta, persister.as_ref(), options.wal.recovery_mode)?;
     let mut vfs_config = options.vfs.clone();
     if vfs_config.reserve_path.is_none()
         && (options.meta == MetaKind::Sqlite || options.persister == PersisterKind::Mmap)
@@ -199,12 +218,33 @@ pub async fn open_fs_with_progress(
         vfs_config,
         &replay,
     )?;
+    if let Some(lsn) = lost_after {
+        vfs.list_files_that_lost_data(lsn)?;
+    }
     Ok(OpenedFs {
         vfs: Arc::new(vfs),
         persister,
         replay,
         recovery,
     })
+}
+
+/// Empties the reserve file at `path` (see `space.rs`) if it holds
+/// anything; whether it did.
+fn give_back_reserve(path: &Path) -> bool {
+    let held = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+    if held
+        && std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(0))
+            .is_ok()
+    {
+        tracing::warn!(path = %path.display(),
+            "the data directory's disk is full: gave back the reserve so the log can start");
+        return true;
+    }
+    false
 }
 
 /// fsync of a directory: its entries (files created, renamed or removed
@@ -240,7 +280,8 @@ fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
 /// before the LSN metadata was last made durable with (records missing).
 /// Files whose data only the missing log held would read as zeros, or as
 /// older bytes; with [`RecoveryMode::TolerateCorruption`] the start goes
-/// on and says so.
+/// on, says so, and returns the LSN after which records were lost (0: the
+/// whole log), for [`Vfs::list_files_that_lost_data`].
 ///
 /// # Errors
 /// [`FsError::Io`] naming both logs.
@@ -248,14 +289,14 @@ fn check_log_identity(
     meta: &MetaStore,
     persister: &dyn Persister,
     mode: RecoveryMode,
-) -> Result<(), FsError> {
+) -> Result<Option<u64>, FsError> {
     let Some((id, lsn)) = meta.log_dependency()? else {
-        return Ok(());
+        return Ok(None);
     };
     let have_id = persister.log_id();
     let have_lsn = persister.next_lsn().0.saturating_sub(1);
     if have_id == id && have_lsn >= lsn {
-        return Ok(());
+        return Ok(None);
     }
     let what = if have_id != id {
         format!(
@@ -268,7 +309,7 @@ fn check_log_identity(
         tracing::error!(
             "{what}; going on as asked (--tolerate-corruption): data that only that log held is lost, and files read what the object store has"
         );
-        return Ok(());
+        return Ok(Some(if have_id == id { have_lsn } else { 0 }));
     }
     Err(FsError::io(
         "open the write-ahead log",

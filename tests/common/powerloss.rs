@@ -84,6 +84,20 @@ impl Slicefs {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; its
+    /// status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Some(st) = child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// kill -9, reap, and unmount the dead mount. Returns whether it was
     /// mounted at the kill.
     pub fn kill9(&mut self) -> bool {

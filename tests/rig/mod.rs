@@ -170,7 +170,7 @@ impl Rig {
     /// cache misses.
     pub async fn read(&self, file: FileId, offset: u64, len: usize) -> Vec<u8> {
         let mut out = vec![0u8; len];
-        let missing = self.cache.read(file, offset, &mut out);
+        let missing = self.cache.read(file, offset, &mut out).expect("readable");
         for m in missing {
             let from = (m.start - offset) as usize;
             let to = (m.end - offset) as usize;
