@@ -890,3 +890,55 @@ fn the_log_gives_back_uploaded_data_once_everything_is_clean() {
     }
     fs.unmount();
 }
+
+/// The FUSE write-back cache sends a setattr of the mtime alone after
+/// writes and for the inode of every rename and unlink. On an open file
+/// it goes to the node (no metadata transaction) and reaches metadata
+/// when the file is released; on a closed file whose mtime it does not
+/// change (a rename's ctime flush) it changes nothing.
+#[test]
+fn an_mtime_only_setattr_is_kept_without_a_transaction_of_its_own() {
+    let fs = open_fs(None);
+    let root = Creds::root();
+    let (a, fh) = fs
+        .vfs
+        .create(&root, Ino::ROOT, b"f", 0o644, RW, true)
+        .unwrap();
+    let t = slicefs::meta::Timespec {
+        sec: 1_000_000,
+        nsec: 5,
+    };
+    let req = SetAttrRequest {
+        mtime: Some(TimeSet::At(t)),
+        ..SetAttrRequest::default()
+    };
+    assert_eq!(fs.vfs.setattr(&root, a.ino, &req).unwrap().mtime, t);
+    assert_eq!(fs.vfs.getattr(a.ino).unwrap().mtime, t);
+    assert_ne!(fs.vfs.meta().getattr(a.ino).unwrap().mtime, t, "not yet");
+    fs.vfs.release(fh).unwrap();
+    assert_eq!(fs.vfs.meta().getattr(a.ino).unwrap().mtime, t);
+    // Closed, same mtime: nothing changes.
+    let before = fs.vfs.getattr(a.ino).unwrap();
+    fs.vfs
+        .rename(
+            &root,
+            Ino::ROOT,
+            b"f",
+            Ino::ROOT,
+            b"g",
+            RenameFlags::default(),
+        )
+        .unwrap();
+    let renamed = fs.vfs.getattr(a.ino).unwrap();
+    assert!(renamed.ctime >= before.ctime);
+    let after = fs.vfs.setattr(&root, a.ino, &req).unwrap();
+    assert_eq!(after, renamed);
+    assert_eq!(fs.vfs.meta().getattr(a.ino).unwrap(), renamed);
+    // Another user may not set it (not the owner).
+    let other = Creds {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![],
+    };
+    assert!(fs.vfs.setattr(&other, a.ino, &req).is_err());
+}

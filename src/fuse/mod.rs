@@ -37,8 +37,16 @@ use crate::error::FsError;
 use crate::meta::{FileKind, Ino, Inode, RenameFlags, Timespec, XattrFlags};
 use crate::vfs::{Access, Creds, OpenFlags, SetAttrRequest, TimeSet, Vfs};
 
-/// Attribute and entry time to live.
+/// Attribute time to live: how long the kernel trusts a file's
+/// attributes without a `GETATTR`.
 pub const TTL: Duration = Duration::from_secs(1);
+/// Entry time to live, positive and negative: how long the kernel trusts
+/// a name's lookup. Long because the mount is the only writer of its
+/// namespace and the kernel updates its entries itself on every create,
+/// rename and unlink it sends. A front end that changes names behind the
+/// kernel (a shared namespace, an NFS server in the same process) must
+/// invalidate them or shorten this.
+pub const ENTRY_TTL: Duration = Duration::from_secs(60);
 /// Largest write the kernel sends, in bytes.
 pub const MAX_WRITE: u32 = 1 << 20;
 /// `st_blksize` reported for every file.
@@ -179,6 +187,28 @@ fn timespec(t: SystemTime) -> Timespec {
     }
 }
 
+/// The attributes of a negative entry: node id 0, nothing else read.
+fn negative_attr() -> FileAttr {
+    let epoch = SystemTime::UNIX_EPOCH;
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: epoch,
+        mtime: epoch,
+        ctime: epoch,
+        crtime: epoch,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
 /// The `stat` view of an inode.
 pub fn file_attr(a: &Inode) -> FileAttr {
     FileAttr {
@@ -209,7 +239,7 @@ fn errno(e: &FsError) -> Errno {
 
 fn entry(reply: ReplyEntry, r: Result<Inode, FsError>) {
     match r {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Ok(a) => reply.entry_with_ttls(&TTL, &ENTRY_TTL, &file_attr(&a), Generation(0)),
         Err(e) => reply.error(errno(&e)),
     }
 }
@@ -267,6 +297,19 @@ impl Filesystem for FuseFs {
         self.killpriv_v2 = config
             .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
             .is_ok();
+        // Lookups and readdirs of one directory may run in parallel: the
+        // VFS needs no per-directory lock (each request is one metadata
+        // transaction). Symlink targets are cached by the kernel (a
+        // symlink's target never changes). Both are only hints: a kernel
+        // without them works as before.
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            if let Err(missing) = config.add_capabilities(flag) {
+                tracing::debug!(?missing, "the kernel lacks a FUSE capability");
+            }
+        }
         if self.writeback_cache
             && let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
         {
@@ -280,11 +323,20 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        entry(
-            reply,
-            self.vfs
-                .lookup(&self.creds(req), Ino(parent.0), name.as_bytes()),
-        )
+        match self
+            .vfs
+            .lookup(&self.creds(req), Ino(parent.0), name.as_bytes())
+        {
+            // A negative entry (node id 0) that the kernel caches for
+            // `ENTRY_TTL`, so that a create's own lookup, or a program probing
+            // for a missing file again, is not a round trip. Safe while
+            // the kernel sees every change to the tree (a single-host
+            // mount: the kernel drops the entry when it creates the name).
+            Err(FsError::NotFound) => {
+                reply.entry_with_ttls(&TTL, &ENTRY_TTL, &negative_attr(), Generation(0))
+            }
+            r => entry(reply, r),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

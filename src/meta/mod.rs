@@ -18,7 +18,7 @@ use slicefs_wal::{ChunkIndex, FileId};
 
 use crate::blockstore::BlockKey;
 
-pub use ops::{LINK_MAX, NAME_MAX, XattrFlags};
+pub use ops::{Check, LINK_MAX, NAME_MAX, Policy, XattrFlags};
 pub use sqlite::SCHEMA_VERSION;
 pub use store::MetaStore;
 pub use types::{DirEntry, FileKind, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage};

@@ -60,6 +60,39 @@ pub(crate) trait Tx {
     fn usage(&mut self) -> Result<Usage>;
 }
 
+/// What a namespace operation asks of the caller's permission policy,
+/// inside its transaction (so the check and the change see the same
+/// rows, with no lock around two transactions). The order of the calls
+/// follows Linux's: `ENOTDIR` of the directory first, then the
+/// directory's permission, then `ENOENT`, then the sticky bit, then the
+/// victim's type.
+#[derive(Debug, Clone, Copy)]
+pub enum Check<'a> {
+    /// Looking a name up in `dir` (search permission).
+    Search(&'a Inode),
+    /// Adding or removing entries of `dir` (write and search).
+    Modify(&'a Inode),
+    /// Removing or replacing `victim`'s entry in `dir` (the sticky bit).
+    Remove {
+        /// The directory.
+        dir: &'a Inode,
+        /// The inode whose entry goes.
+        victim: &'a Inode,
+    },
+    /// Moving directory `moved` to another parent (its `..` changes:
+    /// write permission on it).
+    Reparent(&'a Inode),
+}
+
+/// A permission policy: `Err` refuses the operation, and its transaction
+/// changes nothing.
+pub type Policy<'a> = &'a dyn Fn(Check<'_>) -> Result<()>;
+
+/// The policy that allows everything (internal callers, tests).
+pub fn allow_all(_: Check<'_>) -> Result<()> {
+    Ok(())
+}
+
 /// Checks a name for a new directory entry.
 pub fn check_name(name: &[u8]) -> Result<()> {
     if name.is_empty() || name == b"." || name == b".." {
@@ -113,8 +146,14 @@ pub(crate) fn init_root(tx: &mut dyn Tx, uid: u32, gid: u32, now: Timespec) -> R
     })
 }
 
-pub(crate) fn lookup(tx: &mut dyn Tx, parent: Ino, name: &[u8]) -> Result<Inode> {
+pub(crate) fn lookup(
+    tx: &mut dyn Tx,
+    parent: Ino,
+    name: &[u8],
+    policy: Policy<'_>,
+) -> Result<Inode> {
     let p = dir(tx, parent)?;
+    policy(Check::Search(&p))?;
     if name == b"." {
         return Ok(p);
     }
@@ -136,21 +175,27 @@ fn touch_dir(tx: &mut dyn Tx, d: &mut Inode, now: Timespec) -> Result<()> {
     tx.put_inode(d)
 }
 
-pub(crate) fn create(
+/// Creates `name` in `parent`; `node` gives the new inode's settings
+/// from the parent (after the policy allowed the change: set-group-id
+/// directories pass on their group).
+pub(crate) fn create<'t>(
     tx: &mut dyn Tx,
     parent: Ino,
     name: &[u8],
-    node: &NewNode<'_>,
+    node: &dyn Fn(&Inode) -> Result<NewNode<'t>>,
     now: Timespec,
+    policy: Policy<'_>,
 ) -> Result<Inode> {
     check_name(name)?;
     let mut p = dir(tx, parent)?;
+    policy(Check::Modify(&p))?;
     if p.nlink == 0 {
         return Err(FsError::NotFound);
     }
     if tx.dentry(parent, name)?.is_some() {
         return Err(FsError::Exists);
     }
+    let node = &node(&p)?;
     let ino = Ino(tx.next("ino")?);
     let is_dir = node.kind == FileKind::Directory;
     let size = node.target.map_or(0, |t| t.len() as u64);
@@ -190,8 +235,11 @@ pub(crate) fn link(
     parent: Ino,
     name: &[u8],
     now: Timespec,
+    policy: Policy<'_>,
 ) -> Result<Inode> {
     check_name(name)?;
+    let mut p = dir(tx, parent)?;
+    policy(Check::Modify(&p))?;
     let mut f = get(tx, ino)?;
     if f.kind == FileKind::Directory {
         return Err(FsError::NotPermitted);
@@ -199,7 +247,6 @@ pub(crate) fn link(
     if f.nlink >= LINK_MAX {
         return Err(FsError::TooManyLinks);
     }
-    let mut p = dir(tx, parent)?;
     if p.nlink == 0 {
         return Err(FsError::NotFound);
     }
@@ -215,15 +262,34 @@ pub(crate) fn link(
     Ok(f)
 }
 
+/// The directory `parent` and the inode of its entry `name`, once the
+/// policy allowed removing that entry (write permission on the
+/// directory, then the sticky bit).
+fn victim(tx: &mut dyn Tx, parent: Ino, name: &[u8], policy: Policy<'_>) -> Result<(Inode, Inode)> {
+    let p = dir(tx, parent)?;
+    policy(Check::Modify(&p))?;
+    let (ino, _) = tx.dentry(parent, name)?.ok_or(FsError::NotFound)?;
+    let v = get(tx, ino)?;
+    policy(Check::Remove {
+        dir: &p,
+        victim: &v,
+    })?;
+    Ok((p, v))
+}
+
 /// Removes a non-directory entry; returns the inode with its new link
 /// count (0: the caller frees it once no handle is open).
-pub(crate) fn unlink(tx: &mut dyn Tx, parent: Ino, name: &[u8], now: Timespec) -> Result<Inode> {
-    let mut p = dir(tx, parent)?;
-    let (ino, kind) = tx.dentry(parent, name)?.ok_or(FsError::NotFound)?;
-    if kind == FileKind::Directory {
+pub(crate) fn unlink(
+    tx: &mut dyn Tx,
+    parent: Ino,
+    name: &[u8],
+    now: Timespec,
+    policy: Policy<'_>,
+) -> Result<Inode> {
+    let (mut p, mut f) = victim(tx, parent, name, policy)?;
+    if f.kind == FileKind::Directory {
         return Err(FsError::IsDir);
     }
-    let mut f = get(tx, ino)?;
     tx.delete_dentry(parent, name)?;
     f.nlink = f.nlink.saturating_sub(1);
     f.ctime = now;
@@ -233,22 +299,27 @@ pub(crate) fn unlink(tx: &mut dyn Tx, parent: Ino, name: &[u8], now: Timespec) -
 }
 
 /// Removes an empty directory; returns it (link count 0).
-pub(crate) fn rmdir(tx: &mut dyn Tx, parent: Ino, name: &[u8], now: Timespec) -> Result<Inode> {
+pub(crate) fn rmdir(
+    tx: &mut dyn Tx,
+    parent: Ino,
+    name: &[u8],
+    now: Timespec,
+    policy: Policy<'_>,
+) -> Result<Inode> {
     if name == b"." {
         return Err(FsError::Invalid("rmdir of '.'"));
     }
     if name == b".." {
         return Err(FsError::NotEmpty);
     }
-    let mut p = dir(tx, parent)?;
-    let (ino, kind) = tx.dentry(parent, name)?.ok_or(FsError::NotFound)?;
-    if kind != FileKind::Directory {
+    let (mut p, mut d) = victim(tx, parent, name, policy)?;
+    if d.kind != FileKind::Directory {
         return Err(FsError::NotDir);
     }
+    let ino = d.ino;
     if tx.dir_has_entries(ino)? {
         return Err(FsError::NotEmpty);
     }
-    let mut d = get(tx, ino)?;
     tx.delete_dentry(parent, name)?;
     d.nlink = 0;
     d.ctime = now;
@@ -279,6 +350,7 @@ fn is_within(tx: &mut dyn Tx, mut dir: Ino, ancestor: Ino) -> Result<bool> {
 /// Renames `parent/name` to `new_parent/new_name`. Returns the inode the
 /// target name held before (its link count already lowered; 0: free it
 /// once unused), if any and not exchanged.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rename(
     tx: &mut dyn Tx,
     parent: Ino,
@@ -287,18 +359,40 @@ pub(crate) fn rename(
     new_name: &[u8],
     flags: RenameFlags,
     now: Timespec,
+    policy: Policy<'_>,
 ) -> Result<Option<Inode>> {
     if flags.noreplace && flags.exchange {
         return Err(FsError::Invalid("RENAME_NOREPLACE with RENAME_EXCHANGE"));
     }
+    let p = dir(tx, parent)?;
+    let np = if new_parent == parent {
+        p.clone()
+    } else {
+        dir(tx, new_parent)?
+    };
+    policy(Check::Modify(&p))?;
+    policy(Check::Modify(&np))?;
     if name == b"." || name == b".." {
         return Err(FsError::Invalid("rename of '.' or '..'"));
     }
     check_name(new_name)?;
-    dir(tx, parent)?;
-    dir(tx, new_parent)?;
     let (src_ino, src_kind) = tx.dentry(parent, name)?.ok_or(FsError::NotFound)?;
+    let src = get(tx, src_ino)?;
+    policy(Check::Remove {
+        dir: &p,
+        victim: &src,
+    })?;
     let dst = tx.dentry(new_parent, new_name)?;
+    if let Some((dst_ino, _)) = dst {
+        let victim = get(tx, dst_ino)?;
+        policy(Check::Remove {
+            dir: &np,
+            victim: &victim,
+        })?;
+    }
+    if src_kind == FileKind::Directory && parent != new_parent {
+        policy(Check::Reparent(&src))?;
+    }
     if src_kind == FileKind::Directory && is_within(tx, new_parent, src_ino)? {
         return Err(FsError::Invalid("a directory moved below itself"));
     }

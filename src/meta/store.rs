@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use slicefs_wal::{FileId, Persister};
 
-use super::ops::{self, Tx, XattrFlags};
+use super::ops::{self, Policy, Tx, XattrFlags};
 use super::types::{DirEntry, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage};
 use super::{
     BlockAddr, BlockMap, BlockRef, MetaError, memstore::MemBackend, sqlite::SqliteBackend,
@@ -216,7 +216,16 @@ impl MetaStore {
     /// # Errors
     /// `ENOENT`, `ENOTDIR`, `ENAMETOOLONG`.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Inode> {
-        self.read(|tx| ops::lookup(tx, parent, name))
+        self.lookup_as(parent, name, &ops::allow_all)
+    }
+
+    /// [`MetaStore::lookup`] under a permission policy, checked in the
+    /// same transaction ([`ops::Check::Search`] of `parent`).
+    ///
+    /// # Errors
+    /// As [`MetaStore::lookup`], and what `policy` returns.
+    pub fn lookup_as(&self, parent: Ino, name: &[u8], policy: Policy<'_>) -> Result<Inode> {
+        self.read(|tx| ops::lookup(tx, parent, name, policy))
     }
 
     /// The inode `ino`.
@@ -238,7 +247,26 @@ impl MetaStore {
         node: &NewNode<'_>,
         now: Timespec,
     ) -> Result<Inode> {
-        self.write(TxMode::Write, |tx| ops::create(tx, parent, name, node, now))
+        self.create_as(parent, name, &|_| Ok(*node), now, &ops::allow_all)
+    }
+
+    /// [`MetaStore::create`] in one transaction with its permission check
+    /// ([`ops::Check::Modify`] of `parent`); `node` makes the new inode's
+    /// settings from the parent's attributes.
+    ///
+    /// # Errors
+    /// As [`MetaStore::create`], and what `policy` or `node` return.
+    pub fn create_as<'t>(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        node: &dyn Fn(&Inode) -> Result<NewNode<'t>>,
+        now: Timespec,
+        policy: Policy<'_>,
+    ) -> Result<Inode> {
+        self.write(TxMode::Write, |tx| {
+            ops::create(tx, parent, name, node, now, policy)
+        })
     }
 
     /// Adds the hard link `parent/name` to `ino`.
@@ -246,7 +274,25 @@ impl MetaStore {
     /// # Errors
     /// `EPERM` for a directory, `EMLINK`, `EEXIST`, `ENOENT`, `ENOTDIR`.
     pub fn link(&self, ino: Ino, parent: Ino, name: &[u8], now: Timespec) -> Result<Inode> {
-        self.write(TxMode::Write, |tx| ops::link(tx, ino, parent, name, now))
+        self.link_as(ino, parent, name, now, &ops::allow_all)
+    }
+
+    /// [`MetaStore::link`] with its permission check in the same
+    /// transaction.
+    ///
+    /// # Errors
+    /// As [`MetaStore::link`], and what `policy` returns.
+    pub fn link_as(
+        &self,
+        ino: Ino,
+        parent: Ino,
+        name: &[u8],
+        now: Timespec,
+        policy: Policy<'_>,
+    ) -> Result<Inode> {
+        self.write(TxMode::Write, |tx| {
+            ops::link(tx, ino, parent, name, now, policy)
+        })
     }
 
     /// Removes the entry of a non-directory; returns the inode with its
@@ -255,7 +301,24 @@ impl MetaStore {
     /// # Errors
     /// `ENOENT`, `EISDIR`, `ENOTDIR`.
     pub fn unlink(&self, parent: Ino, name: &[u8], now: Timespec) -> Result<Inode> {
-        self.write(TxMode::Write, |tx| ops::unlink(tx, parent, name, now))
+        self.unlink_as(parent, name, now, &ops::allow_all)
+    }
+
+    /// [`MetaStore::unlink`] with its permission and sticky-bit checks in
+    /// the same transaction.
+    ///
+    /// # Errors
+    /// As [`MetaStore::unlink`], and what `policy` returns.
+    pub fn unlink_as(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        now: Timespec,
+        policy: Policy<'_>,
+    ) -> Result<Inode> {
+        self.write(TxMode::Write, |tx| {
+            ops::unlink(tx, parent, name, now, policy)
+        })
     }
 
     /// Removes an empty directory.
@@ -263,7 +326,24 @@ impl MetaStore {
     /// # Errors
     /// `ENOENT`, `ENOTDIR`, `ENOTEMPTY`, `EINVAL`.
     pub fn rmdir(&self, parent: Ino, name: &[u8], now: Timespec) -> Result<Inode> {
-        self.write(TxMode::Write, |tx| ops::rmdir(tx, parent, name, now))
+        self.rmdir_as(parent, name, now, &ops::allow_all)
+    }
+
+    /// [`MetaStore::rmdir`] with its permission and sticky-bit checks in
+    /// the same transaction.
+    ///
+    /// # Errors
+    /// As [`MetaStore::rmdir`], and what `policy` returns.
+    pub fn rmdir_as(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        now: Timespec,
+        policy: Policy<'_>,
+    ) -> Result<Inode> {
+        self.write(TxMode::Write, |tx| {
+            ops::rmdir(tx, parent, name, now, policy)
+        })
     }
 
     /// Renames; returns the inode the target name held (link count already
@@ -281,8 +361,35 @@ impl MetaStore {
         flags: RenameFlags,
         now: Timespec,
     ) -> Result<Option<Inode>> {
+        self.rename_as(
+            parent,
+            name,
+            new_parent,
+            new_name,
+            flags,
+            now,
+            &ops::allow_all,
+        )
+    }
+
+    /// [`MetaStore::rename`] with its permission and sticky-bit checks in
+    /// the same transaction.
+    ///
+    /// # Errors
+    /// As [`MetaStore::rename`], and what `policy` returns.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename_as(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+        now: Timespec,
+        policy: Policy<'_>,
+    ) -> Result<Option<Inode>> {
         self.write(TxMode::Write, |tx| {
-            ops::rename(tx, parent, name, new_parent, new_name, flags, now)
+            ops::rename(tx, parent, name, new_parent, new_name, flags, now, policy)
         })
     }
 

@@ -142,7 +142,7 @@ impl Inode {
 }
 
 /// What to create.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct NewNode<'a> {
     /// The type.
     pub kind: FileKind,

@@ -3,10 +3,11 @@
 //! and NFS front ends call it with inode numbers and map [`FsError`] to
 //! errno (or nfsstat3) through [`FsError::errno`].
 //!
-//! Locking: `ns` (namespace mutations: permission check and change as one
-//! step) -> one node's state mutex (writes, attribute changes of an open
-//! file) -> the cache's and the log's own locks. Reads take no VFS lock
-//! but the node's for the size.
+//! Locking: a namespace change is one metadata transaction that checks
+//! permissions itself (a [`crate::meta::Policy`]), so the VFS holds no
+//! lock around it. Then one node's state mutex (writes, attribute changes
+//! of an open file) -> the cache's and the log's own locks. Reads take
+//! no VFS lock but the node's for the size.
 //!
 //! Calls block (the log's group commit, reads from the object store); a
 //! front end calls them from its own threads (FUSE) or through
@@ -27,8 +28,8 @@ use slicefs_wal::{Persister, SliceWrite, WalError};
 
 use crate::error::FsError;
 use crate::meta::{
-    DirEntry, FileKind, Ino, Inode, MetaStore, NewNode, RenameFlags, SetAttr, Timespec, Usage,
-    XattrFlags,
+    Check, DirEntry, FileKind, Ino, Inode, MetaStore, NewNode, RenameFlags, SetAttr, Timespec,
+    Usage, XattrFlags,
 };
 use crate::transfer::TransferManager;
 pub use open::{FsOptions, MetaKind, OpenedFs, PersisterKind, open_fs, open_fs_with_progress};
@@ -236,7 +237,6 @@ pub struct Vfs {
     nodes: Arc<Mutex<HashMap<Ino, Arc<Node>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    ns: Mutex<()>,
     parts: reaper::Parts,
     reaper: reaper::Reaper,
 }
@@ -296,7 +296,6 @@ impl Vfs {
             nodes,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            ns: Mutex::new(()),
         };
         let rec = vfs.recover(report)?;
         vfs.tm.resume();
@@ -538,13 +537,17 @@ impl Vfs {
     /// `ENOENT`, `ENOTDIR`, `EACCES` (no search permission),
     /// `ENAMETOOLONG`.
     pub fn lookup(&self, creds: &Creds, parent: Ino, name: &[u8]) -> Result<Inode> {
-        let p = self.attr(parent)?;
-        if p.kind != FileKind::Directory {
-            return Err(FsError::NotDir);
+        let f = self.meta.lookup_as(parent, name, &policy(creds))?;
+        Ok(self.overlay(f))
+    }
+
+    /// `a` as metadata has it, with the in-memory size and times if the
+    /// inode is open (its node is newer).
+    fn overlay(&self, a: Inode) -> Inode {
+        match self.node(a.ino) {
+            Some(n) => lock(&n.state).attr.clone(),
+            None => a,
         }
-        perm::check(creds, &p, Access::EXEC)?;
-        let f = self.meta.lookup(parent, name)?;
-        self.attr(f.ino)
     }
 
     /// `getattr`.
@@ -631,6 +634,17 @@ impl Vfs {
                 }
             }
         }
+        if req.perm.is_none()
+            && req.uid.is_none()
+            && req.gid.is_none()
+            && req.size.is_none()
+            && !kill
+            && set.atime.is_none()
+            && let Some(mtime) = set.mtime
+            && let Some(a) = self.absorb_times(ino, &cur, mtime, now)
+        {
+            return Ok(a);
+        }
         if let Some(size) = req.size {
             if cur.kind == FileKind::Directory {
                 return Err(FsError::IsDir);
@@ -663,6 +677,29 @@ impl Vfs {
             return Ok(st.attr.clone());
         }
         Ok(stored)
+    }
+
+    /// A `setattr` of the modification time only (permission already
+    /// checked), without a metadata transaction where none is needed; the
+    /// FUSE kernel's write-back cache sends one after every write, and
+    /// one for the inode of every rename, link and unlink (to flush the
+    /// ctime it keeps). `None`: it needs a transaction.
+    ///
+    /// - An open file: the node takes it, and the next flush, fsync or
+    ///   release persists it with the size (as it does for writes).
+    /// - A file with no link left (being freed): nothing to keep.
+    /// - An unchanged mtime: the VFS set the ctime itself in the change
+    ///   that made the kernel send this (the rename, link or unlink);
+    ///   the kernel's own ctime differs from it by microseconds.
+    fn absorb_times(&self, ino: Ino, cur: &Inode, mtime: Timespec, now: Timespec) -> Option<Inode> {
+        if let Some(n) = self.node(ino).filter(|_| cur.kind == FileKind::Regular) {
+            let mut st = lock(&n.state);
+            st.attr.mtime = mtime;
+            st.attr.ctime = now;
+            st.dirty = true;
+            return Some(st.attr.clone());
+        }
+        (cur.nlink == 0 || mtime == cur.mtime).then(|| cur.clone())
     }
 
     /// Truncates `ino` to `size`: log, cache, then metadata (size,
@@ -738,37 +775,30 @@ impl Vfs {
         if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) && creds.uid != 0 {
             return Err(FsError::NotPermitted);
         }
-        let _ns = lock(&self.ns);
-        let p = self.meta.getattr(parent)?;
-        if p.kind != FileKind::Directory {
-            return Err(FsError::NotDir);
-        }
-        perm::check(creds, &p, Access::WRITE | Access::EXEC)?;
-        let sgid_dir = p.perm & 0o2000 != 0;
-        let gid = if sgid_dir { p.gid } else { creds.gid };
-        let mut perm = perm & 0o7777;
-        if kind == FileKind::Directory && sgid_dir {
-            perm |= 0o2000;
-        }
-        if kind == FileKind::Symlink {
-            perm = 0o777;
-        }
-        if kind != FileKind::Directory && creds.uid != 0 && !creds.in_group(gid) {
-            perm &= !0o2000;
-        }
-        self.meta.create(
-            parent,
-            name,
-            &NewNode {
+        let node = |p: &Inode| {
+            let sgid_dir = p.perm & 0o2000 != 0;
+            let gid = if sgid_dir { p.gid } else { creds.gid };
+            let mut perm = perm & 0o7777;
+            if kind == FileKind::Directory && sgid_dir {
+                perm |= 0o2000;
+            }
+            if kind == FileKind::Symlink {
+                perm = 0o777;
+            }
+            if kind != FileKind::Directory && creds.uid != 0 && !creds.in_group(gid) {
+                perm &= !0o2000;
+            }
+            Ok(NewNode {
                 kind,
                 perm,
                 uid: creds.uid,
                 gid,
                 rdev,
                 target,
-            },
-            Timespec::now(),
-        )
+            })
+        };
+        self.meta
+            .create_as(parent, name, &node, Timespec::now(), &policy(creds))
     }
 
     /// `mkdir`.
@@ -1191,29 +1221,16 @@ impl Vfs {
         self.reaper.reap_now()
     }
 
-    fn check_sticky(&self, creds: &Creds, dir: &Inode, victim: &Inode) -> Result<()> {
-        if dir.perm & 0o1000 != 0
-            && creds.uid != 0
-            && creds.uid != dir.uid
-            && creds.uid != victim.uid
-        {
-            return Err(FsError::NotPermitted);
-        }
-        Ok(())
-    }
-
     /// `unlink`. A file still open stays readable and writable through its
     /// handles and is freed at its last release.
     ///
     /// # Errors
     /// `ENOENT`, `EISDIR`, `EACCES`, `EPERM` (sticky directory).
     pub fn unlink(&self, creds: &Creds, parent: Ino, name: &[u8]) -> Result<()> {
-        let _ns = lock(&self.ns);
-        let p = self.meta.getattr(parent)?;
-        perm::check(creds, &p, Access::WRITE | Access::EXEC)?;
-        let victim = self.meta.lookup(parent, name)?;
-        self.check_sticky(creds, &p, &victim)?;
-        let a = self.room_for_delete(|| self.meta.unlink(parent, name, Timespec::now()))?;
+        let a = self.room_for_delete(|| {
+            self.meta
+                .unlink_as(parent, name, Timespec::now(), &policy(creds))
+        })?;
         if let Some(n) = self.node(a.ino) {
             let mut st = lock(&n.state);
             st.attr.nlink = a.nlink;
@@ -1231,14 +1248,10 @@ impl Vfs {
     /// # Errors
     /// `ENOENT`, `ENOTDIR`, `ENOTEMPTY`, `EACCES`, `EPERM`, `EINVAL`.
     pub fn rmdir(&self, creds: &Creds, parent: Ino, name: &[u8]) -> Result<()> {
-        let _ns = lock(&self.ns);
-        let p = self.meta.getattr(parent)?;
-        perm::check(creds, &p, Access::WRITE | Access::EXEC)?;
-        if name != b"." && name != b".." {
-            let victim = self.meta.lookup(parent, name)?;
-            self.check_sticky(creds, &p, &victim)?;
-        }
-        let d = self.room_for_delete(|| self.meta.rmdir(parent, name, Timespec::now()))?;
+        let d = self.room_for_delete(|| {
+            self.meta
+                .rmdir_as(parent, name, Timespec::now(), &policy(creds))
+        })?;
         match self.node(d.ino) {
             Some(n) => lock(&n.state).attr.nlink = 0,
             None => self.orphaned(d.ino)?,
@@ -1260,23 +1273,16 @@ impl Vfs {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        let _ns = lock(&self.ns);
-        let p = self.meta.getattr(parent)?;
-        let np = self.meta.getattr(new_parent)?;
-        perm::check(creds, &p, Access::WRITE | Access::EXEC)?;
-        perm::check(creds, &np, Access::WRITE | Access::EXEC)?;
-        let src = self.meta.lookup(parent, name)?;
-        self.check_sticky(creds, &p, &src)?;
-        if let Ok(dst) = self.meta.lookup(new_parent, new_name) {
-            self.check_sticky(creds, &np, &dst)?;
-        }
-        // Moving a directory rewrites its `..`: it needs write permission.
-        if src.kind == FileKind::Directory && parent != new_parent {
-            perm::check(creds, &src, Access::WRITE)?;
-        }
         let replaced = self.room_for_delete(|| {
-            self.meta
-                .rename(parent, name, new_parent, new_name, flags, Timespec::now())
+            self.meta.rename_as(
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+                Timespec::now(),
+                &policy(creds),
+            )
         })?;
         if let Some(old) = replaced {
             if let Some(n) = self.node(old.ino) {
@@ -1293,10 +1299,9 @@ impl Vfs {
     /// # Errors
     /// `EPERM` (a directory), `EEXIST`, `EMLINK`, `EACCES`, `ENOENT`.
     pub fn link(&self, creds: &Creds, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Inode> {
-        let _ns = lock(&self.ns);
-        let np = self.meta.getattr(new_parent)?;
-        perm::check(creds, &np, Access::WRITE | Access::EXEC)?;
-        let a = self.meta.link(ino, new_parent, new_name, Timespec::now())?;
+        let a = self
+            .meta
+            .link_as(ino, new_parent, new_name, Timespec::now(), &policy(creds))?;
         if let Some(n) = self.node(ino) {
             let mut st = lock(&n.state);
             st.attr.nlink = a.nlink;
@@ -1422,5 +1427,28 @@ impl Vfs {
     pub fn removexattr(&self, creds: &Creds, ino: Ino, name: &[u8]) -> Result<()> {
         perm::check(creds, &self.attr(ino)?, Access::WRITE)?;
         self.meta.remove_xattr(ino, name, Timespec::now())
+    }
+}
+
+/// The permission policy of `creds` for namespace changes, checked by
+/// metadata inside the change's transaction (see [`crate::meta::Check`]):
+/// search and write permission on directories, the sticky bit (only the
+/// owner of the directory or of the victim, or root, may remove an
+/// entry), and write permission on a directory moved to another parent.
+fn policy(creds: &Creds) -> impl Fn(Check<'_>) -> Result<()> + '_ {
+    move |c| match c {
+        Check::Search(d) => perm::check(creds, d, Access::EXEC),
+        Check::Modify(d) => perm::check(creds, d, Access::WRITE | Access::EXEC),
+        Check::Remove { dir, victim } => {
+            if dir.perm & 0o1000 != 0
+                && creds.uid != 0
+                && creds.uid != dir.uid
+                && creds.uid != victim.uid
+            {
+                return Err(FsError::NotPermitted);
+            }
+            Ok(())
+        }
+        Check::Reparent(d) => perm::check(creds, d, Access::WRITE),
     }
 }
