@@ -494,3 +494,98 @@ fn a_block_commit_for_a_removed_file_is_refused() {
         assert_eq!(m.block(addr).unwrap(), None, "{name}");
     }
 }
+
+/// `usage` (what `statfs` reports) is counted once and then kept by every
+/// commit: after creates, size changes, a failed transaction, unlinks and
+/// purges it equals a fresh count of the reopened store.
+#[test]
+fn usage_counters_follow_every_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    let kept = {
+        let m = MetaStore::open_sqlite(&path, 0, 0).unwrap();
+        assert_eq!(m.usage().unwrap().inodes, 1, "the root");
+        let mut files = Vec::new();
+        for i in 0..20u64 {
+            let f = m
+                .create(
+                    Ino::ROOT,
+                    format!("f{i}").as_bytes(),
+                    &node(FileKind::Regular),
+                    t(1),
+                )
+                .unwrap();
+            let set = SetAttr {
+                size: Some(1000 * i),
+                ..SetAttr::default()
+            };
+            m.setattr(f.ino, &set).unwrap();
+            files.push(f.ino);
+        }
+        m.create(Ino::ROOT, b"d", &node(FileKind::Directory), t(2))
+            .unwrap();
+        // A failed transaction changes nothing.
+        assert!(
+            m.create(Ino::ROOT, b"d", &node(FileKind::Regular), t(3))
+                .is_err()
+        );
+        for i in 0..10u64 {
+            let f = m
+                .unlink(Ino::ROOT, format!("f{i}").as_bytes(), t(4))
+                .unwrap();
+            assert_eq!(f.nlink, 0);
+            m.purge(f.ino).unwrap();
+        }
+        let u = m.usage().unwrap();
+        assert_eq!(u.inodes, 1 + 10 + 1);
+        assert_eq!(u.bytes, (10..20).map(|i| 1000 * i).sum::<u64>());
+        u
+    };
+    let m = MetaStore::open_sqlite(&path, 0, 0).unwrap();
+    assert_eq!(m.usage().unwrap(), kept, "a fresh count agrees");
+}
+
+/// `readdir_plus` gives `readdir`'s entries, paged the same way, each with
+/// its inode (SQLite answers with one join).
+#[test]
+fn readdir_plus_matches_readdir_and_getattr() {
+    for (name, m, _d) in stores() {
+        let d = m
+            .create(Ino::ROOT, b"d", &node(FileKind::Directory), t(1))
+            .unwrap();
+        for i in 0..9 {
+            let kind = if i % 3 == 0 {
+                FileKind::Directory
+            } else {
+                FileKind::Regular
+            };
+            m.create(d.ino, format!("e{i}").as_bytes(), &node(kind), t(2))
+                .unwrap();
+        }
+        m.unlink(d.ino, b"e4", t(3)).unwrap();
+        let mut after = 0;
+        let mut n = 0;
+        loop {
+            let plain = m.readdir(d.ino, after, 3).unwrap();
+            let plus = m.readdir_plus(d.ino, after, 3).unwrap();
+            assert_eq!(
+                plus.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
+                plain,
+                "{name}"
+            );
+            for (e, i) in &plus {
+                assert_eq!(*i, m.getattr(e.ino).unwrap(), "{name}");
+                assert_eq!(e.kind, i.kind, "{name}");
+            }
+            let Some(last) = plain.last() else { break };
+            after = last.cookie;
+            n += plain.len();
+        }
+        assert_eq!(n, 8, "{name}");
+        assert_eq!(
+            errno(m.readdir_plus(Ino(9999), 0, 3)),
+            libc::ENOENT,
+            "{name}"
+        );
+    }
+}

@@ -942,3 +942,52 @@ fn an_mtime_only_setattr_is_kept_without_a_transaction_of_its_own() {
     };
     assert!(fs.vfs.setattr(&other, a.ino, &req).is_err());
 }
+
+/// `readdirplus` lists what `readdir` lists, page by page, each entry
+/// with the attributes `getattr` gives (an open file's newer size
+/// included).
+#[test]
+fn readdirplus_pages_match_readdir_with_attributes() {
+    let fs = open_fs(None);
+    let root = Creds::root();
+    let d = fs.vfs.mkdir(&root, Ino::ROOT, b"d", 0o755).unwrap();
+    for i in 0..25 {
+        write_file(&fs, &root, d.ino, &format!("f{i}"), &vec![1u8; i * 10]);
+    }
+    fs.vfs.mkdir(&root, d.ino, b"sub", 0o700).unwrap();
+    let (open, fh) = fs
+        .vfs
+        .create(&root, d.ino, b"open", 0o644, RW, true)
+        .unwrap();
+    fs.vfs.write(&root, fh, 0, &[7u8; 4321]).unwrap();
+    let mut plain = Vec::new();
+    let mut plus = Vec::new();
+    let (mut off_a, mut off_b) = (0, 0);
+    loop {
+        let a = fs.vfs.readdir(d.ino, off_a, 7).unwrap();
+        let b = fs.vfs.readdirplus(d.ino, off_b, 7).unwrap();
+        if a.is_empty() && b.is_empty() {
+            break;
+        }
+        off_a = a.last().map_or(off_a, |e| e.cookie);
+        off_b = b.last().map_or(off_b, |(e, _)| e.cookie);
+        plain.extend(a);
+        plus.extend(b);
+    }
+    assert_eq!(plain.len(), 2 + 25 + 2);
+    assert_eq!(
+        plus.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
+        plain
+    );
+    for (e, a) in &plus {
+        assert_eq!(e.ino, a.ino, "{:?}", e.name);
+        assert_eq!(*a, fs.vfs.getattr(e.ino).unwrap(), "{:?}", e.name);
+    }
+    let (_, a) = plus.iter().find(|(e, _)| e.name == b"open").unwrap();
+    assert_eq!((a.ino, a.size), (open.ino, 4321), "the open file's size");
+    fs.vfs.release(fh).unwrap();
+    assert!(matches!(
+        fs.vfs.readdirplus(open.ino, 0, 10),
+        Err(FsError::NotDir)
+    ));
+}

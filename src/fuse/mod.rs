@@ -29,8 +29,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags as FuseOpenFlags,
-    RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    RenameFlags as FuseRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::FsError;
@@ -302,9 +303,14 @@ impl Filesystem for FuseFs {
         // transaction). Symlink targets are cached by the kernel (a
         // symlink's target never changes). Both are only hints: a kernel
         // without them works as before.
+        // READDIRPLUS: a listing carries each entry's attributes (`ls -l`
+        // costs no lookup per entry); AUTO lets the kernel use it only
+        // where attributes are wanted (a plain `ls` reads names alone).
         for flag in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ] {
             if let Err(missing) = config.add_capabilities(flag) {
                 tracing::debug!(?missing, "the kernel lacks a FUSE capability");
@@ -524,6 +530,12 @@ impl Filesystem for FuseFs {
             .vfs
             .open(&self.creds(req), Ino(ino.0), self.open_flags(flags.0))
         {
+            // A read-only handle has nothing to flush at close (the kernel
+            // skips the FLUSH request unless its write-back cache is on).
+            Ok(fh) if flags.0 & libc::O_ACCMODE == libc::O_RDONLY => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
@@ -648,6 +660,34 @@ impl Filesystem for FuseFs {
                         e.cookie,
                         kind(e.kind),
                         OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.vfs.readdirplus(Ino(ino.0), offset, 512) {
+            Ok(entries) => {
+                for (e, a) in entries {
+                    if reply.add(
+                        INodeNo(e.ino.0),
+                        e.cookie,
+                        OsStr::from_bytes(&e.name),
+                        &TTL,
+                        &file_attr(&a),
+                        Generation(0),
                     ) {
                         break;
                     }

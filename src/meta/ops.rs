@@ -35,6 +35,20 @@ pub(crate) trait Tx {
     fn delete_dentry(&mut self, parent: Ino, name: &[u8]) -> Result<()>;
     fn dir_has_entries(&mut self, dir: Ino) -> Result<bool>;
     fn list_dir(&mut self, dir: Ino, after: u64, limit: usize) -> Result<Vec<DirEntry>>;
+    /// [`Tx::list_dir`] with each entry's inode (for `readdirplus`).
+    fn list_dir_plus(
+        &mut self,
+        dir: Ino,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(DirEntry, Inode)>> {
+        let mut out = Vec::new();
+        for e in self.list_dir(dir, after, limit)? {
+            let i = get(self, e.ino)?;
+            out.push((e, i));
+        }
+        Ok(out)
+    }
     /// The next value of a named counter (`ino`, `version`, `cookie`).
     fn next(&mut self, counter: &'static str) -> Result<u64>;
     /// The value of a named counter (0 if never set).
@@ -107,7 +121,7 @@ pub fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn get(tx: &mut dyn Tx, ino: Ino) -> Result<Inode> {
+fn get<T: Tx + ?Sized>(tx: &mut T, ino: Ino) -> Result<Inode> {
     tx.inode(ino)?.ok_or(FsError::NotFound)
 }
 
@@ -583,6 +597,17 @@ pub(crate) fn readdir(
 ) -> Result<Vec<DirEntry>> {
     dir(tx, dir_ino)?;
     tx.list_dir(dir_ino, after, limit)
+}
+
+/// [`readdir`] with each entry's inode.
+pub(crate) fn readdir_plus(
+    tx: &mut dyn Tx,
+    dir_ino: Ino,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(DirEntry, Inode)>> {
+    dir(tx, dir_ino)?;
+    tx.list_dir_plus(dir_ino, after, limit)
 }
 
 pub(crate) fn readlink(tx: &mut dyn Tx, ino: Ino) -> Result<Vec<u8>> {

@@ -426,6 +426,20 @@ impl MetaStore {
         self.read(|tx| ops::readdir(tx, dir, after, limit))
     }
 
+    /// [`MetaStore::readdir`] with each entry's inode, in one transaction
+    /// (for `readdirplus`).
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR`.
+    pub fn readdir_plus(
+        &self,
+        dir: Ino,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(DirEntry, Inode)>> {
+        self.read(|tx| ops::readdir_plus(tx, dir, after, limit))
+    }
+
     /// A symlink's target.
     ///
     /// # Errors

@@ -1368,6 +1368,53 @@ impl Vfs {
         Ok(out)
     }
 
+    /// `readdirplus`: [`Vfs::readdir`] with each entry's attributes (an
+    /// open file's as its node has them), so that `ls -l` costs no lookup
+    /// per entry.
+    ///
+    /// # Errors
+    /// As [`Vfs::readdir`].
+    pub fn readdirplus(
+        &self,
+        ino: Ino,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<(DirEntry, Inode)>> {
+        let a = self.attr(ino)?;
+        if a.kind != FileKind::Directory {
+            return Err(FsError::NotDir);
+        }
+        let mut out = Vec::new();
+        if offset < 1 {
+            let e = DirEntry {
+                name: b".".to_vec(),
+                ino,
+                kind: FileKind::Directory,
+                cookie: 1,
+            };
+            out.push((e, a.clone()));
+        }
+        if offset < 2 {
+            let e = DirEntry {
+                name: b"..".to_vec(),
+                ino: a.parent,
+                kind: FileKind::Directory,
+                cookie: 2,
+            };
+            out.push((e, self.attr(a.parent)?));
+        }
+        let want = limit.saturating_sub(out.len());
+        for (mut e, i) in self
+            .meta
+            .readdir_plus(ino, offset.saturating_sub(2), want)?
+        {
+            e.cookie += 2;
+            out.push((e, self.overlay(i)));
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// `releasedir`.
     ///
     /// # Errors
