@@ -21,6 +21,7 @@
 #   BENCH_TARGETS which targets to run (default "raw slicefs")
 #   SLICEFS_MOUNT_ARGS  extra `slicefs mount` arguments (split at spaces),
 #                 e.g. "--upload-delay 1h" to keep uploads out of the run
+#   BENCH_TREE    the tree the whole-tree workloads copy (/usr/include)
 #   SLICEFS_UMOUNT_WAIT seconds to wait for the daemon to exit after
 #                 umount before killing it (default 120)
 set -euo pipefail
@@ -30,7 +31,7 @@ runs=${RUNS:-3}
 base=${BENCH_DIR:-/var/tmp}
 targets=${BENCH_TARGETS:-raw slicefs}
 umount_wait=${SLICEFS_UMOUNT_WAIT:-120}
-tree=/usr/include
+tree=${BENCH_TREE:-/usr/include}
 bin=${SLICEFS_BIN:-}
 if [[ " $targets " == *" slicefs "* ]]; then
     if [ -z "$bin" ]; then

@@ -133,4 +133,17 @@ run env RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" cargo doc --workspace --no-
 section "test: cargo test --workspace"
 run cargo test --workspace
 
+section "smoke: scripts/bench-small.sh (tiny N; speed is not checked, every workload must run)"
+bench_smoke() {
+    local out
+    out=$(RUNS=1 BENCH_TREE=/usr/include/linux SLICEFS_BIN=target/debug/slicefs \
+        scripts/bench-small.sh 100)
+    printf '%s\n' "$out"
+    if grep -q 'n/a' <<<"$out"; then
+        echo "error: a benchmark workload failed (n/a above)" >&2
+        return 1
+    fi
+}
+run bench_smoke
+
 section "all checks passed"
