@@ -279,6 +279,10 @@ impl Tx for MemTx<'_> {
             .collect())
     }
 
+    fn any_xattr(&mut self) -> Result<bool> {
+        Ok(!self.s.xattrs.is_empty())
+    }
+
     fn block(&mut self, addr: BlockAddr) -> Result<Option<BlockRef>> {
         Ok(self.s.blocks.get(&addr).copied())
     }

@@ -61,6 +61,8 @@ pub(crate) trait Tx {
     fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) -> Result<()>;
     fn delete_xattr(&mut self, ino: Ino, name: &[u8]) -> Result<bool>;
     fn xattr_names(&mut self, ino: Ino) -> Result<Vec<Vec<u8>>>;
+    /// Whether any inode has an extended attribute.
+    fn any_xattr(&mut self) -> Result<bool>;
     fn block(&mut self, addr: BlockAddr) -> Result<Option<BlockRef>>;
     fn put_block(&mut self, addr: BlockAddr, r: BlockRef) -> Result<()>;
     fn delete_block(&mut self, addr: BlockAddr) -> Result<()>;

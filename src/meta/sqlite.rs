@@ -567,6 +567,13 @@ impl Tx for SqlTx<'_, '_> {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    fn any_xattr(&mut self) -> Result<bool> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM xattrs)")?;
+        Ok(st.query_row([], |r| r.get(0))?)
+    }
+
     fn block(&mut self, a: BlockAddr) -> Result<Option<BlockRef>> {
         let mut st = self.tx.prepare_cached(
             "SELECT version, len FROM blocks WHERE ino = ?1 AND chunk = ?2 AND block = ?3",

@@ -1,6 +1,7 @@
 //! [`MetaStore`]: the metadata store, over a backend (SQLite or memory).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use slicefs_wal::{FileId, Persister};
@@ -66,6 +67,16 @@ pub(crate) trait Backend: Send + Sync {
 pub struct MetaStore {
     backend: Arc<dyn Backend>,
     log: Arc<OnceLock<Weak<dyn Persister>>>,
+    seqs: Arc<CommitSeqs>,
+}
+
+/// Commit sequence numbers: every write transaction takes the next one
+/// under the backend's lock (so they follow commit order), and a durable
+/// commit records its own as durable, covering every smaller one.
+#[derive(Default)]
+struct CommitSeqs {
+    last: AtomicU64,
+    durable: AtomicU64,
 }
 
 impl MetaStore {
@@ -79,6 +90,7 @@ impl MetaStore {
         let s = MetaStore {
             backend: Arc::new(SqliteBackend::open(path)?),
             log: Arc::default(),
+            seqs: Arc::default(),
         };
         s.init(uid, gid)?;
         Ok(s)
@@ -89,6 +101,7 @@ impl MetaStore {
         let s = MetaStore {
             backend: Arc::new(MemBackend::default()),
             log: Arc::default(),
+            seqs: Arc::default(),
         };
         s.init(uid, gid).expect("the memory backend cannot fail");
         s
@@ -133,6 +146,7 @@ impl MetaStore {
             self.log_barrier()?;
         }
         let dep = std::cell::Cell::new(None);
+        let seq = std::cell::Cell::new(0);
         self.backend.run(
             mode,
             &|| {
@@ -145,10 +159,29 @@ impl MetaStore {
                     tx.set_counter("log_lsn", lsn)?;
                 }
                 out = Some(f(tx)?);
+                if mode != TxMode::Read {
+                    // Under the backend's lock: in commit order.
+                    seq.set(self.seqs.last.fetch_add(1, Ordering::AcqRel) + 1);
+                }
                 Ok(())
             },
         )?;
+        if mode == TxMode::Durable {
+            self.seqs.durable.fetch_max(seq.get(), Ordering::AcqRel);
+        }
         Ok(out.expect("set on success"))
+    }
+
+    /// The sequence number of the newest write transaction so far (0:
+    /// none). A change made before this call has at most this number.
+    pub fn commit_seq(&self) -> u64 {
+        self.seqs.last.load(Ordering::Acquire)
+    }
+
+    /// Whether every write transaction up to sequence number `seq` (see
+    /// [`MetaStore::commit_seq`]) is durable against power loss.
+    pub fn is_durable(&self, seq: u64) -> bool {
+        self.seqs.durable.load(Ordering::Acquire) >= seq
     }
 
     fn read<T>(&self, f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
@@ -525,6 +558,14 @@ impl MetaStore {
     /// `ENODATA`, `ENOENT`.
     pub fn get_xattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         self.read(|tx| ops::get_xattr(tx, ino, name))
+    }
+
+    /// Whether any inode has an extended attribute (one indexed probe).
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn any_xattr(&self) -> Result<bool> {
+        self.read(|tx| tx.any_xattr())
     }
 
     /// Sets an extended attribute.

@@ -19,7 +19,7 @@ mod reaper;
 mod space;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -175,6 +175,11 @@ struct NodeState {
     /// `attr` has changes metadata does not have yet.
     dirty: bool,
     opens: u32,
+    /// The metadata commits (see [`MetaStore::commit_seq`]) up to which
+    /// this inode's metadata must be durable for an `fdatasync` to need
+    /// nothing but the log: its creation, and every change that is not
+    /// the size or times a write implies (chmod, chown, truncate).
+    meta_seq: u64,
 }
 
 /// Permission bits without setuid, and without setgid if the group may
@@ -237,6 +242,9 @@ pub struct Vfs {
     nodes: Arc<Mutex<HashMap<Ino, Arc<Node>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Whether any inode may have an extended attribute (false only
+    /// while none ever had one: see [`Vfs::getxattr`]).
+    xattrs_exist: AtomicBool,
     parts: reaper::Parts,
     reaper: reaper::Reaper,
 }
@@ -284,6 +292,7 @@ impl Vfs {
             nodes: nodes.clone(),
         };
         let interval = config.reap_interval.max(Duration::from_millis(1));
+        let xattrs_exist = AtomicBool::new(meta.any_xattr()?);
         let vfs = Vfs {
             reaper: reaper::Reaper::start(parts.clone(), interval)?,
             parts,
@@ -296,6 +305,7 @@ impl Vfs {
             nodes,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            xattrs_exist,
         };
         let rec = vfs.recover(report)?;
         vfs.tm.resume();
@@ -662,6 +672,7 @@ impl Vfs {
         drop(_st);
         if let Some(n) = n {
             let mut st = lock(&n.state);
+            st.meta_seq = self.meta.commit_seq();
             let (size, mtime, dirty) = (st.attr.size, st.attr.mtime, st.dirty);
             let size_lsn = st.attr.size_lsn;
             st.attr = stored.clone();
@@ -923,6 +934,8 @@ impl Vfs {
                         attr: a.clone(),
                         dirty: false,
                         opens: 0,
+                        // Its creation, or anything before this open.
+                        meta_seq: self.meta.commit_seq(),
                     }),
                 })
             });
@@ -1128,11 +1141,28 @@ impl Vfs {
     /// in metadata. With `fsync_upload`, also once the data is in the
     /// object store.
     ///
+    /// `fdatasync` of a file whose inode is durable in metadata and has no
+    /// change since but what writes imply (size, times) syncs the log
+    /// alone: one device flush instead of two. Its data and size are
+    /// durable (the log holds the writes); its times, and a rename since
+    /// the last metadata sync, are not (as ext4's `fdatasync`).
+    ///
     /// # Errors
     /// `EBADF`, `EIO` (a failed log sync: the log refuses further work).
-    pub fn fsync(&self, fh: u64, _datasync: bool) -> Result<()> {
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let (node, _) = self.handle(fh)?;
         self.persister.sync().map_err(wal_err)?;
+        if datasync
+            && self.persister.is_enabled()
+            && !self.config.fsync_upload
+            && self.meta.is_durable(lock(&node.state).meta_seq)
+        {
+            // One device flush: the log holds every write, so the size
+            // they imply (recovery grows a file to the end of the bytes
+            // the log holds); the inode and its name were durable already.
+            // Its times and size reach metadata with the next commit.
+            return Ok(());
+        }
         self.persist(&node, true)?;
         self.meta.sync()?;
         if self.config.fsync_upload {
@@ -1438,6 +1468,12 @@ impl Vfs {
     /// `ENODATA`, `EACCES`, `ENOENT`.
     pub fn getxattr(&self, creds: &Creds, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         perm::check(creds, &self.attr(ino)?, Access::READ)?;
+        if !self.xattrs_exist.load(Ordering::Acquire) {
+            // The kernel asks for `security.capability` before the first
+            // write to every inode: with no extended attribute anywhere
+            // that is `ENODATA` without a metadata read.
+            return Err(FsError::NoAttr);
+        }
         self.meta.get_xattr(ino, name)
     }
 
@@ -1455,6 +1491,9 @@ impl Vfs {
         flags: XattrFlags,
     ) -> Result<()> {
         perm::check(creds, &self.attr(ino)?, Access::WRITE)?;
+        // Before the change: a getxattr that sees it must not answer from
+        // the flag.
+        self.xattrs_exist.store(true, Ordering::Release);
         self.meta
             .set_xattr(ino, name, value, flags, Timespec::now())
     }
