@@ -540,3 +540,38 @@ async fn a_full_disk_for_flushed_markers_does_not_stop_uploads() {
     rig.check_all().await;
     rig.tm.shutdown().await;
 }
+
+/// The manager's per-file state follows dirty files: once everything is
+/// uploaded, it keeps none (its planning walks only what it keeps), and a
+/// file written again is tracked and uploaded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_file_state_is_dropped_once_a_file_is_uploaded() {
+    let (_f, store) = faulty_memory(FaultConfig::default());
+    let meta = Arc::new(MetaStore::memory(0, 0));
+    let rig = Rig::new(
+        CacheConfig::default(),
+        Arc::new(NullPersister::new()),
+        meta.clone(),
+        store.clone(),
+        fast_config(),
+    );
+    for f in 1..=200u64 {
+        rig.write(FileId(f), 0, &[f as u8; 300]).await.unwrap();
+    }
+    assert!(rig.tm.stats().tracked_files > 0);
+    rig.tm.drain(Duration::from_secs(30)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rig.tm.stats().tracked_files > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rig.tm.stats().tracked_files, 0);
+    rig.write(FileId(7), 100, &[9u8; 50]).await.unwrap();
+    assert_eq!(rig.tm.stats().tracked_files, 1);
+    rig.tm.drain(Duration::from_secs(30)).await.unwrap();
+    rig.check_all().await;
+    let model = rig.model();
+    rig.tm.shutdown().await;
+    let cold = Rig::cold(meta.clone(), store.clone(), model);
+    cold.check_all().await;
+    cold.tm.shutdown().await;
+}

@@ -204,6 +204,10 @@ pub struct TransferStats {
     pub last_error: Option<String>,
     /// Age of the oldest dirty data the manager knows of.
     pub oldest_dirty_age: Option<Duration>,
+    /// Files the manager keeps state for: dirty ones and those with an
+    /// upload in flight (0 once everything is uploaded; its planning
+    /// walks these, never every file ever written).
+    pub tracked_files: u64,
     /// Replaced objects deleted.
     pub gc_deleted: u64,
     /// Replaced objects waiting for deletion.
@@ -663,7 +667,11 @@ impl TransferManager {
         let c = &i.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (stalled_since, last_error) = lock(&i.stall).clone();
-        let oldest = lock(&i.files).values().filter_map(|s| s.dirty_since).min();
+        let (oldest, tracked_files) = {
+            let files = lock(&i.files);
+            let oldest = files.values().filter_map(|s| s.dirty_since).min();
+            (oldest, files.len() as u64)
+        };
         TransferStats {
             uploads: g(&c.uploads),
             upload_bytes: g(&c.upload_bytes),
@@ -678,6 +686,7 @@ impl TransferManager {
             stalled_for: stalled_since.map(|t| t.elapsed()),
             last_error,
             oldest_dirty_age: oldest.map(|t| t.elapsed()),
+            tracked_files,
             gc_deleted: g(&c.gc_deleted),
             gc_pending: g(&c.gc_pending),
             gc_deferred: g(&c.gc_deferred),
@@ -934,6 +943,17 @@ impl Inner {
             > self.config.pressure_ratio * self.cache.config().dirty_max_bytes as f64;
         let draining = self.draining.load(Ordering::SeqCst);
         let mut files = lock(&self.files);
+        // A file with nothing to upload and nothing in flight leaves the
+        // map (no stamp or truncate holds its gate, so no epoch check can
+        // miss it; a later write or the sweep brings it back): the map,
+        // and this walk, follow dirty files, not every file ever written.
+        files.retain(|_, st| {
+            st.dirty_since.is_some()
+                || st.flush_requested
+                || st.full_block
+                || st.uploads > 0
+                || Arc::strong_count(&st.gate) > 1
+        });
         let mut plan: Vec<(Instant, FileId, SnapshotOptions, Stamp)> = Vec::new();
         for (&f, st) in files.iter_mut() {
             let Some(since) = st.dirty_since else {
