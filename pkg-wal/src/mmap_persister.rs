@@ -170,6 +170,9 @@ struct Shared<S: Storage> {
     open_stats: RecoveryStats,
     bg: Mutex<Background>,
     bg_cv: Condvar,
+    /// The batch syncer sleeps until an append (nothing to sync): an
+    /// append then wakes it. Idle, the log takes no wake-ups.
+    syncer_idle: AtomicBool,
     reclaim_lock: Mutex<()>,
     reclaim_barrier: Mutex<Option<Arc<crate::ReclaimBarrier>>>,
 }
@@ -497,6 +500,7 @@ impl<S: Storage> MmapPersister<S> {
             closed: AtomicBool::new(false),
             open_stats: stats,
             bg: Mutex::new(Background::default()),
+            syncer_idle: AtomicBool::new(false),
             bg_cv: Condvar::new(),
             reclaim_lock: Mutex::new(()),
             reclaim_barrier: Mutex::new(None),
@@ -773,9 +777,15 @@ impl<S: Storage> Shared<S> {
                 .index
                 .apply(lsn, seg.header.first_lsn.0, at + data_offset(), &kind);
             inner.next_lsn += 1;
-            self.next_lsn.store(inner.next_lsn, Ordering::Release);
+            self.next_lsn.store(inner.next_lsn, Ordering::SeqCst);
             (lsn, seg, at)
         };
+        // SeqCst with the syncer's flag and check (`batch_syncer`): either
+        // it sees this LSN before it sleeps, or this sees it asleep.
+        if self.syncer_idle.load(Ordering::SeqCst) {
+            let _bg = lock(&self.bg);
+            self.bg_cv.notify_all();
+        }
         if self.config.durability == Durability::Always {
             self.sync_to(lsn.0)?;
         }
@@ -885,6 +895,20 @@ impl<S: Storage> Shared<S> {
 
     fn batch_syncer(&self, max_delay: Duration) {
         loop {
+            let unsynced =
+                || self.next_lsn.load(Ordering::SeqCst) - 1 > self.durable.load(Ordering::Acquire);
+            if !unsynced() {
+                // Nothing to sync: sleep until an append wakes us.
+                let mut bg = lock(&self.bg);
+                self.syncer_idle.store(true, Ordering::SeqCst);
+                while !bg.shutdown && !unsynced() {
+                    bg = self.bg_cv.wait(bg).unwrap_or_else(|e| e.into_inner());
+                }
+                self.syncer_idle.store(false, Ordering::SeqCst);
+                if bg.shutdown {
+                    return;
+                }
+            }
             {
                 let bg = lock(&self.bg);
                 let (bg, _) = self

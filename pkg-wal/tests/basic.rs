@@ -482,3 +482,29 @@ fn a_full_disk_for_an_oversize_record_keeps_the_log_appendable() {
     let got = slices(&p);
     assert_eq!(got, vec![(lsn.0, 2, 0, b"after the full disk".to_vec())]);
 }
+
+/// In batch mode the background syncer sleeps while the log is synced
+/// and an append wakes it: every append becomes durable within the
+/// batch delay (bounded here by a generous wait), also after idle
+/// stretches, without an explicit sync.
+#[test]
+fn batch_mode_syncs_appends_that_follow_an_idle_stretch() {
+    let p = MmapPersister::open_on(
+        SimStorage::new(),
+        cfg(Durability::Batch {
+            max_delay: std::time::Duration::from_millis(5),
+        }),
+    )
+    .unwrap();
+    for round in 0..5u64 {
+        // Idle: the syncer has nothing to do and sleeps.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let lsn = write(&p, round + 1, 0, 0, b"some bytes");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while p.durable_lsn() < lsn && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(p.durable_lsn() >= lsn, "round {round}: not synced");
+    }
+    p.close().unwrap();
+}
