@@ -589,3 +589,78 @@ fn readdir_plus_matches_readdir_and_getattr() {
         );
     }
 }
+
+/// Block commits from many threads at once share durable transactions
+/// (a group commit) and each still gets its own outcome: every commit of
+/// a live file lands (with the size it implies), and the commits for a
+/// purged file are refused as `FileGone` without failing the others.
+#[test]
+fn concurrent_block_commits_each_get_their_own_outcome() {
+    for (name, m, _dir) in stores() {
+        let mut files = Vec::new();
+        for i in 0..8u64 {
+            let f = m
+                .create(
+                    Ino::ROOT,
+                    format!("f{i}").as_bytes(),
+                    &node(FileKind::Regular),
+                    t(1),
+                )
+                .unwrap();
+            files.push(f.ino);
+        }
+        let gone = m
+            .create(Ino::ROOT, b"gone", &node(FileKind::Regular), t(1))
+            .unwrap()
+            .ino;
+        m.unlink(Ino::ROOT, b"gone", t(2)).unwrap();
+        m.purge(gone).unwrap();
+        let threads: Vec<_> = files
+            .iter()
+            .copied()
+            .chain([gone])
+            .map(|ino| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    (0..10u32)
+                        .map(|block| {
+                            let addr = BlockAddr {
+                                file: FileId(ino.0),
+                                chunk: ChunkIndex(0),
+                                block,
+                            };
+                            let version = m.allocate_version().unwrap();
+                            (
+                                addr,
+                                version,
+                                m.commit_block(addr, BlockRef { version, len: 100 }),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for (k, th) in threads.into_iter().enumerate() {
+            for (addr, version, r) in th.join().unwrap() {
+                if k == files.len() {
+                    assert!(
+                        matches!(r, Err(MetaError::FileGone { .. })),
+                        "{name}: {r:?}"
+                    );
+                    assert_eq!(m.block(addr).unwrap(), None, "{name}");
+                } else {
+                    assert!(matches!(r, Ok(None)), "{name}: {r:?}");
+                    assert_eq!(
+                        m.block(addr).unwrap(),
+                        Some(BlockRef { version, len: 100 }),
+                        "{name}"
+                    );
+                }
+            }
+        }
+        for ino in files {
+            // Block 9 of chunk 0 ends at 9 * 4 MiB + 100.
+            assert_eq!(m.getattr(ino).unwrap().size, 9 * (4 << 20) + 100, "{name}");
+        }
+    }
+}
