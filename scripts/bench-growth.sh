@@ -26,6 +26,8 @@
 #                 umount before killing it (default 120)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 n=${1:-300000}
 step=${STEP:-50000}
 base=${BENCH_DIR:-/var/tmp}
@@ -38,29 +40,8 @@ for v in "$n" "$step" "$upload_wait" "$idle_secs" "$umount_wait"; do
         exit 1
     fi
 done
-bin=${SLICEFS_BIN:-}
-if [ -z "$bin" ]; then
-    cargo build --release --bin slicefs >&2
-    bin=target/release/slicefs
-elif [ ! -x "$bin" ]; then
-    echo "error: SLICEFS_BIN=$bin is not executable" >&2
-    exit 1
-fi
-work=$(mktemp -d "$base/slicefs-bench-growth.XXXXXX")
-mnt=$work/mnt
-pid=
-cleanup() {
-    if mountpoint -q "$mnt" 2>/dev/null; then
-        umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
-    fi
-    if [ -n "$pid" ]; then
-        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-mkdir -p "$mnt"
+bench_binary
+bench_workdir "$base" slicefs-bench-growth
 # shellcheck disable=SC2086 # arguments are words
 "$bin" mount "$mnt" --data-dir "$work/data" --log-level warn ${SLICEFS_MOUNT_ARGS:-} 2>"$work/mount.log" &
 pid=$!

@@ -13,27 +13,12 @@
 #                 e.g. "--upload-delay 1h" to keep uploads out of the run
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 n=${1:-10000}
 base=${BENCH_DIR:-/var/tmp}
-bin=${SLICEFS_BIN:-}
-if [ -z "$bin" ]; then
-    cargo build --release --bin slicefs >&2
-    bin=target/release/slicefs
-fi
-work=$(mktemp -d "$base/slicefs-bench-meta.XXXXXX")
-mnt=$work/mnt
-pid=
-cleanup() {
-    if mountpoint -q "$mnt" 2>/dev/null; then
-        umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
-    fi
-    if [ -n "$pid" ]; then
-        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_binary
+bench_workdir "$base" slicefs-bench-meta
 mkdir -p "$work/raw" "$mnt"
 # shellcheck disable=SC2086 # arguments are words
 "$bin" mount "$mnt" --data-dir "$work/data" --log-level warn ${SLICEFS_MOUNT_ARGS:-} 2>"$work/mount.log" &

@@ -26,37 +26,19 @@
 #                 umount before killing it (default 120)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 n=${1:-10000}
 runs=${RUNS:-3}
 base=${BENCH_DIR:-/var/tmp}
 targets=${BENCH_TARGETS:-raw slicefs}
 umount_wait=${SLICEFS_UMOUNT_WAIT:-120}
 tree=${BENCH_TREE:-/usr/include}
-bin=${SLICEFS_BIN:-}
+bin=
 if [[ " $targets " == *" slicefs "* ]]; then
-    if [ -z "$bin" ]; then
-        cargo build --release --bin slicefs >&2
-        bin=target/release/slicefs
-    elif [ ! -x "$bin" ]; then
-        echo "error: SLICEFS_BIN=$bin is not executable" >&2
-        exit 1
-    fi
+    bench_binary
 fi
-work=$(mktemp -d "$base/slicefs-bench-small.XXXXXX")
-mnt=$work/mnt
-pid=
-cleanup() {
-    if mountpoint -q "$mnt" 2>/dev/null; then
-        umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
-    fi
-    if [ -n "$pid" ]; then
-        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-mkdir -p "$mnt"
+bench_workdir "$base" slicefs-bench-small
 
 # A fresh data dir and mount; returns non-zero (message on stderr) on failure.
 mount_fs() {
