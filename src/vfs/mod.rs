@@ -1371,23 +1371,7 @@ impl Vfs {
         if a.kind != FileKind::Directory {
             return Err(FsError::NotDir);
         }
-        let mut out = Vec::new();
-        if offset < 1 {
-            out.push(DirEntry {
-                name: b".".to_vec(),
-                ino,
-                kind: FileKind::Directory,
-                cookie: 1,
-            });
-        }
-        if offset < 2 {
-            out.push(DirEntry {
-                name: b"..".to_vec(),
-                ino: a.parent,
-                kind: FileKind::Directory,
-                cookie: 2,
-            });
-        }
+        let mut out = dot_entries(ino, &a, offset);
         let after = offset.saturating_sub(2);
         let want = limit.saturating_sub(out.len());
         for mut e in self.meta.readdir(ino, after, want)? {
@@ -1415,23 +1399,13 @@ impl Vfs {
             return Err(FsError::NotDir);
         }
         let mut out = Vec::new();
-        if offset < 1 {
-            let e = DirEntry {
-                name: b".".to_vec(),
-                ino,
-                kind: FileKind::Directory,
-                cookie: 1,
+        for e in dot_entries(ino, &a, offset) {
+            let attr = if e.ino == ino {
+                a.clone()
+            } else {
+                self.attr(e.ino)?
             };
-            out.push((e, a.clone()));
-        }
-        if offset < 2 {
-            let e = DirEntry {
-                name: b"..".to_vec(),
-                ino: a.parent,
-                kind: FileKind::Directory,
-                cookie: 2,
-            };
-            out.push((e, self.attr(a.parent)?));
+            out.push((e, attr));
         }
         let want = limit.saturating_sub(out.len());
         for (mut e, i) in self
@@ -1514,6 +1488,21 @@ impl Vfs {
         perm::check(creds, &self.attr(ino)?, Access::WRITE)?;
         self.meta.remove_xattr(ino, name, Timespec::now())
     }
+}
+
+/// `.` and `..` of directory `ino` (attributes `a`) for a listing resumed
+/// after `offset`: cookies 1 and 2, before the stored entries.
+fn dot_entries(ino: Ino, a: &Inode, offset: u64) -> Vec<DirEntry> {
+    [(b".".as_slice(), ino, 1), (b"..".as_slice(), a.parent, 2)]
+        .into_iter()
+        .filter(|&(_, _, cookie)| offset < cookie)
+        .map(|(name, ino, cookie)| DirEntry {
+            name: name.to_vec(),
+            ino,
+            kind: FileKind::Directory,
+            cookie,
+        })
+        .collect()
 }
 
 /// The permission policy of `creds` for namespace changes, checked by
