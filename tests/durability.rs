@@ -180,6 +180,7 @@ fn metadata_becomes_durable_only_after_the_log() {
         .create(&root, Ino::ROOT, b"f", 0o644, RW, true)
         .unwrap();
     s.vfs.write(&root, fh, 0, b"data").unwrap();
+    let version = s.meta.allocate_version().unwrap();
     s.log.fail_sync.store(true, Ordering::SeqCst);
     assert_eq!(s.vfs.fsync(fh, false).unwrap_err().errno(), libc::EIO);
     assert_eq!(s.vfs.fsyncdir(Ino::ROOT).unwrap_err().errno(), libc::EIO);
@@ -188,15 +189,22 @@ fn metadata_becomes_durable_only_after_the_log() {
         chunk: ChunkIndex(0),
         block: 0,
     };
-    let version = s.meta.allocate_version().unwrap();
+    s.meta
+        .commit_block(addr, BlockRef { version, len: 4 })
+        .unwrap();
+    let seq = BlockMap::commit_seq(&s.meta);
     assert!(
-        s.meta
-            .commit_block(addr, BlockRef { version, len: 4 })
-            .is_err(),
-        "a block commit is durable, so it needs the log synced first"
+        !BlockMap::is_durable(&s.meta, seq),
+        "a block commit alone is not durable"
     );
-    assert_eq!(s.meta.block(addr).unwrap(), None, "nothing committed");
+    assert!(
+        BlockMap::sync(&s.meta).is_err(),
+        "making a block commit durable needs the log synced first"
+    );
+    assert!(!BlockMap::is_durable(&s.meta, seq));
     s.log.fail_sync.store(false, Ordering::SeqCst);
+    BlockMap::sync(&s.meta).unwrap();
+    assert!(BlockMap::is_durable(&s.meta, seq));
     s.vfs.release(fh).unwrap();
 }
 

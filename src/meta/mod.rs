@@ -87,8 +87,10 @@ pub enum MetaError {
 
 /// The per-block map of committed object versions.
 ///
-/// Durability: every mutating call returns only once its change is
-/// durable (it survives a crash of the process and of the machine).
+/// Durability: a block commit is durable only once [`BlockMap::sync`]
+/// (or another durable commit) covers it (see [`BlockMap::is_durable`]);
+/// the other mutating calls return once their change is durable (it
+/// survives a crash of the process and of the machine).
 pub trait BlockMap: Send + Sync {
     /// The committed version of `addr`, if any.
     fn block(&self, addr: BlockAddr) -> Result<Option<BlockRef>, MetaError>;
@@ -98,9 +100,20 @@ pub trait BlockMap: Send + Sync {
     fn allocate_version(&self) -> Result<u64, MetaError>;
 
     /// Makes `new` the committed version of `addr` and returns the version
-    /// it replaced (its object is garbage once this returns).
+    /// it replaced (its object is garbage once this commit is durable).
+    /// Not durable on return: a power loss may undo it until
+    /// [`BlockMap::is_durable`] says so for a [`BlockMap::commit_seq`] read
+    /// after this returned; callers that need it durable batch many
+    /// commits under one [`BlockMap::sync`].
     /// [`MetaError::FileGone`] if the file was removed meanwhile.
     fn commit_block(&self, addr: BlockAddr, new: BlockRef) -> Result<Option<BlockRef>, MetaError>;
+
+    /// The sequence number of the newest committed change (0: none); a
+    /// change committed before this call has at most this number.
+    fn commit_seq(&self) -> u64;
+
+    /// Whether every change up to sequence number `seq` is durable.
+    fn is_durable(&self, seq: u64) -> bool;
 
     /// Cuts the block map of `file` to `size` bytes: blocks starting at or
     /// past `size` are dropped, the block holding `size` is shortened.
@@ -112,9 +125,10 @@ pub trait BlockMap: Send + Sync {
     fn remove_blocks(&self, file: FileId) -> Result<Vec<BlockKey>, MetaError>;
 
     /// Makes every change so far durable against power loss (after the
-    /// log it depends on). Called before an object dropped by a
-    /// truncate or removal is deleted, so that no durable block map can
-    /// point at a deleted object.
+    /// log it depends on). Called before the log may forget the bytes of
+    /// committed blocks, and before an object dropped by a truncate or
+    /// removal is deleted, so that no durable block map can point at a
+    /// deleted object.
     fn sync(&self) -> Result<(), MetaError>;
 
     /// Whether `key` is the committed version of its block.

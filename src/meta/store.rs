@@ -1,9 +1,8 @@
 //! [`MetaStore`]: the metadata store, over a backend (SQLite or memory).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use slicefs_wal::{FileId, Persister};
 
@@ -69,37 +68,15 @@ pub struct MetaStore {
     backend: Arc<dyn Backend>,
     log: Arc<OnceLock<Weak<dyn Persister>>>,
     seqs: Arc<CommitSeqs>,
-    blocks: Arc<BlockCommits>,
+    /// Object versions reserved durably and not yet handed out:
+    /// `(next, end)`, `next..end`.
+    versions: Arc<Mutex<(u64, u64)>>,
 }
 
-/// Block commits waiting for their durable transaction: a group commit.
-/// The first caller that finds no leader commits every waiting block in
-/// one durable transaction (one log sync and one WAL fsync for all) and
-/// hands each its own result; callers that arrive meanwhile wait for the
-/// next leader. Uploads in flight (up to 32) thus share device flushes
-/// instead of taking the metadata lock through one fsync each.
-#[derive(Default)]
-struct BlockCommits {
-    state: Mutex<BlockQueue>,
-    done: Condvar,
-}
-
-#[derive(Default)]
-struct BlockQueue {
-    next_ticket: u64,
-    waiting: Vec<(u64, BlockAddr, BlockRef)>,
-    results: HashMap<u64, BlockOutcome>,
-    leading: bool,
-}
-
-/// How one queued block commit ended.
-enum BlockOutcome {
-    Committed(Option<BlockRef>),
-    /// The file is gone (see [`MetaError::FileGone`]).
-    Gone,
-    /// The transaction failed for the whole batch.
-    Failed(String),
-}
+/// Object versions reserved per durable transaction: one metadata commit
+/// per this many uploads instead of one per upload. A crash loses at most
+/// the unused rest of a range (versions only need to be unique).
+const VERSION_RANGE: u64 = 1024;
 
 /// Commit sequence numbers: every write transaction takes the next one
 /// under the backend's lock (so they follow commit order), and a durable
@@ -122,7 +99,7 @@ impl MetaStore {
             backend: Arc::new(SqliteBackend::open(path)?),
             log: Arc::default(),
             seqs: Arc::default(),
-            blocks: Arc::default(),
+            versions: Arc::default(),
         };
         s.init(uid, gid)?;
         Ok(s)
@@ -134,7 +111,7 @@ impl MetaStore {
             backend: Arc::new(MemBackend::default()),
             log: Arc::default(),
             seqs: Arc::default(),
-            blocks: Arc::default(),
+            versions: Arc::default(),
         };
         s.init(uid, gid).expect("the memory backend cannot fail");
         s
@@ -203,35 +180,6 @@ impl MetaStore {
             self.seqs.durable.fetch_max(seq.get(), Ordering::AcqRel);
         }
         Ok(out.expect("set on success"))
-    }
-
-    /// One durable transaction for a batch of block commits (see
-    /// [`BlockCommits`]): each gets its own outcome; a failure of the
-    /// transaction fails them all.
-    fn commit_blocks(&self, batch: &[(u64, BlockAddr, BlockRef)]) -> Vec<(u64, BlockOutcome)> {
-        let mut out = Vec::with_capacity(batch.len());
-        let r = self.write(TxMode::Durable, |tx| {
-            out.clear();
-            for &(ticket, addr, new) in batch {
-                // A gone file fails before its transaction writes anything.
-                match ops::commit_block(tx, addr, new) {
-                    Ok(old) => out.push((ticket, BlockOutcome::Committed(old))),
-                    Err(FsError::NotFound) => out.push((ticket, BlockOutcome::Gone)),
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        });
-        match r {
-            Ok(()) => out,
-            Err(e) => {
-                let why = e.to_string();
-                batch
-                    .iter()
-                    .map(|&(t, ..)| (t, BlockOutcome::Failed(why.clone())))
-                    .collect()
-            }
-        }
     }
 
     /// The sequence number of the newest write transaction so far (0:
@@ -686,8 +634,21 @@ impl BlockMap for MetaStore {
     }
 
     fn allocate_version(&self) -> std::result::Result<u64, MetaError> {
-        self.write(TxMode::Write, |tx| tx.next("version"))
-            .map_err(meta_err("allocate version"))
+        let mut r = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        if r.0 >= r.1 {
+            // Durable: a version handed out before a power loss is never
+            // handed out again after it.
+            let last = self
+                .write(TxMode::Durable, |tx| {
+                    let last = tx.counter("version")?;
+                    tx.set_counter("version", last + VERSION_RANGE)?;
+                    Ok(last)
+                })
+                .map_err(meta_err("allocate version"))?;
+            *r = (last + 1, last + 1 + VERSION_RANGE);
+        }
+        r.0 += 1;
+        Ok(r.0 - 1)
     }
 
     fn commit_block(
@@ -695,34 +656,22 @@ impl BlockMap for MetaStore {
         addr: BlockAddr,
         new: BlockRef,
     ) -> std::result::Result<Option<BlockRef>, MetaError> {
-        let q = &self.blocks;
-        let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
-        let ticket = st.next_ticket;
-        st.next_ticket += 1;
-        st.waiting.push((ticket, addr, new));
-        loop {
-            if let Some(r) = st.results.remove(&ticket) {
-                return match r {
-                    BlockOutcome::Committed(old) => Ok(old),
-                    BlockOutcome::Gone => Err(MetaError::FileGone { file: addr.file }),
-                    BlockOutcome::Failed(why) => {
-                        Err(meta_err("commit block")(FsError::io("commit block", why)))
-                    }
-                };
-            }
-            if st.leading {
-                st = q.done.wait(st).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            st.leading = true;
-            let batch = std::mem::take(&mut st.waiting);
-            drop(st);
-            let outcomes = self.commit_blocks(&batch);
-            st = q.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.leading = false;
-            st.results.extend(outcomes);
-            q.done.notify_all();
+        // Not durable: the transfer manager makes block commits durable in
+        // groups (`BlockMap::sync`) before the log may forget their bytes.
+        match self.write(TxMode::Write, |tx| ops::commit_block(tx, addr, new)) {
+            Ok(old) => Ok(old),
+            // A gone file fails before its transaction writes anything.
+            Err(FsError::NotFound) => Err(MetaError::FileGone { file: addr.file }),
+            Err(e) => Err(meta_err("commit block")(e)),
         }
+    }
+
+    fn commit_seq(&self) -> u64 {
+        MetaStore::commit_seq(self)
+    }
+
+    fn is_durable(&self, seq: u64) -> bool {
+        MetaStore::is_durable(self, seq)
     }
 
     fn truncate_blocks(

@@ -22,6 +22,7 @@
 //! that reads that looked the old version up can finish.
 
 mod blockcache;
+mod queue;
 mod sched;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use tokio_util::task::TaskTracker;
 use crate::blockstore::{BlockKey, BlockStore, BlockStoreError};
 use crate::meta::{BlockAddr, BlockMap, BlockRef, MetaError};
 use blockcache::BlockCache;
+use queue::{Plan, Stamp, Timing};
 use sched::{IoClass, IoPermit, IoScheduler};
 
 /// Start-up settings of a [`TransferManager`].
@@ -243,25 +245,6 @@ pub struct DrainProgress {
 }
 
 #[derive(Default)]
-struct FileState {
-    /// When the file first had dirty data not yet planned for upload.
-    dirty_since: Option<Instant>,
-    /// The last write to the file.
-    last_write: Option<Instant>,
-    /// A write filled a block: upload full blocks now.
-    full_block: bool,
-    /// Upload everything now (fsync, close, drain).
-    flush_requested: bool,
-    /// Uploads of the file in progress.
-    uploads: usize,
-    /// Bumped by truncate and remove: a snapshot taken before is stale.
-    epoch: u64,
-    /// Serializes a commit's epoch check with truncate and remove.
-    gate: Arc<Mutex<u64>>,
-    removed: bool,
-}
-
-#[derive(Default)]
 struct Counters {
     uploads: AtomicU64,
     upload_bytes: AtomicU64,
@@ -287,7 +270,8 @@ struct Inner {
     meta: Arc<dyn BlockMap>,
     store: BlockStore,
     config: TransferConfig,
-    files: Mutex<HashMap<FileId, FileState>>,
+    /// Upload state of the files with dirty data, and their queue.
+    plan: Mutex<Plan>,
     /// Read-ahead: per file, the block after the last one read.
     readers: Mutex<HashMap<FileId, u64>>,
     wake: Notify,
@@ -295,6 +279,12 @@ struct Inner {
     io: IoScheduler,
     upload_slots: Semaphore,
     uploads_in_flight: AtomicUsize,
+    /// Block commits waiting to be durable: the highest commit sequence
+    /// number an upload waits for, the syncer's wake-up, and the highest
+    /// number known durable (see [`Inner::meta_syncer`]).
+    meta_want: AtomicU64,
+    meta_wake: Notify,
+    meta_durable: tokio::sync::watch::Sender<u64>,
     downloads: Mutex<HashMap<BlockKey, Download>>,
     block_cache: Mutex<BlockCache>,
     gc_tx: mpsc::Sender<GcItem>,
@@ -323,6 +313,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 const GC_QUEUE_MAX: usize = 1 << 16;
+
+/// How long the metadata syncer gathers block commits before one sync
+/// makes them all durable: bounds the syncs to about 200 a second however
+/// many small files are uploaded, at a few milliseconds of upload latency.
+const META_SYNC_WINDOW: Duration = Duration::from_millis(5);
 
 /// An object to delete: when it was queued, and when it may go.
 struct GcItem {
@@ -366,6 +361,11 @@ impl TransferManager {
         config: TransferConfig,
     ) -> TransferManager {
         let (gc_tx, gc_rx) = mpsc::channel(GC_QUEUE_MAX);
+        let timing = Timing {
+            upload_delay: config.upload_delay,
+            max_dirty_age: config.max_dirty_age,
+            eager_full_blocks: config.eager_full_blocks,
+        };
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             io: IoScheduler::new(config.io_max),
@@ -376,11 +376,14 @@ impl TransferManager {
             meta,
             store,
             config,
-            files: Mutex::new(HashMap::new()),
+            plan: Mutex::new(Plan::new(timing)),
             readers: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             progress: Notify::new(),
             uploads_in_flight: AtomicUsize::new(0),
+            meta_want: AtomicU64::new(0),
+            meta_wake: Notify::new(),
+            meta_durable: tokio::sync::watch::Sender::new(0),
             downloads: Mutex::new(HashMap::new()),
             gc_tx,
             resumed: tokio::sync::watch::Sender::new(false),
@@ -394,12 +397,13 @@ impl TransferManager {
         });
         let recovered = inner.cache.dirty_files();
         {
-            let mut files = lock(&inner.files);
+            let mut plan = lock(&inner.plan);
             let now = Instant::now();
             for f in recovered {
-                let st = files.entry(f).or_default();
+                let st = plan.entry(f);
                 st.dirty_since = Some(now);
                 st.flush_requested = true;
+                plan.schedule(f);
             }
         }
         let tm = TransferManager { inner };
@@ -409,6 +413,8 @@ impl TransferManager {
         tm.inner
             .tasks
             .spawn(async move { i.collector(gc_rx).await });
+        let i = tm.inner.clone();
+        tm.inner.tasks.spawn(async move { i.meta_syncer().await });
         tm
     }
 
@@ -426,15 +432,19 @@ impl TransferManager {
         let filled = self.inner.config.eager_full_blocks
             && len > 0
             && (end.is_multiple_of(BLOCK_SIZE) || offset / BLOCK_SIZE != end / BLOCK_SIZE);
-        let mut files = lock(&self.inner.files);
-        let st = files.entry(file).or_default();
+        let mut plan = lock(&self.inner.plan);
+        let st = plan.entry(file);
         let now = Instant::now();
+        let first = st.dirty_since.is_none();
         st.dirty_since.get_or_insert(now);
         st.last_write = Some(now);
         if filled {
             st.full_block = true;
         }
-        drop(files);
+        if first || filled {
+            plan.schedule(file);
+        }
+        drop(plan);
         if filled {
             self.inner.wake.notify_one();
         }
@@ -459,10 +469,11 @@ impl TransferManager {
             }
             self.inner.check_alive()?;
             {
-                let mut files = lock(&self.inner.files);
-                let st = files.entry(file).or_default();
+                let mut plan = lock(&self.inner.plan);
+                let st = plan.entry(file);
                 st.flush_requested = true;
                 st.dirty_since.get_or_insert_with(Instant::now);
+                plan.schedule(file);
             }
             let notified = self.inner.progress.notified();
             self.inner.wake.notify_one();
@@ -607,9 +618,14 @@ impl TransferManager {
         change: impl FnOnce() -> Result<(T, Vec<BlockKey>), E>,
     ) -> Result<T, E> {
         let gate = self.inner.bump_epoch(file, removed);
-        let guard = lock(&gate);
-        let (value, dropped) = change()?;
-        drop(guard);
+        let result = {
+            let _guard = lock(&gate);
+            change()
+        };
+        // A truncate of a file with nothing dirty leaves no state behind.
+        drop(gate);
+        lock(&self.inner.plan).forget_if_idle(file);
+        let (value, dropped) = result?;
         if removed {
             lock(&self.inner.readers).remove(&file);
         }
@@ -668,9 +684,8 @@ impl TransferManager {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (stalled_since, last_error) = lock(&i.stall).clone();
         let (oldest, tracked_files) = {
-            let files = lock(&i.files);
-            let oldest = files.values().filter_map(|s| s.dirty_since).min();
-            (oldest, files.len() as u64)
+            let plan = lock(&i.plan);
+            (plan.oldest_dirty(), plan.len() as u64)
         };
         TransferStats {
             uploads: g(&c.uploads),
@@ -757,15 +772,6 @@ fn addr_of(file: FileId, block_in_file: u64) -> BlockAddr {
     }
 }
 
-/// The file state a snapshot was taken under: its commit is valid only if
-/// the gate is still the file's and its epoch unchanged (no truncate or
-/// remove since).
-#[derive(Clone)]
-struct Stamp {
-    epoch: u64,
-    gate: Arc<Mutex<u64>>,
-}
-
 /// Marks an object as being uploaded while alive.
 struct Uploading {
     set: Arc<Mutex<std::collections::HashSet<BlockKey>>>,
@@ -807,8 +813,8 @@ impl Inner {
     }
 
     fn bump_epoch(&self, file: FileId, removed: bool) -> Arc<Mutex<u64>> {
-        let mut files = lock(&self.files);
-        let st = files.entry(file).or_default();
+        let mut plan = lock(&self.plan);
+        let st = plan.entry(file);
         st.epoch += 1;
         st.full_block = false;
         st.flush_requested = false;
@@ -819,9 +825,9 @@ impl Inner {
         let gate = st.gate.clone();
         let epoch = st.epoch;
         if removed && st.uploads == 0 {
-            files.remove(&file);
+            plan.remove(file);
         }
-        drop(files);
+        drop(plan);
         // Not under `files`: a commit may hold the gate for a while.
         let mut g = lock(&gate);
         *g = (*g).max(epoch);
@@ -856,142 +862,75 @@ impl Inner {
             if last_sweep.elapsed() >= self.config.upload_delay.min(Duration::from_secs(1)) {
                 last_sweep = Instant::now();
                 let dirty = self.cache.dirty_files();
-                let mut files = lock(&self.files);
+                let mut plan = lock(&self.plan);
                 for f in dirty {
-                    files
-                        .entry(f)
-                        .or_default()
-                        .dirty_since
-                        .get_or_insert(last_sweep);
+                    plan.entry(f).dirty_since.get_or_insert(last_sweep);
+                    plan.schedule(f);
                 }
             }
-            let mut room = (2 * self.config.uploads_max)
-                .saturating_sub(self.uploads_in_flight.load(Ordering::SeqCst));
-            if room == 0 {
-                // Planning would take files off the plan that could not be
-                // served; wait for an upload to finish.
-                continue;
-            }
-            for (since, file, opts, stamp) in self.plan() {
-                if room == 0 {
-                    self.replan(file, since, &opts);
-                    continue;
-                }
-                let snaps = self.cache.dirty_blocks_with(
-                    file,
-                    &SnapshotOptions {
-                        max_blocks: room,
-                        ..opts
-                    },
-                );
-                if snaps.len() == room {
-                    // More may be left.
-                    self.replan(file, since, &opts);
-                }
-                room -= snaps.len();
-                let counted = {
-                    let mut files = lock(&self.files);
-                    match files.get_mut(&file) {
-                        Some(st) if Arc::ptr_eq(&st.gate, &stamp.gate) && !st.removed => {
-                            st.uploads += snaps.len();
-                            true
-                        }
-                        _ => false,
-                    }
-                };
-                if !counted {
-                    // Removed (or removed and seen again) since planning.
-                    for snap in &snaps {
-                        self.cache.abort_snapshot(snap);
-                    }
-                    continue;
-                }
-                for snap in snaps {
-                    self.uploads_in_flight.fetch_add(1, Ordering::SeqCst);
-                    let me = self.clone();
-                    let stamp = stamp.clone();
-                    self.tasks
-                        .spawn(async move { me.upload(snap, stamp).await });
-                }
-            }
+            self.start_due_uploads();
         }
     }
 
-    /// Puts a planned file back on the plan (it was not served in full).
-    fn replan(&self, file: FileId, since: Instant, opts: &SnapshotOptions) {
-        let mut files = lock(&self.files);
-        let Some(st) = files.get_mut(&file) else {
-            return;
-        };
-        if st.removed {
-            return;
-        }
-        st.dirty_since = Some(st.dirty_since.map_or(since, |s| s.min(since)));
-        if opts.full_blocks_only {
-            st.full_block = true;
-        } else {
-            st.flush_requested = true;
-        }
-    }
-
-    /// Which files to snapshot now, oldest dirty first.
-    /// Takes the chosen files' triggers; [`Inner::replan`] puts back what
-    /// is not served.
-    fn plan(&self) -> Vec<(Instant, FileId, SnapshotOptions, Stamp)> {
+    /// Snapshots the files that are due, oldest dirty first, and starts
+    /// their uploads, as many as there is room for (twice the upload
+    /// slots, so that the next uploads are ready when slots free up).
+    fn start_due_uploads(self: &Arc<Self>) {
+        let mut room = (2 * self.config.uploads_max)
+            .saturating_sub(self.uploads_in_flight.load(Ordering::SeqCst));
         let now = Instant::now();
-        let pressure = self.cache.dirty_bytes() as f64
-            > self.config.pressure_ratio * self.cache.config().dirty_max_bytes as f64;
-        let draining = self.draining.load(Ordering::SeqCst);
-        let mut files = lock(&self.files);
-        // A file with nothing to upload and nothing in flight leaves the
-        // map (no stamp or truncate holds its gate, so no epoch check can
-        // miss it; a later write or the sweep brings it back): the map,
-        // and this walk, follow dirty files, not every file ever written.
-        files.retain(|_, st| {
-            st.dirty_since.is_some()
-                || st.flush_requested
-                || st.full_block
-                || st.uploads > 0
-                || Arc::strong_count(&st.gate) > 1
-        });
-        let mut plan: Vec<(Instant, FileId, SnapshotOptions, Stamp)> = Vec::new();
-        for (&f, st) in files.iter_mut() {
-            let Some(since) = st.dirty_since else {
+        let all = self.draining.load(Ordering::SeqCst)
+            || self.cache.dirty_bytes() as f64
+                > self.config.pressure_ratio * self.cache.config().dirty_max_bytes as f64;
+        while room > 0 {
+            let Some(p) = lock(&self.plan).next_due(now, all) else {
+                return;
+            };
+            let snaps = self.cache.dirty_blocks_with(
+                p.file,
+                &SnapshotOptions {
+                    max_blocks: room,
+                    ..p.opts
+                },
+            );
+            room -= snaps.len();
+            let counted = {
+                let mut plan = lock(&self.plan);
+                if room == 0 {
+                    // More may be left.
+                    plan.replan(&p);
+                }
+                let counted = match plan.get_mut(p.file) {
+                    Some(st) if Arc::ptr_eq(&st.gate, &p.stamp.gate) && !st.removed => {
+                        st.uploads += snaps.len();
+                        true
+                    }
+                    _ => false,
+                };
+                if snaps.is_empty() || !counted {
+                    let file = p.file;
+                    drop(p);
+                    plan.forget_if_idle(file);
+                    None
+                } else {
+                    Some(p)
+                }
+            };
+            let Some(p) = counted else {
+                // Removed (or removed and seen again) since planning.
+                for snap in &snaps {
+                    self.cache.abort_snapshot(snap);
+                }
                 continue;
             };
-            let quiet = st
-                .last_write
-                .is_none_or(|w| now.duration_since(w) >= self.config.upload_delay);
-            let all = st.flush_requested
-                || draining
-                || pressure
-                || (quiet && now.duration_since(since) >= self.config.upload_delay)
-                || now.duration_since(since)
-                    >= self.config.max_dirty_age.max(self.config.upload_delay);
-            if all {
-                st.dirty_since = None;
-                st.flush_requested = false;
-                st.full_block = false;
-                let stamp = Stamp {
-                    epoch: st.epoch,
-                    gate: st.gate.clone(),
-                };
-                plan.push((since, f, SnapshotOptions::default(), stamp));
-            } else if st.full_block && self.config.eager_full_blocks {
-                st.full_block = false;
-                let opts = SnapshotOptions {
-                    full_blocks_only: true,
-                    ..Default::default()
-                };
-                let stamp = Stamp {
-                    epoch: st.epoch,
-                    gate: st.gate.clone(),
-                };
-                plan.push((since, f, opts, stamp));
+            for snap in snaps {
+                self.uploads_in_flight.fetch_add(1, Ordering::SeqCst);
+                let me = self.clone();
+                let stamp = p.stamp.clone();
+                self.tasks
+                    .spawn(async move { me.upload(snap, stamp).await });
             }
         }
-        plan.sort_by_key(|p| p.0);
-        plan
     }
 
     async fn upload(self: Arc<Self>, mut snap: BlockSnapshot, stamp: Stamp) {
@@ -1014,8 +953,10 @@ impl Inner {
                     .uploads_discarded
                     .fetch_add(1, Ordering::Relaxed);
                 // Bytes written after the truncate may still be pending.
-                if let Some(st) = lock(&self.files).get_mut(&file) {
+                let mut plan = lock(&self.plan);
+                if let Some(st) = plan.get_mut(file) {
                     st.dirty_since.get_or_insert_with(Instant::now);
+                    plan.schedule(file);
                 }
             }
             Outcome::Stopped => {
@@ -1025,23 +966,25 @@ impl Inner {
             }
         }
         {
-            let mut files = lock(&self.files);
-            if let Some(st) = files.get_mut(&file)
+            let mut plan = lock(&self.plan);
+            if let Some(st) = plan.get_mut(file)
                 && Arc::ptr_eq(&st.gate, &stamp.gate)
             {
                 st.uploads = st.uploads.saturating_sub(1);
-                if st.removed && st.uploads == 0 {
-                    files.remove(&file);
+                let removed = st.removed && st.uploads == 0;
+                // Under the lock, so that the last upload to finish sees
+                // no other stamp and drops the idle state.
+                drop(stamp);
+                if removed {
+                    plan.remove(file);
+                } else {
+                    plan.forget_if_idle(file);
                 }
             }
         }
         self.uploads_in_flight.fetch_sub(1, Ordering::SeqCst);
         self.progress.notify_waiters();
         self.wake.notify_one();
-    }
-
-    fn stale(&self, stamp: &Stamp) -> bool {
-        *lock(&stamp.gate) != stamp.epoch
     }
 
     fn crash_stopped(&self) -> bool {
@@ -1154,9 +1097,15 @@ impl Inner {
         };
         self.note_success();
         if let Some(old) = old {
+            // Deleted only after a metadata sync (see the collector).
             self.collect_later(addr.key(old.version));
         }
         if self.crash_here(CrashPoint::AfterMetaCommit) {
+            return Ok(Outcome::Stopped);
+        }
+        // The commit is durable before the log may forget the bytes: a
+        // flushed marker over a commit a power loss undid would lose them.
+        if !self.meta_made_durable(self.meta.commit_seq()).await {
             return Ok(Outcome::Stopped);
         }
         // 5. The log may forget these bytes.
@@ -1228,7 +1177,7 @@ impl Inner {
                     Ok(b) => break b,
                     Err(e) => {
                         // A truncate may have dropped the base meanwhile.
-                        if self.stale(stamp) {
+                        if stamp.stale() {
                             return Err(Outcome::Discarded);
                         }
                         if matches!(*e, BlockStoreError::NotFound { .. }) {
@@ -1495,6 +1444,61 @@ impl Inner {
     /// once the metadata change that dropped them is durable: a block map
     /// that a power loss brings back must never point at a deleted
     /// object. One metadata sync covers every object queued before it.
+    /// Waits until metadata changes up to `seq` are durable (made so by
+    /// [`Inner::meta_syncer`], in groups). `false` if the manager stopped
+    /// first.
+    async fn meta_made_durable(&self, seq: u64) -> bool {
+        if self.meta.is_durable(seq) {
+            return true;
+        }
+        self.meta_want.fetch_max(seq, Ordering::AcqRel);
+        self.meta_wake.notify_one();
+        let mut rx = self.meta_durable.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|&d| d >= seq) => r.is_ok(),
+            _ = self.cancel.cancelled() => false,
+        }
+    }
+
+    /// Makes block commits durable in groups: after a request, waits
+    /// [`META_SYNC_WINDOW`] for more, then one metadata sync (one log sync
+    /// and one fsync of the metadata) covers every commit so far.
+    /// Failures are retried with backoff (uploads wait meanwhile).
+    async fn meta_syncer(self: Arc<Self>) {
+        let mut backoff = self.config.retry_initial;
+        loop {
+            tokio::select! {
+                _ = self.meta_wake.notified() => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(META_SYNC_WINDOW) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            loop {
+                let target = self.meta_want.load(Ordering::Acquire);
+                if !self.meta.is_durable(target) {
+                    let meta = self.meta.clone();
+                    match tokio::task::spawn_blocking(move || meta.sync()).await {
+                        Ok(Ok(())) => backoff = self.config.retry_initial,
+                        Ok(Err(e)) => {
+                            self.note_failure("metadata sync", &e);
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = self.cancel.cancelled() => return,
+                            }
+                            backoff = (backoff * 2).min(self.config.retry_max);
+                            continue;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                self.meta_durable.send_replace(target);
+                break;
+            }
+        }
+    }
+
     async fn collector(self: Arc<Self>, mut rx: mpsc::Receiver<GcItem>) {
         if !self.resumed().await {
             return;
