@@ -6,7 +6,7 @@
 //! mutex is taken only by a writer waiting for room (holding no other
 //! lock) and by whoever frees room while someone waits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -84,6 +84,10 @@ pub struct CacheStats {
     pub clean_bytes: u64,
     /// Allocated capacity of all buffers, idle pooled ones included.
     pub memory_bytes: u64,
+    /// Estimated memory of the bookkeeping around the buffers (file
+    /// entries, chunks, extents). The cache's capacity bounds
+    /// `memory_bytes + bookkeeping_bytes`.
+    pub bookkeeping_bytes: u64,
     /// Freed large buffers kept for reuse (part of `memory_bytes`).
     pub pooled_bytes: u64,
     /// Bytes evicted since start.
@@ -95,7 +99,77 @@ pub struct CacheStats {
 }
 
 struct FileCache {
-    chunks: BTreeMap<u32, Chunk>,
+    chunks: ChunkMap,
+}
+
+/// A file's chunks by index, in a vector sorted by index: most files have
+/// one chunk, and a `BTreeMap`'s first leaf (room for eleven) cost about
+/// 2 KiB of every cached small file.
+#[derive(Default)]
+struct ChunkMap(Vec<(u32, Chunk)>);
+
+impl ChunkMap {
+    fn find(&self, idx: u32) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&idx, |(i, _)| *i)
+    }
+
+    fn get(&self, idx: &u32) -> Option<&Chunk> {
+        self.find(*idx).ok().map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, idx: &u32) -> Option<&mut Chunk> {
+        self.find(*idx).ok().map(|i| &mut self.0[i].1)
+    }
+
+    /// The chunk, created empty if missing.
+    fn get_or_default(&mut self, idx: u32) -> &mut Chunk {
+        let i = match self.find(idx) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (idx, Chunk::default()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn remove(&mut self, idx: &u32) {
+        if let Ok(i) = self.find(*idx) {
+            self.0.remove(i);
+        }
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (&u32, &Chunk)> {
+        self.0.iter().map(|(i, c)| (i, c))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&u32, &mut Chunk)> {
+        self.0.iter_mut().map(|(i, c)| (&*i, c))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Chunk> {
+        self.0.iter().map(|(_, c)| c)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Chunk> {
+        self.0.iter_mut().map(|(_, c)| c)
+    }
+
+    /// Drops the chunks with no bytes and no snapshot in flight.
+    fn drop_empty(&mut self) {
+        self.0.retain(|(_, c)| !c.is_empty());
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
 }
 
 /// Dirty room: a counter writers take from without locking; the mutex
@@ -197,7 +271,26 @@ pub struct SliceCache {
     next_snapshot: AtomicU64,
     /// Access clock for LRU eviction (each chunk keeps its last tick).
     clock: AtomicU64,
+    /// File entries in `files`.
+    entries: AtomicI64,
+    /// Bumped by every change of cached bytes (see `account`).
+    generation: AtomicU64,
+    /// `(generation, files, chunks)` of the last walk in `stats`: an idle
+    /// cache's stats walk no file, however many it holds.
+    counted: Mutex<(u64, u64, u64)>,
 }
+
+/// Bookkeeping of a file entry with one chunk, estimated: the map slot,
+/// the shared entry, the chunk, and the first leaf of its extent map
+/// (room for eleven extents), plus allocator headers.
+const ENTRY_OVERHEAD: u64 = (size_of::<(FileId, Arc<Mutex<FileCache>>)>()
+    + size_of::<Mutex<FileCache>>()
+    + size_of::<(u32, Chunk)>()
+    + 11 * size_of::<(u32, crate::chunk::Extent)>()
+    + 128) as u64;
+/// Bookkeeping of one more extent, estimated: its slot in the extent map
+/// and its buffer's shared header.
+const EXTENT_OVERHEAD: u64 = (size_of::<(u32, crate::chunk::Extent)>() + 64) as u64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -228,6 +321,9 @@ impl SliceCache {
             next_slice: AtomicU64::new(1),
             next_snapshot: AtomicU64::new(1),
             clock: AtomicU64::new(0),
+            entries: AtomicI64::new(0),
+            generation: AtomicU64::new(1),
+            counted: Mutex::new((0, 0, 0)),
         })
     }
 
@@ -313,6 +409,26 @@ impl SliceCache {
             .collect()
     }
 
+    /// Drops the entry of `file` (`f`, the caller's handle on it, given
+    /// up here) if it holds no chunk and nobody else holds it: the map
+    /// follows cached files, not every file ever written. A thread that
+    /// looked the entry up keeps it alive (it is not dropped then); a later
+    /// lookup creates a new one.
+    fn forget_if_empty(&self, file: FileId, f: Arc<Mutex<FileCache>>) {
+        if !lock(&f).chunks.is_empty() {
+            return;
+        }
+        drop(f);
+        let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = files.get(&file)
+            && Arc::strong_count(f) == 1
+            && lock(f).chunks.is_empty()
+        {
+            files.remove(&file);
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     fn file_or_new(&self, file: FileId) -> Arc<Mutex<FileCache>> {
         if let Some(f) = self.file(file) {
             return f;
@@ -322,8 +438,9 @@ impl SliceCache {
             .unwrap_or_else(|e| e.into_inner())
             .entry(file)
             .or_insert_with(|| {
+                self.entries.fetch_add(1, Ordering::Relaxed);
                 Arc::new(Mutex::new(FileCache {
-                    chunks: BTreeMap::new(),
+                    chunks: ChunkMap::default(),
                 }))
             })
             .clone()
@@ -335,6 +452,7 @@ impl SliceCache {
             // An in-place rewrite of pending bytes: nothing to count.
             return;
         }
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.clean.fetch_add(d.clean, Ordering::Relaxed);
         self.extents.fetch_add(d.extents, Ordering::Relaxed);
         self.pending.fetch_add(d.pending, Ordering::Relaxed);
@@ -424,7 +542,7 @@ impl SliceCache {
         {
             let mut fc = lock(&f);
             for r in chunk_ranges(offset, len as u64) {
-                let c = fc.chunks.entry(r.chunk.0).or_default();
+                let c = fc.chunks.get_or_default(r.chunk.0);
                 // A buffer belongs to one chunk: one per chunk's part.
                 let logged;
                 let src = match data {
@@ -585,6 +703,7 @@ impl SliceCache {
             }
             d
         };
+        self.forget_if_empty(snap.file, f);
         self.account(d, None);
         self.evict_if_needed();
     }
@@ -611,9 +730,10 @@ impl SliceCache {
                 Some(c) => c.drop_flushed(offset, offset.saturating_add(len), upto),
                 None => Delta::default(),
             };
-            fc.chunks.retain(|_, c| !c.is_empty());
+            fc.chunks.drop_empty();
             d
         };
+        self.forget_if_empty(file, f);
         self.account(d, None);
     }
 
@@ -633,8 +753,9 @@ impl SliceCache {
                     d.add(c.truncate(size.saturating_sub(start) as u32));
                 }
             }
-            fc.chunks.retain(|_, c| !c.is_empty());
+            fc.chunks.drop_empty();
         }
+        self.forget_if_empty(file, f);
         self.account(d, None);
     }
 
@@ -648,6 +769,7 @@ impl SliceCache {
         let Some(f) = removed else {
             return;
         };
+        self.entries.fetch_sub(1, Ordering::Relaxed);
         let mut d = Delta::default();
         {
             let mut fc = lock(&f);
@@ -664,18 +786,33 @@ impl SliceCache {
         self.pool.live_bytes() + self.pool.idle_bytes()
     }
 
+    /// An estimate of the memory of the bookkeeping around the buffers
+    /// (per file entry and per extent), in bytes.
+    fn bookkeeping(&self) -> u64 {
+        let entries = self.entries.load(Ordering::Relaxed).max(0) as u64;
+        let extents = self.extents.load(Ordering::Relaxed).max(0) as u64;
+        entries * ENTRY_OVERHEAD + extents * EXTENT_OVERHEAD
+    }
+
+    /// What the capacity limits: buffers and bookkeeping, so that many
+    /// small files, whose bookkeeping outweighs their bytes, are evicted
+    /// too.
+    fn footprint(&self) -> u64 {
+        self.memory() + self.bookkeeping()
+    }
+
     /// Frees pooled buffers, then evicts clean bytes, least recently used
     /// chunk first, until memory is under the capacity. Pending bytes are
     /// never evicted.
     pub fn evict_if_needed(&self) {
         let cap = self.config.capacity_bytes;
-        if self.memory() <= cap {
+        if self.footprint() <= cap {
             return;
         }
         // Evict to 90% so that eviction runs in batches.
         let target = cap - cap / 10;
         self.pool.trim(target);
-        if self.memory() <= cap || self.clean.load(Ordering::Relaxed) == 0 {
+        if self.footprint() <= cap || self.clean.load(Ordering::Relaxed) == 0 {
             return;
         }
         // Chunks with clean bytes, least recently used first.
@@ -693,7 +830,7 @@ impl SliceCache {
         drop(files);
         order.sort_unstable();
         for (_, file, chunk) in order {
-            if self.memory() <= target {
+            if self.footprint() <= target {
                 break;
             }
             let Some(f) = self.file(file) else {
@@ -710,6 +847,7 @@ impl SliceCache {
                 }
                 d
             };
+            self.forget_if_empty(file, f);
             self.evicted
                 .fetch_add(d.clean.unsigned_abs(), Ordering::Relaxed);
             self.account(d, None);
@@ -718,6 +856,32 @@ impl SliceCache {
 
     /// The counters.
     pub fn stats(&self) -> CacheStats {
+        let (nfiles, chunks) = self.count_files_and_chunks();
+        let get = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
+        CacheStats {
+            files: nfiles,
+            chunks,
+            slices: get(&self.extents),
+            dirty_bytes: get(&self.pending),
+            clean_bytes: get(&self.clean),
+            memory_bytes: self.memory(),
+            bookkeeping_bytes: self.bookkeeping(),
+            pooled_bytes: self.pool.idle_bytes(),
+            evicted_bytes: self.evicted.load(Ordering::Relaxed),
+            waits: self.waits.load(Ordering::Relaxed),
+            full_errors: self.full_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Files and chunks with cached bytes: a walk of every file, unless no
+    /// cached byte changed since the last walk.
+    fn count_files_and_chunks(&self) -> (u64, u64) {
+        let mut counted = lock(&self.counted);
+        // Read before the walk: a change during it makes the next call walk.
+        let generation = self.generation.load(Ordering::Relaxed);
+        if counted.0 == generation {
+            return (counted.1, counted.2);
+        }
         let files = self.files.read().unwrap_or_else(|e| e.into_inner());
         let mut chunks = 0u64;
         let mut nfiles = 0u64;
@@ -730,19 +894,15 @@ impl SliceCache {
                 chunks += n;
             }
         }
-        let get = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
-        CacheStats {
-            files: nfiles,
-            chunks,
-            slices: get(&self.extents),
-            dirty_bytes: get(&self.pending),
-            clean_bytes: get(&self.clean),
-            memory_bytes: self.memory(),
-            pooled_bytes: self.pool.idle_bytes(),
-            evicted_bytes: self.evicted.load(Ordering::Relaxed),
-            waits: self.waits.load(Ordering::Relaxed),
-            full_errors: self.full_errors.load(Ordering::Relaxed),
-        }
+        *counted = (generation, nfiles, chunks);
+        (nfiles, chunks)
+    }
+
+    /// File entries held (files with bytes or a snapshot in flight), for
+    /// tests.
+    #[doc(hidden)]
+    pub fn debug_entries(&self) -> u64 {
+        self.files.read().unwrap_or_else(|e| e.into_inner()).len() as u64
     }
 
     /// Per-chunk extents (start, end, lsn, pending?) of a file, for tests.

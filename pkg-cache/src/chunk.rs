@@ -199,8 +199,10 @@ pub(crate) struct Chunk {
     written: u64,
     /// Highest LSN inserted.
     max_lsn: Lsn,
-    /// Per block, the id of the snapshot in flight (0: none).
-    in_flight: [u64; BLOCKS_PER_CHUNK as usize],
+    /// (block, id of the snapshot in flight), one pair per block with a
+    /// snapshot in flight: empty (no allocation) for most chunks, where a
+    /// per-block array cost 128 bytes of every cached small file.
+    in_flight: Vec<(u32, u64)>,
     /// Bytes held in extents (pending + clean).
     live: u64,
     /// Pending bytes.
@@ -233,11 +235,23 @@ fn grown_capacity(prev_cap: usize, start: u32, need: usize) -> usize {
 impl Chunk {
     /// No bytes and no snapshot in flight: the chunk may be dropped.
     pub(crate) fn is_empty(&self) -> bool {
-        self.extents.is_empty() && self.in_flight.iter().all(|&id| id == 0)
+        self.extents.is_empty() && self.in_flight.is_empty()
     }
 
     fn block_in_flight(&self, block: u32) -> bool {
-        self.in_flight[block as usize] != 0
+        self.in_flight.iter().any(|&(b, _)| b == block)
+    }
+
+    /// Clears the block's snapshot if it is `id`; whether it was.
+    fn end_snapshot(&mut self, block: u32, id: u64) -> bool {
+        let Some(i) = self.in_flight.iter().position(|&p| p == (block, id)) else {
+            return false;
+        };
+        self.in_flight.swap_remove(i);
+        if self.in_flight.is_empty() {
+            self.in_flight = Vec::new();
+        }
+        true
     }
 
     pub(crate) fn extent_count(&self) -> usize {
@@ -631,7 +645,8 @@ impl Chunk {
         }
         out.retain(|b| b.lsn != Lsn(u64::MAX));
         for b in &out {
-            self.in_flight[b.block as usize] = b.id;
+            // Only blocks with no snapshot in flight were taken.
+            self.in_flight.push((b.block, b.id));
         }
         out
     }
@@ -660,11 +675,9 @@ impl Chunk {
     /// truncated or removed since) changes nothing: its bytes stay pending
     /// and are uploaded again, which is safe.
     pub(crate) fn mark_flushed(&mut self, snap: &BlockSnapshot) -> Delta {
-        let slot = &mut self.in_flight[snap.block as usize];
-        if *slot != snap.id {
+        if !self.end_snapshot(snap.block, snap.id) {
             return Delta::default();
         }
-        *slot = 0;
         let from = snap.block_offset();
         let d = self.set_clean(from, from + BLOCK_SIZE as u32, snap.lsn);
         self.apply(d)
@@ -673,10 +686,7 @@ impl Chunk {
     /// Gives up a snapshot (upload abandoned): its block may be
     /// snapshotted again; nothing changes state.
     pub(crate) fn abort_snapshot(&mut self, snap: &BlockSnapshot) {
-        let slot = &mut self.in_flight[snap.block as usize];
-        if *slot == snap.id {
-            *slot = 0;
-        }
+        self.end_snapshot(snap.block, snap.id);
     }
 
     fn set_clean(&mut self, from: u32, to: u32, upto: Lsn) -> Delta {

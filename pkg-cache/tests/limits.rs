@@ -689,3 +689,34 @@ fn parallel_writers_with_readers_and_uploads() {
         assert!(buf == models[f as usize], "file {f} differs at the end");
     }
 }
+
+/// Regression (growth issue): 100-byte files cost about 3 KiB of
+/// bookkeeping each that the cache did not count, so eviction never started
+/// for them and memory grew with every file ever written; and a file whose
+/// bytes were all evicted kept its entry forever.
+#[test]
+fn small_files_bookkeeping_is_counted_and_evicted_files_leave_no_entry() {
+    let c = cache_with(MIB, 64 * MIB, Duration::from_secs(5));
+    let n = 20_000u64;
+    for i in 0..n {
+        put(&c, FileId(100 + i), 0, &[i as u8; 100], i + 1);
+        flush_all(&c, FileId(100 + i));
+        let st = c.stats();
+        assert!(
+            st.memory_bytes + st.bookkeeping_bytes <= MIB,
+            "after {i} files: {st:?}"
+        );
+    }
+    let st = c.stats();
+    assert!(st.evicted_bytes > 0, "{st:?}");
+    // Each file's bookkeeping (about 1 KiB) counts, not only its 100
+    // bytes (which alone would let about 9,400 files stay).
+    assert!(st.files < n / 10, "{st:?}");
+    assert_eq!(c.debug_entries(), st.files, "evicted files keep no entry");
+    // The newest files are cached, the oldest are missing (never zeros).
+    let last = FileId(100 + n - 1);
+    let (got, missing) = read(&c, last, 0..100);
+    assert!(missing.is_empty());
+    assert_eq!(got, vec![(n - 1) as u8; 100]);
+    assert_eq!(read(&c, FileId(100), 0..100).1, vec![0..100]);
+}
