@@ -664,3 +664,39 @@ fn concurrent_block_commits_each_get_their_own_outcome() {
         }
     }
 }
+
+/// A new filesystem records the sharded object layout; one made before the
+/// record existed keeps the per-file layout its objects were written in;
+/// an unknown layout is refused, not guessed.
+#[test]
+fn the_store_layout_is_recorded_and_old_filesystems_keep_theirs() {
+    use slicefs::blockstore::KeyLayout;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    {
+        let m = MetaStore::open_sqlite(&path, 0, 0).unwrap();
+        assert_eq!(m.store_layout().unwrap(), KeyLayout::Sharded);
+        assert_eq!(
+            MetaStore::memory(0, 0).store_layout().unwrap(),
+            KeyLayout::Sharded
+        );
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("DELETE FROM counters WHERE name = 'store_layout'", [])
+        .unwrap();
+    drop(conn);
+    {
+        let m = MetaStore::open_sqlite(&path, 0, 0).unwrap();
+        assert_eq!(m.store_layout().unwrap(), KeyLayout::PerFile);
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO counters(name, value) VALUES ('store_layout', 9)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let m = MetaStore::open_sqlite(&path, 0, 0).unwrap();
+    let err = m.store_layout().unwrap_err().to_string();
+    assert!(err.contains("layout 9"), "{err}");
+}

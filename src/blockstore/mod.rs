@@ -43,29 +43,101 @@ pub struct BlockKey {
     pub version: u64,
 }
 
+/// How block keys map to object names. Recorded in metadata when a
+/// filesystem is made (`MetaStore::store_layout`): a store keeps the
+/// layout it was written with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyLayout {
+    /// `blocks/<file:016x>/<chunk:08x>/<block:02x>-<version:016x>`: two
+    /// directories per file in a `file://` store (each created with two
+    /// fsyncs, 8 KiB of disk). Filesystems made before layout 2.
+    PerFile,
+    /// `blocks/<file/1024:013x>/<file:016x>-<chunk:08x>-<block:02x>-<version:016x>`:
+    /// one directory per 1024 inode numbers, so a small file's upload
+    /// creates no directory. The default since layout 2.
+    #[default]
+    Sharded,
+}
+
+/// Inode numbers per directory of [`KeyLayout::Sharded`].
+const SHARD_FILES: u64 = 1024;
+
+impl KeyLayout {
+    /// The number recorded in metadata (1 or 2).
+    pub fn number(self) -> u64 {
+        match self {
+            KeyLayout::PerFile => 1,
+            KeyLayout::Sharded => 2,
+        }
+    }
+
+    /// The layout recorded as `n`, if known.
+    pub fn from_number(n: u64) -> Option<KeyLayout> {
+        match n {
+            1 => Some(KeyLayout::PerFile),
+            2 => Some(KeyLayout::Sharded),
+            _ => None,
+        }
+    }
+
+    /// The directory (under `blocks/`) holding `file`'s objects (and, in
+    /// a shard, other files' objects).
+    fn file_dir(self, file: FileId) -> String {
+        match self {
+            KeyLayout::PerFile => format!("{:016x}", file.0),
+            KeyLayout::Sharded => format!("{:013x}", file.0 / SHARD_FILES),
+        }
+    }
+}
+
 impl BlockKey {
-    fn path(&self, prefix: &Path) -> Path {
-        let rel = format!(
-            "blocks/{:016x}/{:08x}/{:02x}-{:016x}",
-            self.file.0, self.chunk.0, self.block, self.version
-        );
+    fn path(&self, prefix: &Path, layout: KeyLayout) -> Path {
+        let rel = match layout {
+            KeyLayout::PerFile => format!(
+                "blocks/{:016x}/{:08x}/{:02x}-{:016x}",
+                self.file.0, self.chunk.0, self.block, self.version
+            ),
+            KeyLayout::Sharded => format!(
+                "blocks/{:013x}/{:016x}-{:08x}-{:02x}-{:016x}",
+                self.file.0 / SHARD_FILES,
+                self.file.0,
+                self.chunk.0,
+                self.block,
+                self.version
+            ),
+        };
         join(prefix, &rel)
     }
 
-    /// Parses the part of an object path after `<prefix>/blocks/`.
+    /// Parses the part of an object path after `<prefix>/blocks/`, in
+    /// either layout.
     fn parse(rel: &str) -> Option<BlockKey> {
-        let mut it = rel.split('/');
-        let file = u64::from_str_radix(it.next()?, 16).ok()?;
-        let chunk = u32::from_str_radix(it.next()?, 16).ok()?;
-        let (block, version) = it.next()?.split_once('-')?;
-        if it.next().is_some() {
-            return None;
-        }
+        let hex64 = |s: &str| u64::from_str_radix(s, 16).ok();
+        let hex32 = |s: &str| u32::from_str_radix(s, 16).ok();
+        let parts: Vec<&str> = rel.split('/').collect();
+        let (file, chunk, block, version) = match parts[..] {
+            [file, chunk, name] => {
+                let (block, version) = name.split_once('-')?;
+                (hex64(file)?, hex32(chunk)?, hex32(block)?, hex64(version)?)
+            }
+            [shard, name] => {
+                let f: Vec<&str> = name.split('-').collect();
+                let [file, chunk, block, version] = f[..] else {
+                    return None;
+                };
+                let file = hex64(file)?;
+                if hex64(shard)? != file / SHARD_FILES {
+                    return None;
+                }
+                (file, hex32(chunk)?, hex32(block)?, hex64(version)?)
+            }
+            _ => return None,
+        };
         Some(BlockKey {
             file: FileId(file),
             chunk: ChunkIndex(chunk),
-            block: u32::from_str_radix(block, 16).ok()?,
-            version: u64::from_str_radix(version, 16).ok()?,
+            block,
+            version,
         })
     }
 }
@@ -183,9 +255,18 @@ pub struct BlockStore {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    layout: KeyLayout,
 }
 
 impl BlockStore {
+    /// The store with object names in `layout` (the one the filesystem's
+    /// metadata records; [`KeyLayout::Sharded`] unless set).
+    #[must_use]
+    pub fn with_layout(mut self, layout: KeyLayout) -> BlockStore {
+        self.layout = layout;
+        self
+    }
+
     /// Builds the store named by `config.url`. Nothing is contacted yet;
     /// call [`BlockStore::check`] before serving anything.
     ///
@@ -273,6 +354,7 @@ impl BlockStore {
             store,
             prefix,
             url: config.url.clone(),
+            layout: KeyLayout::default(),
         })
     }
 
@@ -284,6 +366,7 @@ impl BlockStore {
             store,
             prefix: Path::from(prefix),
             url: url.to_string(),
+            layout: KeyLayout::default(),
         }
     }
 
@@ -367,7 +450,7 @@ impl BlockStore {
     /// # Errors
     /// [`BlockStoreError::Request`].
     pub async fn put(&self, key: &BlockKey, data: Bytes) -> Result<(), BlockStoreError> {
-        let path = key.path(&self.prefix);
+        let path = key.path(&self.prefix, self.layout);
         self.store
             .put(&path, PutPayload::from_bytes(data))
             .await
@@ -381,7 +464,7 @@ impl BlockStore {
     /// [`BlockStoreError::NotFound`] when the object does not exist,
     /// [`BlockStoreError::Request`] for other failures.
     pub async fn get(&self, key: &BlockKey) -> Result<Bytes, BlockStoreError> {
-        let path = key.path(&self.prefix);
+        let path = key.path(&self.prefix, self.layout);
         let res = match self.store.get(&path).await {
             Ok(r) => r.bytes().await,
             Err(e) => Err(e),
@@ -400,7 +483,11 @@ impl BlockStore {
     /// # Errors
     /// [`BlockStoreError::Request`].
     pub async fn delete(&self, key: &BlockKey) -> Result<(), BlockStoreError> {
-        match self.store.delete(&key.path(&self.prefix)).await {
+        match self
+            .store
+            .delete(&key.path(&self.prefix, self.layout))
+            .await
+        {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(self.request_error("delete", key, source)),
         }
@@ -418,7 +505,7 @@ impl BlockStore {
     ) -> Result<Vec<(BlockKey, SystemTime)>, BlockStoreError> {
         let base = join(&self.prefix, "blocks");
         let dir = match file {
-            Some(f) => join(&base, &format!("{:016x}", f.0)),
+            Some(f) => join(&base, &self.layout.file_dir(f)),
             None => base.clone(),
         };
         let mut stream = self.store.list(Some(&dir));
@@ -431,6 +518,8 @@ impl BlockStore {
             })?;
             let loc = meta.location.as_ref();
             match loc.strip_prefix(&strip).and_then(BlockKey::parse) {
+                // A shard holds other files' objects too.
+                Some(k) if file.is_some_and(|f| f != k.file) => {}
                 Some(k) => out.push((k, SystemTime::from(meta.last_modified))),
                 None => tracing::warn!(object = loc, "not a block object name; left alone"),
             }
@@ -469,16 +558,34 @@ mod tests {
     #[test]
     fn key_layout_round_trips() {
         let k = key();
-        let p = k.path(&Path::from("pfx/sub"));
+        let p = k.path(&Path::from("pfx/sub"), KeyLayout::PerFile);
         assert_eq!(
             p.as_ref(),
             "pfx/sub/blocks/000000000000002a/00000003/0f-00000000deadbeef"
         );
         let rel = p.as_ref().strip_prefix("pfx/sub/blocks/").unwrap();
         assert_eq!(BlockKey::parse(rel), Some(k));
+        let big = BlockKey {
+            file: FileId(5000),
+            ..k
+        };
+        let p = big.path(&Path::from("pfx"), KeyLayout::Sharded);
+        assert_eq!(
+            p.as_ref(),
+            "pfx/blocks/0000000000004/0000000000001388-00000003-0f-00000000deadbeef"
+        );
+        let rel = p.as_ref().strip_prefix("pfx/blocks/").unwrap();
+        assert_eq!(BlockKey::parse(rel), Some(big));
         assert_eq!(BlockKey::parse("2a/3/0f"), None);
         assert_eq!(BlockKey::parse("2a/3/0f-1/x"), None);
         assert_eq!(BlockKey::parse("zz/3/0f-1"), None);
+        // A shard that does not hold the file, or a short name.
+        assert_eq!(BlockKey::parse("5/1388-3-0f-1"), None);
+        assert_eq!(BlockKey::parse("4/1388-3-0f"), None);
+        for n in [1, 2] {
+            assert_eq!(KeyLayout::from_number(n).unwrap().number(), n);
+        }
+        assert_eq!(KeyLayout::from_number(3), None);
     }
 
     #[test]
@@ -509,7 +616,24 @@ mod tests {
         assert_eq!(s.get(&k).await.unwrap(), Bytes::from_static(b"hello"));
         let listed = s.list(None).await.unwrap();
         assert_eq!(listed.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![k]);
+        // File 1 shares the shard of file 0x2a and has no objects.
         assert!(s.list(Some(FileId(1))).await.unwrap().is_empty());
+        assert_eq!(s.list(Some(k.file)).await.unwrap().len(), 1);
+        assert!(dir.path().join("blocks/blocks/0000000000000").is_dir());
+        // A store written in the older layout keeps its names.
+        let old = BlockStore::open(&StoreConfig::new(url.as_str()))
+            .unwrap()
+            .with_layout(KeyLayout::PerFile);
+        let k2 = BlockKey { version: 7, ..k };
+        old.put(&k2, Bytes::from_static(b"old")).await.unwrap();
+        assert!(
+            dir.path()
+                .join("blocks/blocks/000000000000002a/00000003/0f-0000000000000007")
+                .is_file()
+        );
+        assert_eq!(old.list(Some(k.file)).await.unwrap().len(), 1);
+        assert_eq!(s.list(None).await.unwrap().len(), 2, "both layouts listed");
+        old.delete(&k2).await.unwrap();
         s.delete(&k).await.unwrap();
         s.delete(&k).await.unwrap();
         assert!(matches!(

@@ -140,6 +140,12 @@ pub(crate) fn init_root(tx: &mut dyn Tx, uid: u32, gid: u32, now: Timespec) -> R
     if tx.inode(Ino::ROOT)?.is_some() {
         return Ok(());
     }
+    // A new filesystem names its objects in the current layout; one made
+    // before the counter existed has none (layout 1).
+    tx.set_counter(
+        "store_layout",
+        crate::blockstore::KeyLayout::default().number(),
+    )?;
     // Counter `ino` starts at 1: the root takes it.
     let ino = tx.next("ino")?;
     debug_assert_eq!(ino, Ino::ROOT.0);

@@ -11,7 +11,7 @@ use super::types::{DirEntry, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec
 use super::{
     BlockAddr, BlockMap, BlockRef, MetaError, memstore::MemBackend, sqlite::SqliteBackend,
 };
-use crate::blockstore::BlockKey;
+use crate::blockstore::{BlockKey, KeyLayout};
 use crate::error::FsError;
 
 type Result<T> = std::result::Result<T, FsError>;
@@ -210,6 +210,25 @@ impl MetaStore {
         // A durable commit covers every commit before it.
         self.write(TxMode::Durable, |tx| tx.next("sync").map(|_| ()))?;
         self.backend.checkpoint()
+    }
+
+    /// How this filesystem's block objects are named: recorded when it
+    /// was made ([`KeyLayout::PerFile`] for filesystems made before the
+    /// record existed).
+    ///
+    /// # Errors
+    /// [`FsError::Io`]; a layout this build does not know.
+    pub fn store_layout(&self) -> Result<KeyLayout> {
+        let n = self.read(|tx| tx.counter("store_layout"))?;
+        match n {
+            0 => Ok(KeyLayout::PerFile),
+            n => KeyLayout::from_number(n).ok_or_else(|| {
+                FsError::io(
+                    "read the block store layout",
+                    format!("layout {n} is not known to this build (a newer slicefs made it)"),
+                )
+            }),
+        }
     }
 
     /// Makes sure inode numbers up to `ino` are never handed out again (a

@@ -143,6 +143,7 @@ pub async fn open_fs_with_progress(
         )?,
         MetaKind::Memory => MetaStore::memory(options.root_uid, options.root_gid),
     };
+    let store = store.with_layout(meta.store_layout()?);
     // The database file and its WAL were just created, or exist: their
     // entries in the data directory are made durable (SQLite syncs the
     // directory for a new WAL, not for the database file).
