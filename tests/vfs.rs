@@ -991,3 +991,51 @@ fn readdirplus_pages_match_readdir_with_attributes() {
         Err(FsError::NotDir)
     ));
 }
+
+/// The reaper frees orphans in batches (one metadata transaction per 256):
+/// every unlinked closed file goes, with its uploaded blocks; a file still
+/// open, and one still linked under another name, stay intact.
+#[test]
+fn unlinked_files_are_freed_in_batches_and_open_or_linked_ones_stay() {
+    both(|fs| {
+        let root = Creds::root();
+        let v = &fs.vfs;
+        let mut inos = Vec::new();
+        for i in 0..300 {
+            inos.push(write_file(
+                fs,
+                &root,
+                Ino::ROOT,
+                &format!("f{i}"),
+                &[i as u8; 300],
+            ));
+        }
+        fs.rt
+            .block_on(v.transfer().drain(Duration::from_secs(60)))
+            .unwrap();
+        let (kept, fh) = v
+            .create(&root, Ino::ROOT, b"open", 0o644, RW, true)
+            .unwrap();
+        v.write(&root, fh, 0, b"still here").unwrap();
+        v.link(&root, inos[7], Ino::ROOT, b"other-name").unwrap();
+        for i in 0..300 {
+            v.unlink(&root, Ino::ROOT, format!("f{i}").as_bytes())
+                .unwrap();
+        }
+        v.unlink(&root, Ino::ROOT, b"open").unwrap();
+        v.syncfs().unwrap();
+        for (i, &ino) in inos.iter().enumerate() {
+            if i == 7 {
+                assert_eq!(read_all(fs, ino), vec![7u8; 300]);
+            } else {
+                assert_eq!(errno(v.getattr(ino)), libc::ENOENT, "f{i} not freed");
+            }
+        }
+        assert_eq!(v.meta().orphans().unwrap(), vec![kept.ino]);
+        assert_eq!(v.read(fh, 0, 100).unwrap(), b"still here");
+        v.release(fh).unwrap();
+        v.syncfs().unwrap();
+        assert!(v.meta().orphans().unwrap().is_empty());
+        assert_eq!(errno(v.getattr(kept.ino)), libc::ENOENT);
+    });
+}

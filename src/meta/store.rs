@@ -519,6 +519,40 @@ impl MetaStore {
         self.write(TxMode::Write, |tx| ops::purge(tx, ino))
     }
 
+    /// [`MetaStore::purge`] of many inodes in one transaction; an inode
+    /// that is gone is skipped, and so is one linked again meanwhile
+    /// (never purged). Returns the objects of all of them.
+    ///
+    /// # Errors
+    /// [`FsError::Io`] (nothing purged).
+    pub fn purge_many(&self, inos: &[Ino]) -> Result<Vec<BlockKey>> {
+        self.write(TxMode::Write, |tx| {
+            let mut keys = Vec::new();
+            for &ino in inos {
+                if tx.inode(ino)?.is_some_and(|a| a.nlink == 0) {
+                    keys.extend(ops::purge(tx, ino)?);
+                }
+            }
+            Ok(keys)
+        })
+    }
+
+    /// Those of `inos` that exist with link count 0, in one read.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn unlinked(&self, inos: &[Ino]) -> Result<Vec<Ino>> {
+        self.read(|tx| {
+            let mut out = Vec::new();
+            for &ino in inos {
+                if tx.inode(ino)?.is_some_and(|a| a.nlink == 0) {
+                    out.push(ino);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Inodes with link count 0 (left by a crash while open-unlinked).
     ///
     /// # Errors

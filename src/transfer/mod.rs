@@ -635,6 +635,51 @@ impl TransferManager {
         Ok(value)
     }
 
+    /// [`TransferManager::change_blocks`] for the removal of many files at
+    /// once: `change` (one metadata transaction that drops all their block
+    /// maps) runs with every file's gate held, so no upload of any of them
+    /// commits meanwhile.
+    ///
+    /// # Errors
+    /// `change`'s error.
+    pub fn change_blocks_of_many<T, E>(
+        &self,
+        files: &[FileId],
+        change: impl FnOnce() -> Result<(T, Vec<BlockKey>), E>,
+    ) -> Result<T, E> {
+        let mut sorted = files.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        // Gates are taken in file order; uploads and single-file changes
+        // hold one at a time: no lock-order cycle.
+        let gates: Vec<_> = sorted
+            .iter()
+            .map(|&f| self.inner.bump_epoch(f, true))
+            .collect();
+        let result = {
+            let _guards: Vec<_> = gates.iter().map(|g| lock(g)).collect();
+            change()
+        };
+        drop(gates);
+        {
+            let mut plan = lock(&self.inner.plan);
+            for &f in &sorted {
+                plan.forget_if_idle(f);
+            }
+        }
+        let (value, dropped) = result?;
+        {
+            let mut readers = lock(&self.inner.readers);
+            for f in &sorted {
+                readers.remove(f);
+            }
+        }
+        for k in dropped {
+            self.inner.collect_later(k);
+        }
+        Ok(value)
+    }
+
     /// Deletes block objects that no committed metadata references and
     /// that are older than `min_age` (younger ones may belong to an upload
     /// about to commit). Objects left by a crash between upload and

@@ -63,7 +63,40 @@ impl Parts {
         self.tm
             .change_blocks(ino.file(), true, || self.meta.purge(ino).map(|k| ((), k)))
     }
+
+    /// [`Parts::free`] for many orphans at once: one metadata read and one
+    /// metadata transaction for all of them instead of two per inode
+    /// (`rm -rf` of a tree spent a fifth of the daemon's CPU freeing its
+    /// files one by one).
+    ///
+    /// # Errors
+    /// A log append's or the metadata's error; nothing is half-freed that
+    /// a retry of the whole batch would not finish.
+    pub fn free_many(&self, inos: &[Ino]) -> Result<(), FsError> {
+        let closed: Vec<Ino> = {
+            let nodes = lock(&self.nodes);
+            inos.iter()
+                .copied()
+                .filter(|i| !nodes.contains_key(i))
+                .collect()
+        };
+        let doomed = self.meta.unlinked(&closed)?;
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        for ino in &doomed {
+            self.persister.append_remove(ino.file()).map_err(wal_err)?;
+            self.cache.remove(ino.file());
+        }
+        let files: Vec<_> = doomed.iter().map(|i| i.file()).collect();
+        self.tm
+            .change_blocks_of_many(&files, || self.meta.purge_many(&doomed).map(|k| ((), k)))
+    }
 }
+
+/// Orphans freed per metadata transaction: bounds how long one holds the
+/// metadata lock.
+const FREE_BATCH: usize = 256;
 
 #[derive(Default)]
 struct State {
@@ -220,9 +253,9 @@ impl Shared {
             requeue(&batch);
             return Err(e);
         }
-        for (i, &ino) in batch.iter().enumerate() {
-            if let Err(e) = self.parts.free(ino) {
-                requeue(&batch[i..]);
+        for (i, part) in batch.chunks(FREE_BATCH).enumerate() {
+            if let Err(e) = self.parts.free_many(part) {
+                requeue(&batch[i * FREE_BATCH..]);
                 return Err(e);
             }
         }
