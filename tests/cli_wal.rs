@@ -326,3 +326,50 @@ fn help_documents_the_exit_codes_and_bad_usage_exits_64() {
     let out = slicefs(&["--log-level", "loud", "wal", "verify", "/tmp"]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
 }
+
+/// Regressions (operations issue): `slicefs status` failed to parse the
+/// empty status.json a power loss leaves, and panicked with "Broken pipe"
+/// when its reader went away (`slicefs status | head -3`).
+#[test]
+fn status_survives_an_empty_status_file_and_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("status.json"), b"").unwrap();
+    let out = slicefs(&["status", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("nothing is mounted") && err.contains("empty or damaged"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+
+    // A status of a live process (this test) with a reader that is gone.
+    let status = format!(
+        r#"{{"pid": {}, "mountpoint": "/mnt", "dirty_bytes": 0, "uploads_in_flight": 0,
+            "uploads": 0, "upload_rate": 0, "oldest_dirty_age_s": null, "stalled_for_s": null,
+            "last_error": null, "gc_pending": 0, "state": "mounted"}}"#,
+        std::process::id()
+    );
+    std::fs::write(dir.path().join("status.json"), status).unwrap();
+    for json in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_slicefs"));
+        cmd.arg("status").arg(d);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = slicefs(&["status", d]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mountpoint        /mnt"));
+}

@@ -594,7 +594,16 @@ fn data_dir_of(target: &Path) -> anyhow::Result<PathBuf> {
 fn read_status(dir: &Path) -> anyhow::Result<Status> {
     let text = std::fs::read_to_string(dir.join("status.json"))
         .with_context(|| format!("no status in {} (is it mounted?)", dir.display()))?;
-    serde_json::from_str(&text).context("parse status.json")
+    // A crash or power loss can leave the file empty or cut short: the
+    // mount that wrote it is gone (a running mount rewrites it every
+    // second, atomically).
+    serde_json::from_str(&text).map_err(|_| {
+        anyhow::anyhow!(
+            "nothing is mounted from {}: its status.json is empty or damaged, \
+             as a crash or power loss leaves it",
+            dir.display()
+        )
+    })
 }
 
 fn alive(pid: u32) -> bool {
@@ -650,6 +659,17 @@ pub fn umount(args: UmountArgs) -> anyhow::Result<ExitCode> {
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let dir = data_dir_of(&args.target)?;
     let s = read_status(&dir)?;
+    let text = status_text(&dir, s, args.json)?;
+    // A reader that went away (`slicefs status | head -3`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("write the status"),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// What `slicefs status` prints.
+fn status_text(dir: &Path, s: Status, json: bool) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
     if !alive(s.pid) {
         bail!(
             "the mount process {} is gone; nothing is mounted from {}",
@@ -657,29 +677,40 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(ExitCode::SUCCESS);
+    let mut out = String::new();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+        return Ok(out);
     }
-    println!("data dir          {}", dir.display());
-    println!("mountpoint        {}", s.mountpoint.display());
-    println!("pid               {}", s.pid);
-    println!("dirty bytes       {}", bytesize::ByteSize(s.dirty_bytes));
-    println!("uploads in flight {}", s.uploads_in_flight);
-    println!("uploads           {}", s.uploads);
-    println!("upload rate       {}/s", bytesize::ByteSize(s.upload_rate));
-    println!(
+    writeln!(out, "data dir          {}", dir.display())?;
+    writeln!(out, "mountpoint        {}", s.mountpoint.display())?;
+    writeln!(out, "pid               {}", s.pid)?;
+    writeln!(
+        out,
+        "dirty bytes       {}",
+        bytesize::ByteSize(s.dirty_bytes)
+    )?;
+    writeln!(out, "uploads in flight {}", s.uploads_in_flight)?;
+    writeln!(out, "uploads           {}", s.uploads)?;
+    writeln!(
+        out,
+        "upload rate       {}/s",
+        bytesize::ByteSize(s.upload_rate)
+    )?;
+    writeln!(
+        out,
         "oldest dirty      {}",
         s.oldest_dirty_age_s
             .map_or("-".into(), |a| format!("{a:.1} s"))
-    );
+    )?;
     if let Some(st) = s.stalled_for_s {
-        println!(
+        writeln!(
+            out,
             "STALLED           {st:.0} s: {}",
             s.last_error.unwrap_or_default()
-        );
+        )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(out)
 }
 
 #[cfg(test)]
