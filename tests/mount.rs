@@ -393,6 +393,66 @@ fn background_mount_status_and_umount_flush() {
     m.stop();
 }
 
+/// Regression (operations issue): `umount --flush` printed "everything
+/// uploaded" and exited 0 when the drain timed out with data only in the
+/// local log. Now it exits non-zero and says how much is left and that it
+/// is safe; the next mount uploads it.
+#[test]
+fn umount_flush_reports_a_drain_that_timed_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let dd = tmp.path().join("data");
+    let store = tmp.path().join("store");
+    std::fs::create_dir_all(&mp).unwrap();
+    let url = format!("file://{}/", store.display());
+    let out = run(Command::new(BIN)
+        .arg("mount")
+        .arg(&mp)
+        .arg("--data-dir")
+        .arg(&dd)
+        .args(["--store", &url, "--background", "--upload-delay", "1h"])
+        .args(["--drain-timeout", "2s"]));
+    assert!(out.contains("mounted"), "{out}");
+    let guard = scopeguard(&mp);
+    std::fs::write(mp.join("f"), vec![5u8; 3 << 20]).unwrap();
+    // Every upload fails from now on: where the block objects go is a file.
+    std::fs::write(store.join("blocks"), b"in the way").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !run(Command::new(BIN).arg("status").arg("--json").arg(&mp))
+        .contains("\"dirty_bytes\": 3145728")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "status never showed the dirty data"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = Command::new(BIN)
+        .arg("umount")
+        .arg("--flush")
+        .arg(&mp)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(!stdout.contains("everything uploaded"), "{stdout}");
+    assert!(
+        stderr.contains("3.0 MiB remain only in the local log") && stderr.contains("safe"),
+        "{stderr}"
+    );
+    assert!(!mounted(&mp));
+    drop(guard);
+    // The next mount uploads it.
+    std::fs::remove_file(store.join("blocks")).unwrap();
+    let m = Mount::start(&mp, &dd, &["--store", &url]);
+    assert_eq!(std::fs::read(mp.join("f")).unwrap(), vec![5u8; 3 << 20]);
+    let log = m.stop();
+    assert!(log.contains("everything is in the object store"), "{log}");
+}
+
 /// Detaches the mount if the test fails before its own unmount.
 fn scopeguard(mp: &Path) -> impl Drop + '_ {
     struct G<'a>(&'a Path);

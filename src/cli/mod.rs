@@ -26,7 +26,8 @@ Exit status:
   0   success
   1   `wal verify`: the log ends in a torn tail
   2   `wal verify`: the log is corrupt
-  3   error (missing directory, not a log, I/O error, ...)
+  3   error (missing directory, not a log, I/O error, ...; `umount --flush`
+      and the mount process: the drain timed out, data is left in the log)
   64  bad command line";
 
 /// `slicefs`: a POSIX file system over an object store, with a crash-safe

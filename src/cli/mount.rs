@@ -488,17 +488,53 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         tracing::error!(error = %e, "final metadata sync failed");
     }
     eprintln!(
-        "slicefs: uploading dirty data ({} bytes)",
-        vfs.cache().dirty_bytes()
+        "slicefs: uploading dirty data ({})",
+        bytesize::ByteSize(vfs.cache().dirty_bytes())
     );
-    let drained = rt.block_on(vfs.transfer().close(r.drain_timeout));
+    // Progress once a second: on stderr, and in status.json for
+    // `slicefs umount --flush`.
+    let tm = vfs.transfer().clone();
+    let mut last = Instant::now();
+    let draining = |dirty_bytes: u64, uploads_in_flight: u64, state: &str| Status {
+        pid: std::process::id(),
+        mountpoint: args.mountpoint.clone(),
+        dirty_bytes,
+        uploads_in_flight,
+        uploads: 0,
+        upload_rate: 0,
+        oldest_dirty_age_s: None,
+        stalled_for_s: None,
+        last_error: None,
+        gc_pending: 0,
+        state: state.into(),
+    };
+    let drained = rt.block_on(async {
+        let r = tm
+            .drain_with_progress(r.drain_timeout, |p| {
+                if last.elapsed() >= Duration::from_secs(1) {
+                    last = Instant::now();
+                    eprintln!(
+                        "slicefs: uploading: {} left, {} uploads in flight",
+                        bytesize::ByteSize(p.dirty_bytes),
+                        p.uploads_in_flight
+                    );
+                    write_status(
+                        &data_dir,
+                        &draining(p.dirty_bytes, p.uploads_in_flight, "draining"),
+                    );
+                }
+            })
+            .await;
+        tm.shutdown().await;
+        r
+    });
     opened
         .persister
         .close()
         .context("close the write-ahead log")?;
-    let _ = std::fs::remove_file(data_dir.join("status.json"));
     match drained {
         Ok(()) => {
+            let _ = std::fs::remove_file(data_dir.join("status.json"));
             // Everything is in the object store: the next start needs no
             // log (it may be wiped).
             if let Err(e) = vfs.meta().forget_log() {
@@ -508,10 +544,25 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("slicefs: unmounted; {e}; the rest is uploaded at the next mount");
-            Ok(ExitCode::SUCCESS)
+            let left = vfs.cache().dirty_bytes();
+            // What `umount --flush` reports after this process is gone.
+            write_status(&data_dir, &draining(left, 0, "stopped"));
+            eprintln!(
+                "slicefs: unmounted with dirty data left: {}",
+                left_in_log(left, &e)
+            );
+            Ok(ExitCode::from(super::EXIT_ERROR))
         }
     }
+}
+
+/// The line for a drain that stopped with `left` bytes not uploaded.
+fn left_in_log(left: u64, why: &dyn std::fmt::Display) -> String {
+    format!(
+        "{} remain only in the local log ({why}); they are safe there and \
+         are uploaded at the next mount of this data directory",
+        bytesize::ByteSize(left)
+    )
 }
 
 fn background(args: &MountArgs, r: &Resolved) -> anyhow::Result<ExitCode> {
@@ -645,6 +696,19 @@ pub fn umount(args: UmountArgs) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(200));
     }
     bar.finish();
+    // The mount process leaves a status only when it stopped with data
+    // not uploaded.
+    if let Ok(s) = read_status(&dir)
+        && s.state == "stopped"
+        && s.dirty_bytes > 0
+    {
+        eprintln!(
+            "slicefs: unmounted {}, but {}",
+            args.mountpoint.display(),
+            left_in_log(s.dirty_bytes, &"the upload did not finish")
+        );
+        return Ok(ExitCode::from(super::EXIT_ERROR));
+    }
     println!(
         "slicefs: unmounted {}; everything uploaded",
         args.mountpoint.display()
