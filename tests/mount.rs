@@ -453,6 +453,98 @@ fn umount_flush_reports_a_drain_that_timed_out() {
     assert!(log.contains("everything is in the object store"), "{log}");
 }
 
+/// Regressions (operations issue): a regular file, a non-empty directory
+/// and a path that already is a mount were mounted over; `mount
+/// --background` reported "mounted" when its child failed (data directory
+/// locked) because some FUSE mount was at the path.
+#[test]
+fn unsuitable_mountpoints_are_refused_and_background_reports_the_child() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dd = tmp.path().join("data");
+    let mount = |mp: &Path, dd: &Path, extra: &[&str]| {
+        Command::new(BIN)
+            .arg("mount")
+            .arg(mp)
+            .arg("--data-dir")
+            .arg(dd)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = |out: std::process::Output, want: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(want), "want {want:?}: {err}");
+    };
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    refused(mount(&file, &dd, &[]), "is not a directory");
+    let full = tmp.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("kept"), b"x").unwrap();
+    refused(mount(&full, &dd, &["--background"]), "--allow-non-empty");
+
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let out = run(Command::new(BIN)
+        .arg("mount")
+        .arg(&mp)
+        .arg("--data-dir")
+        .arg(&dd)
+        .arg("--background"));
+    assert!(out.contains("mounted"), "{out}");
+    let guard = scopeguard(&mp);
+    refused(
+        mount(&mp, &tmp.path().join("other"), &["--background"]),
+        "already a mount point",
+    );
+    // The same data directory at another path: the child fails (locked),
+    // and the parent says so although a slicefs mount exists.
+    let mp2 = tmp.path().join("mnt2");
+    std::fs::create_dir(&mp2).unwrap();
+    refused(mount(&mp2, &dd, &["--background"]), "exited");
+    assert!(!mounted(&mp2));
+    // Over a non-empty directory when asked: its file is hidden, then back.
+    run(Command::new(BIN).arg("umount").arg(&mp));
+    drop(guard);
+    let out = run(Command::new(BIN)
+        .arg("mount")
+        .arg(&full)
+        .arg("--data-dir")
+        .arg(&dd)
+        .args(["--background", "--allow-non-empty"]));
+    assert!(out.contains("mounted"), "{out}");
+    let guard = scopeguard(&full);
+    assert!(!full.join("kept").exists());
+    run(Command::new(BIN).arg("umount").arg("--flush").arg(&full));
+    drop(guard);
+    assert!(full.join("kept").exists());
+
+    // A mount whose process was killed: refused with what to do.
+    let out = run(Command::new(BIN)
+        .arg("mount")
+        .arg(&mp)
+        .arg("--data-dir")
+        .arg(&dd)
+        .arg("--background"));
+    let guard = scopeguard(&mp);
+    let pid: i32 = out
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out}"));
+    run(Command::new("kill").args(["-9", &pid.to_string()]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the mount process did not die");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    refused(mount(&mp, &dd, &[]), "unmount it first");
+    drop(guard);
+    assert!(!mounted(&mp));
+}
+
 /// Detaches the mount if the test fails before its own unmount.
 fn scopeguard(mp: &Path) -> impl Drop + '_ {
     struct G<'a>(&'a Path);

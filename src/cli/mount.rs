@@ -85,6 +85,10 @@ pub struct MountArgs {
     /// Let other users access the mount (FUSE `allow_other`).
     #[arg(long, env = "SLICEFS_ALLOW_OTHER")]
     pub allow_other: bool,
+    /// Mount over a directory that is not empty (its entries are hidden
+    /// while mounted). Without it such a mountpoint is refused.
+    #[arg(long)]
+    pub allow_non_empty: bool,
     /// Stay in the foreground (the default).
     #[arg(long, conflicts_with = "background")]
     pub foreground: bool,
@@ -339,6 +343,62 @@ fn mounted(mountpoint: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The mount IDs (`/proc/self/mountinfo`, first field) of every mount at
+/// `path` (any file system), oldest first.
+fn mount_ids_at(path: &Path) -> Vec<u64> {
+    let Ok(target) = path.canonicalize() else {
+        return Vec::new();
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| Path::new(&m.replace("\\040", " ")) == target)
+        })
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Refuses a mountpoint users would not expect to be mounted over: one
+/// that is missing or not a directory (a regular file mounted gave EIO on
+/// every stat), one that already is a mount point (stacked mounts, which
+/// one `umount` then removed together), and a directory that is not empty
+/// unless `allow_non_empty` (its files would be hidden silently).
+///
+/// # Errors
+/// One line naming the mountpoint and the reason.
+fn check_mountpoint(mp: &Path, allow_non_empty: bool) -> anyhow::Result<()> {
+    let meta = match std::fs::metadata(mp) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "mountpoint {0} is a mount whose process is gone (killed or crashed): \
+             unmount it first (umount {0}); the data is safe in the data directory",
+            mp.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("mountpoint {}", mp.display())),
+    };
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", mp.display());
+    }
+    if !mount_ids_at(mp).is_empty() {
+        bail!(
+            "mountpoint {} is already a mount point (unmount what is there first)",
+            mp.display()
+        );
+    }
+    let mut entries =
+        std::fs::read_dir(mp).with_context(|| format!("mountpoint {}", mp.display()))?;
+    if !allow_non_empty && entries.next().is_some() {
+        bail!(
+            "mountpoint {} is not empty (its files would be hidden; \
+             --allow-non-empty mounts over it anyway)",
+            mp.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs `slicefs mount`.
 ///
 /// # Errors
@@ -346,6 +406,7 @@ fn mounted(mountpoint: &Path) -> bool {
 /// failed mount.
 pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     let r = resolve(&args)?;
+    check_mountpoint(&args.mountpoint, args.allow_non_empty)?;
     if args.background {
         return background(&args, &r);
     }
@@ -590,8 +651,15 @@ fn background(args: &MountArgs, r: &Resolved) -> anyhow::Result<ExitCode> {
         .spawn()
         .context("start the mount process")?;
     let deadline = Instant::now() + Duration::from_secs(120);
+    // Only a mount that was not there before is the child's: another
+    // process may mount at the same path meanwhile.
+    let before = mount_ids_at(&args.mountpoint);
     loop {
-        if mounted(&args.mountpoint) {
+        let now_there = mount_ids_at(&args.mountpoint);
+        if now_there.iter().any(|id| !before.contains(id))
+            && mounted(&args.mountpoint)
+            && child.try_wait()?.is_none()
+        {
             println!(
                 "slicefs: mounted at {} (pid {})",
                 args.mountpoint.display(),
