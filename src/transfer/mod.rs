@@ -204,7 +204,8 @@ pub struct TransferStats {
     pub stalled_for: Option<Duration>,
     /// The last request error seen.
     pub last_error: Option<String>,
-    /// Age of the oldest dirty data the manager knows of.
+    /// Age of the oldest data not yet uploaded (its upload planned, in
+    /// flight or stalled, or not started yet).
     pub oldest_dirty_age: Option<Duration>,
     /// Files the manager keeps state for: dirty ones and those with an
     /// upload in flight (0 once everything is uploaded; its planning
@@ -402,6 +403,7 @@ impl TransferManager {
             for f in recovered {
                 let st = plan.entry(f);
                 st.dirty_since = Some(now);
+                st.dirty_first = Some(now);
                 st.flush_requested = true;
                 plan.schedule(f);
             }
@@ -436,7 +438,7 @@ impl TransferManager {
         let st = plan.entry(file);
         let now = Instant::now();
         let first = st.dirty_since.is_none();
-        st.dirty_since.get_or_insert(now);
+        st.mark_dirty(now);
         st.last_write = Some(now);
         if filled {
             st.full_block = true;
@@ -472,7 +474,7 @@ impl TransferManager {
                 let mut plan = lock(&self.inner.plan);
                 let st = plan.entry(file);
                 st.flush_requested = true;
-                st.dirty_since.get_or_insert_with(Instant::now);
+                st.mark_dirty(Instant::now());
                 plan.schedule(file);
             }
             let notified = self.inner.progress.notified();
@@ -909,7 +911,7 @@ impl Inner {
                 let dirty = self.cache.dirty_files();
                 let mut plan = lock(&self.plan);
                 for f in dirty {
-                    plan.entry(f).dirty_since.get_or_insert(last_sweep);
+                    plan.entry(f).mark_dirty(last_sweep);
                     plan.schedule(f);
                 }
             }
@@ -955,7 +957,7 @@ impl Inner {
                 if snaps.is_empty() || !counted {
                     let file = p.file;
                     drop(p);
-                    plan.forget_if_idle(file);
+                    plan.settle(file);
                     None
                 } else {
                     Some(p)
@@ -1000,7 +1002,7 @@ impl Inner {
                 // Bytes written after the truncate may still be pending.
                 let mut plan = lock(&self.plan);
                 if let Some(st) = plan.get_mut(file) {
-                    st.dirty_since.get_or_insert_with(Instant::now);
+                    st.mark_dirty(Instant::now());
                     plan.schedule(file);
                 }
             }
@@ -1023,7 +1025,7 @@ impl Inner {
                 if removed {
                     plan.remove(file);
                 } else {
-                    plan.forget_if_idle(file);
+                    plan.settle(file);
                 }
             }
         }

@@ -24,6 +24,11 @@ use super::lock;
 pub(super) struct FileState {
     /// When the file first had dirty data not yet planned for upload.
     pub(super) dirty_since: Option<Instant>,
+    /// When the oldest of the file's data not yet uploaded became dirty:
+    /// unlike `dirty_since`, planning does not reset it, only the end of
+    /// the file's last upload with nothing dirty left (so a stalled upload
+    /// shows its true age in `status`).
+    pub(super) dirty_first: Option<Instant>,
     /// The last write to the file.
     pub(super) last_write: Option<Instant>,
     /// A write filled a block: upload full blocks now.
@@ -43,6 +48,12 @@ pub(super) struct FileState {
 }
 
 impl FileState {
+    /// Records dirty data not yet planned, as of `now`.
+    pub(super) fn mark_dirty(&mut self, now: Instant) {
+        self.dirty_since.get_or_insert(now);
+        self.dirty_first.get_or_insert(now);
+    }
+
     /// Nothing to upload, nothing in flight, and no stamp or truncate
     /// holds the gate (so no epoch check can miss the state's loss: a
     /// later write brings the file back with a fresh gate).
@@ -135,9 +146,10 @@ impl Plan {
         self.files.len()
     }
 
-    /// When the oldest dirty data not yet planned became dirty.
+    /// When the oldest data not yet uploaded became dirty (planned or
+    /// not, its upload in flight or stalled).
     pub(super) fn oldest_dirty(&self) -> Option<Instant> {
-        self.files.values().filter_map(|s| s.dirty_since).min()
+        self.files.values().filter_map(|s| s.dirty_first).min()
     }
 
     pub(super) fn get_mut(&mut self, file: FileId) -> Option<&mut FileState> {
@@ -156,6 +168,19 @@ impl Plan {
         {
             self.queue.remove(&(k, file));
         }
+    }
+
+    /// After an upload round of the file ended (or found nothing): with
+    /// nothing dirty and nothing in flight its data is all uploaded; an
+    /// idle state is dropped.
+    pub(super) fn settle(&mut self, file: FileId) {
+        if let Some(st) = self.files.get_mut(&file)
+            && st.dirty_since.is_none()
+            && st.uploads == 0
+        {
+            st.dirty_first = None;
+        }
+        self.forget_if_idle(file);
     }
 
     /// Drops the file's state if it is idle (see [`FileState::idle`]): the
@@ -255,6 +280,7 @@ impl Plan {
             return;
         }
         st.dirty_since = Some(st.dirty_since.map_or(p.since, |s| s.min(p.since)));
+        st.dirty_first = Some(st.dirty_first.map_or(p.since, |s| s.min(p.since)));
         if p.opts.full_blocks_only {
             st.full_block = true;
         } else {
@@ -278,7 +304,7 @@ mod tests {
 
     fn dirty(p: &mut Plan, f: u64, since: Instant, last: Instant) {
         let st = p.entry(FileId(f));
-        st.dirty_since = Some(since);
+        st.mark_dirty(since);
         st.last_write = Some(last);
         p.schedule(FileId(f));
     }
@@ -349,6 +375,26 @@ mod tests {
         assert!(p.next_due(t0, false).is_none());
         let y = p.next_due(t0 + Duration::from_secs(5), false).unwrap();
         assert!(!y.opts.full_blocks_only);
+    }
+
+    /// Regression (operations issue): `status` said "oldest dirty 3.0 s"
+    /// while uploads had stalled for 37 s, because planning reset the
+    /// dirty time.
+    #[test]
+    fn the_oldest_dirty_age_counts_until_the_upload_ends() {
+        let t0 = Instant::now();
+        let mut p = plan(false);
+        dirty(&mut p, 1, t0, t0);
+        let x = p.next_due(t0 + Duration::from_secs(5), false).unwrap();
+        assert_eq!(p.oldest_dirty(), Some(t0), "planned, not uploaded");
+        p.get_mut(FileId(1)).unwrap().uploads = 1;
+        p.settle(FileId(1));
+        assert_eq!(p.oldest_dirty(), Some(t0), "upload in flight or stalled");
+        p.get_mut(FileId(1)).unwrap().uploads = 0;
+        drop(x);
+        p.settle(FileId(1));
+        assert_eq!(p.oldest_dirty(), None);
+        assert_eq!(p.len(), 0);
     }
 
     #[test]
