@@ -402,8 +402,7 @@ impl TransferManager {
             let now = Instant::now();
             for f in recovered {
                 let st = plan.entry(f);
-                st.dirty_since = Some(now);
-                st.dirty_first = Some(now);
+                st.mark_dirty(now);
                 st.flush_requested = true;
                 plan.schedule(f);
             }
@@ -619,44 +618,29 @@ impl TransferManager {
         removed: bool,
         change: impl FnOnce() -> Result<(T, Vec<BlockKey>), E>,
     ) -> Result<T, E> {
-        let gate = self.inner.bump_epoch(file, removed);
-        let result = {
-            let _guard = lock(&gate);
-            change()
-        };
-        // A truncate of a file with nothing dirty leaves no state behind.
-        drop(gate);
-        lock(&self.inner.plan).forget_if_idle(file);
-        let (value, dropped) = result?;
-        if removed {
-            lock(&self.inner.readers).remove(&file);
-        }
-        for k in dropped {
-            self.inner.collect_later(k);
-        }
-        Ok(value)
+        self.change_blocks_of_many(&[file], removed, change)
     }
 
-    /// [`TransferManager::change_blocks`] for the removal of many files at
-    /// once: `change` (one metadata transaction that drops all their block
-    /// maps) runs with every file's gate held, so no upload of any of them
-    /// commits meanwhile.
+    /// [`TransferManager::change_blocks`] for many files at once (the
+    /// reaper's removals): `change`, one metadata transaction for all of
+    /// them, runs with every file's gate held.
     ///
     /// # Errors
     /// `change`'s error.
     pub fn change_blocks_of_many<T, E>(
         &self,
         files: &[FileId],
+        removed: bool,
         change: impl FnOnce() -> Result<(T, Vec<BlockKey>), E>,
     ) -> Result<T, E> {
         let mut sorted = files.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        // Gates are taken in file order; uploads and single-file changes
-        // hold one at a time: no lock-order cycle.
+        // Gates are taken in file order; uploads hold one at a time: no
+        // lock-order cycle.
         let gates: Vec<_> = sorted
             .iter()
-            .map(|&f| self.inner.bump_epoch(f, true))
+            .map(|&f| self.inner.bump_epoch(f, removed))
             .collect();
         let result = {
             let _guards: Vec<_> = gates.iter().map(|g| lock(g)).collect();
@@ -664,13 +648,14 @@ impl TransferManager {
         };
         drop(gates);
         {
+            // A truncate of a file with nothing dirty leaves no state.
             let mut plan = lock(&self.inner.plan);
             for &f in &sorted {
                 plan.forget_if_idle(f);
             }
         }
         let (value, dropped) = result?;
-        {
+        if removed {
             let mut readers = lock(&self.inner.readers);
             for f in &sorted {
                 readers.remove(f);

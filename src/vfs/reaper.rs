@@ -89,8 +89,9 @@ impl Parts {
             self.cache.remove(ino.file());
         }
         let files: Vec<_> = doomed.iter().map(|i| i.file()).collect();
-        self.tm
-            .change_blocks_of_many(&files, || self.meta.purge_many(&doomed).map(|k| ((), k)))
+        self.tm.change_blocks_of_many(&files, true, || {
+            self.meta.purge_many(&doomed).map(|k| ((), k))
+        })
     }
 }
 
