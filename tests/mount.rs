@@ -593,6 +593,22 @@ assert stat.S_IMODE(os.stat(s).st_mode) == 0o2745, oct(os.stat(s).st_mode)
 print("ok")
 "##;
 
+/// The options of the mount at `mp`, from `/proc/self/mounts`.
+fn mount_options(mp: &Path) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let target = mp.to_str().unwrap();
+    let line = mounts
+        .lines()
+        .rfind(|l| l.split(' ').nth(1) == Some(target))
+        .unwrap_or_else(|| panic!("{target} not in /proc/self/mounts"));
+    line.split(' ')
+        .nth(3)
+        .unwrap()
+        .split(',')
+        .map(String::from)
+        .collect()
+}
+
 fn write_back_semantics(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let mp = tmp.path().join("mnt");
@@ -603,6 +619,8 @@ fn write_back_semantics(extra: &[&str]) {
     let mut args = vec!["--allow-other"];
     args.extend_from_slice(extra);
     let m = Mount::start(&mp, &dd, &args);
+    // Other users reach it: the kernel checks permission bits too.
+    assert!(mount_options(&mp).contains(&"default_permissions".to_string()));
     let dir = mp.join("nobody");
     std::fs::create_dir(&dir).unwrap();
     run(Command::new("chown").arg("65534:65534").arg(&dir));
@@ -623,6 +641,8 @@ fn write_back_semantics(extra: &[&str]) {
         .unwrap();
     m.stop();
     let m = Mount::start(&mp, &dd, extra);
+    // Root alone reaches it; the VFS checks every request.
+    assert!(!mount_options(&mp).contains(&"default_permissions".to_string()));
     use std::os::unix::fs::MetadataExt;
     let f = std::fs::metadata(dir.join("f")).unwrap();
     assert_eq!((f.len(), f.mtime()), (10004, 1_000_000_000));

@@ -1039,3 +1039,35 @@ fn unlinked_files_are_freed_in_batches_and_open_or_linked_ones_stay() {
         assert_eq!(errno(v.getattr(kept.ino)), libc::ENOENT);
     });
 }
+
+/// The SQLite WAL is checkpointed (and cut back) in the background while
+/// nothing syncs: before, only a sync emptied it, and 30,000 namespace
+/// operations without one left a 900 MB WAL (8,000 mkdirs here: about
+/// 140 MB).
+#[test]
+fn the_metadata_journal_stays_bounded_without_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = open_fs(Some(dir.path()));
+    let root = Creds::root();
+    let wal = dir.path().join("meta.db-wal");
+    let n = 8000;
+    for i in 0..n {
+        fs.vfs
+            .mkdir(&root, Ino::ROOT, format!("d{i}").as_bytes(), 0o755)
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fs.vfs.meta().checkpoint_due() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint 20 s after {n} commits"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Fewer than 1000 commits since the last checkpoint, and the WAL was
+    // cut back to 16 MiB when it restarted.
+    let size = std::fs::metadata(&wal).unwrap().len();
+    assert!(size <= 64 << 20, "WAL of {size} bytes after {n} mkdirs");
+    assert_eq!(fs.vfs.readdir(Ino::ROOT, 0, 10_000).unwrap().len(), n + 2);
+    fs.unmount();
+}

@@ -368,6 +368,21 @@ fn mount_ids_at(path: &Path) -> Vec<u64> {
 ///
 /// # Errors
 /// One line naming the mountpoint and the reason.
+/// Whether the kernel should check permission bits itself
+/// (`default_permissions`) before each request. It must when other users
+/// can reach the mount (`--allow-other`) or the mount's owner is not root:
+/// without it, a path walk through entries the kernel has cached checks no
+/// search permission. A root-owned mount without `--allow-other` is
+/// reachable by root alone (the FUSE kernel refuses every other user), and
+/// the VFS checks every request it gets; there the kernel's check only
+/// costs a `GETATTR` of the parent directory before nearly every create,
+/// rename and unlink (the kernel drops a directory's attributes whenever
+/// one of its entries changes).
+fn kernel_checks_permissions(allow_other: bool) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    allow_other || unsafe { libc::geteuid() } != 0
+}
+
 fn check_mountpoint(mp: &Path, allow_non_empty: bool) -> anyhow::Result<()> {
     let meta = match std::fs::metadata(mp) {
         Ok(m) => m,
@@ -448,12 +463,14 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         "log replayed; pending data is being uploaded"
     );
     let vfs = opened.vfs.clone();
-    let options = vec![
+    let mut options = vec![
         fuser::MountOption::FSName(data_dir.display().to_string()),
         fuser::MountOption::Subtype("slicefs".into()),
-        fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
     ];
+    if kernel_checks_permissions(r.allow_other) {
+        options.push(fuser::MountOption::DefaultPermissions);
+    }
     let mut config = fuser::Config::default();
     if r.allow_other {
         config.acl = fuser::SessionACL::All;
