@@ -374,8 +374,4 @@ impl Backend for MemBackend {
         }
         r
     }
-
-    fn checkpoint(&self) -> Result<()> {
-        Ok(())
-    }
 }

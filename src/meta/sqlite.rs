@@ -27,7 +27,12 @@
 //! Automatic checkpoints are off (`wal_autocheckpoint=0`): a checkpoint
 //! fsyncs the WAL, which would make commits durable behind the log's back
 //! (see [`MetaStore::attach_log`](super::MetaStore::attach_log)). `sync`
-//! checkpoints instead, once enough commits piled up.
+//! checkpoints instead, once enough commits piled up, and
+//! [`MetaStore::checkpoint_due`](super::MetaStore::checkpoint_due) tells the
+//! VFS's background thread when to call it: a WAL that only `sync`
+//! emptied grew without bound while nothing was synced (900 MB for 30,000
+//! namespace operations), and every commit appended new pages to it. The
+//! WAL file is cut back to [`WAL_SIZE_LIMIT`] when it restarts.
 //!
 //! A durable commit or checkpoint that fails with an I/O error poisons the
 //! store: every later write and sync fails until it is reopened (the
@@ -37,6 +42,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
@@ -87,19 +93,30 @@ CREATE TABLE blocks(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER 
     version INTEGER NOT NULL, len INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block));
 ";
 
-/// Commits after which `sync` also checkpoints the WAL into the database.
-const CHECKPOINT_AFTER_COMMITS: u64 = 1000;
+/// Commits after which `sync` also checkpoints the WAL into the database,
+/// and after which a checkpoint is due (about 30 MB of WAL for small
+/// namespace operations, which write 5 to 8 pages each).
+const CHECKPOINT_AFTER_COMMITS: u64 = 4000;
+
+/// Bytes the WAL file is cut back to when it restarts after a checkpoint
+/// (`journal_size_limit`): a burst leaves no large WAL on disk.
+pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 pub(crate) struct SqliteBackend {
     conn: Mutex<Conn>,
+    /// The WAL file's path, and a descriptor of it once it exists, for
+    /// [`Backend::presync`].
+    wal_path: std::path::PathBuf,
+    wal: Mutex<Option<std::fs::File>>,
+    /// Commits since the last checkpoint (written under `conn`; read
+    /// without it by [`Backend::checkpoint_due`]).
+    commits: AtomicU64,
 }
 
 struct Conn {
     conn: Connection,
     /// Why the store refuses writes: a durable commit failed.
     poisoned: Option<String>,
-    /// Commits since the last checkpoint.
-    commits: u64,
     /// What `statfs` reports, counted once (the first time it is asked)
     /// and then kept up to date by every commit (see `SqlTx::usage`), so
     /// that `df` costs no scan of the inode table.
@@ -121,6 +138,16 @@ impl SqliteBackend {
         // file-lock calls of every transaction, and (set before WAL mode)
         // keeps the WAL index in memory instead of a shared `-shm` file.
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        // 1 KiB pages (the default is 4 KiB) for a database made now (an
+        // existing one keeps its size): a namespace operation changes 5
+        // to 8 pages (an inode row, its parent's, the entry, its cookie
+        // index, inode indexes), each a whole WAL frame. With 4 KiB
+        // pages that was about 30 KB of WAL per rename or unlink, written
+        // to the page cache under the lock every request waits for, and
+        // later to the disk at each checkpoint. Measured (10,000 files,
+        // uploads held back): unlink 2,100 -> 6,200/s, rename 4,000 ->
+        // 5,200/s, create 2,200 -> 2,800/s.
+        conn.pragma_update(None, "page_size", 1024)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // 64 MiB of page cache (the default is 2 MiB) and temporary
@@ -129,6 +156,7 @@ impl SqliteBackend {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let has_info: bool = conn
@@ -172,9 +200,15 @@ impl SqliteBackend {
             conn: Mutex::new(Conn {
                 conn,
                 poisoned: None,
-                commits: 0,
                 usage: None,
             }),
+            commits: AtomicU64::new(0),
+            wal_path: {
+                let mut p = path.as_os_str().to_owned();
+                p.push("-wal");
+                p.into()
+            },
+            wal: Mutex::new(None),
         })
     }
 }
@@ -698,7 +732,6 @@ impl Backend for SqliteBackend {
         let Conn {
             conn,
             poisoned,
-            commits,
             usage,
         } = &mut *c;
         let result = (|| {
@@ -726,7 +759,20 @@ impl Backend for SqliteBackend {
                 return Err(e.into());
             }
             *usage = counted;
-            *commits += 1;
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            if mode == TxMode::Durable && self.checkpoint_due() {
+                // Under the same lock as the durable commit: everything
+                // in the WAL is durable, so copying it into the database
+                // changes nothing a power loss could see.
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Ok(()) => self.commits.store(0, Ordering::Relaxed),
+                    Err(e) if is_io_error(&e) => {
+                        *poisoned = Some(e.to_string());
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Ok(())
         })();
         if mode == TxMode::Durable {
@@ -735,22 +781,35 @@ impl Backend for SqliteBackend {
         result
     }
 
-    fn checkpoint(&self) -> Result<()> {
-        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        if c.commits >= CHECKPOINT_AFTER_COMMITS {
-            // Everything in the WAL is durable now: copying it into the
-            // database changes nothing a power loss could see.
-            let r = c
-                .conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-            match r {
-                Ok(()) => c.commits = 0,
-                Err(e) if is_io_error(&e) => {
-                    c.poisoned = Some(e.to_string());
-                    return Err(e.into());
-                }
-                Err(e) => return Err(e.into()),
+    fn checkpoint_due(&self) -> bool {
+        self.commits.load(Ordering::Relaxed) >= CHECKPOINT_AFTER_COMMITS
+    }
+
+    /// `fdatasync` of the WAL through a descriptor of this backend's own,
+    /// outside the connection's lock: the durable commit that follows
+    /// finds little left to write, and other metadata calls do not wait
+    /// for the device while it does (a sync after 4000 small commits had
+    /// about 100 MB of WAL to write). A failure poisons the store, as a
+    /// failed durable commit does (the kernel may have dropped the pages).
+    fn presync(&self) -> Result<()> {
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        if wal.is_none() {
+            match std::fs::File::open(&self.wal_path) {
+                Ok(f) => *wal = Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(FsError::io("open the metadata WAL", e)),
             }
+        }
+        let Some(f) = wal.as_ref() else {
+            return Ok(());
+        };
+        if let Err(e) = f.sync_data() {
+            if crate::error::is_no_space(&e) {
+                return Err(FsError::NoSpace(format!("fsync the metadata WAL: {e}")));
+            }
+            let why = format!("fsync the metadata WAL: {e}");
+            self.conn.lock().unwrap_or_else(|e| e.into_inner()).poisoned = Some(why.clone());
+            return Err(FsError::io("metadata database", why));
         }
         Ok(())
     }

@@ -42,10 +42,18 @@ pub(crate) trait Backend: Send + Sync {
         barrier: Barrier<'_>,
         f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
     ) -> Result<()>;
-    /// Copies committed transactions into the main database when enough
-    /// piled up, if the backend keeps a separate journal. Call only right
-    /// after a durable commit: a checkpoint makes everything durable.
-    fn checkpoint(&self) -> Result<()>;
+    /// Whether enough commits piled up in a separate journal (SQLite's
+    /// WAL) that the next durable commit should copy them into the main
+    /// database (it does so under the same lock).
+    fn checkpoint_due(&self) -> bool {
+        false
+    }
+    /// Writes what committed transactions left in the OS's cache to the
+    /// device without the lock that orders commits, before a durable
+    /// commit (which then has less to wait for under it).
+    fn presync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The metadata store: inodes, directory entries, symlink targets,
@@ -154,6 +162,7 @@ impl MetaStore {
         // left to do and other metadata calls do not wait for the log.
         if mode == TxMode::Durable {
             self.log_barrier()?;
+            self.backend.presync()?;
         }
         let dep = std::cell::Cell::new(None);
         let seq = std::cell::Cell::new(0);
@@ -208,8 +217,13 @@ impl MetaStore {
     /// later sync may succeed).
     pub fn sync(&self) -> Result<()> {
         // A durable commit covers every commit before it.
-        self.write(TxMode::Durable, |tx| tx.next("sync").map(|_| ()))?;
-        self.backend.checkpoint()
+        self.write(TxMode::Durable, |tx| tx.next("sync").map(|_| ()))
+    }
+
+    /// Whether a [`MetaStore::sync`] is due to keep the backend's journal
+    /// short (see the SQLite backend's notes). Cheap: no lock.
+    pub fn checkpoint_due(&self) -> bool {
+        self.backend.checkpoint_due()
     }
 
     /// How this filesystem's block objects are named: recorded when it

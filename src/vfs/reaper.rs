@@ -12,6 +12,12 @@
 //!
 //! A crash before the free leaves the orphan in metadata; recovery frees
 //! it (`Vfs::recover`, after its own metadata sync).
+//!
+//! The same thread syncs metadata when its journal asks for a checkpoint
+//! ([`MetaStore::checkpoint_due`]), looking every [`CHECKPOINT_POLL`]: a
+//! sync may copy the journal into the database only with the log synced
+//! before it, and nothing else syncs while no file is fsynced, uploaded or
+//! unlinked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,6 +36,11 @@ use crate::transfer::TransferManager;
 /// Orphans queued past this count are reaped at once, without waiting for
 /// the interval.
 const BATCH_MAX: usize = 4096;
+
+/// How often the reaper thread asks whether metadata wants a checkpoint.
+/// At a few thousand namespace operations per second this bounds the
+/// SQLite WAL to a few tens of MB.
+pub(super) const CHECKPOINT_POLL: Duration = Duration::from_millis(100);
 
 /// What freeing an inode needs: the stores that hold its data.
 #[derive(Clone)]
@@ -184,12 +195,16 @@ impl Shared {
                         return;
                     }
                     let now = Instant::now();
-                    if st.pending.len() >= BATCH_MAX || now >= deadline {
+                    if st.pending.len() >= BATCH_MAX
+                        || now >= deadline
+                        || self.parts.meta.checkpoint_due()
+                    {
                         break;
                     }
                     let wait = deadline
                         .saturating_duration_since(now)
-                        .max(self.interval / 4);
+                        .max(self.interval / 4)
+                        .min(CHECKPOINT_POLL);
                     st = self
                         .cv
                         .wait_timeout(st, wait)
@@ -245,6 +260,9 @@ impl Shared {
     fn reap(&self) -> Result<(), FsError> {
         let batch = std::mem::take(&mut lock(&self.state).pending);
         if batch.is_empty() {
+            if self.parts.meta.checkpoint_due() {
+                return self.parts.meta.sync();
+            }
             return Ok(());
         }
         let requeue = |rest: &[Ino]| lock(&self.state).pending.extend_from_slice(rest);
