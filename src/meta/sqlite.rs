@@ -98,6 +98,10 @@ CREATE TABLE blocks(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER 
 /// namespace operations, which write 5 to 8 pages each).
 const CHECKPOINT_AFTER_COMMITS: u64 = 4000;
 
+/// Commits since the last durable one past which a durable commit first
+/// syncs the WAL outside the connection's lock ([`Backend::presync`]).
+const PRESYNC_AFTER_COMMITS: u64 = 256;
+
 /// Bytes the WAL file is cut back to when it restarts after a checkpoint
 /// (`journal_size_limit`): a burst leaves no large WAL on disk.
 pub const WAL_SIZE_LIMIT: i64 = 64 << 20;
@@ -111,6 +115,9 @@ pub(crate) struct SqliteBackend {
     /// Commits since the last checkpoint (written under `conn`; read
     /// without it by [`Backend::checkpoint_due`]).
     commits: AtomicU64,
+    /// Commits since the last durable one: [`Backend::presync`] is worth
+    /// its extra device flush only past [`PRESYNC_AFTER_COMMITS`].
+    undurable: AtomicU64,
 }
 
 struct Conn {
@@ -203,6 +210,7 @@ impl SqliteBackend {
                 usage: None,
             }),
             commits: AtomicU64::new(0),
+            undurable: AtomicU64::new(0),
             wal_path: {
                 let mut p = path.as_os_str().to_owned();
                 p.push("-wal");
@@ -760,6 +768,11 @@ impl Backend for SqliteBackend {
             }
             *usage = counted;
             self.commits.fetch_add(1, Ordering::Relaxed);
+            if mode == TxMode::Durable {
+                self.undurable.store(0, Ordering::Relaxed);
+            } else {
+                self.undurable.fetch_add(1, Ordering::Relaxed);
+            }
             if mode == TxMode::Durable && self.checkpoint_due() {
                 // Under the same lock as the durable commit: everything
                 // in the WAL is durable, so copying it into the database
@@ -791,7 +804,12 @@ impl Backend for SqliteBackend {
     /// for the device while it does (a sync after 4000 small commits had
     /// about 100 MB of WAL to write). A failure poisons the store, as a
     /// failed durable commit does (the kernel may have dropped the pages).
+    /// Skipped when few commits wait (an fsync-heavy program): it would be
+    /// a second device flush for the same few pages.
     fn presync(&self) -> Result<()> {
+        if self.undurable.load(Ordering::Relaxed) < PRESYNC_AFTER_COMMITS {
+            return Ok(());
+        }
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         if wal.is_none() {
             match std::fs::File::open(&self.wal_path) {

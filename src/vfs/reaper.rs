@@ -119,6 +119,9 @@ struct State {
 struct Shared {
     parts: Parts,
     state: Mutex<State>,
+    /// Held for a whole reap, so that [`Reaper::reap_now`] returns only
+    /// after a batch the thread took before it is freed too.
+    reaping: Mutex<()>,
     cv: Condvar,
     interval: Duration,
 }
@@ -138,6 +141,7 @@ impl Reaper {
         let shared = Arc::new(Shared {
             parts,
             state: Mutex::new(State::default()),
+            reaping: Mutex::new(()),
             cv: Condvar::new(),
             interval,
         });
@@ -258,6 +262,7 @@ impl Shared {
     }
 
     fn reap(&self) -> Result<(), FsError> {
+        let _reaping = lock(&self.reaping);
         let batch = std::mem::take(&mut lock(&self.state).pending);
         if batch.is_empty() {
             if self.parts.meta.checkpoint_due() {
