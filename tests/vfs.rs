@@ -10,8 +10,8 @@ use slicefs::blockstore::StoreConfig;
 use slicefs::error::FsError;
 use slicefs::meta::{FileKind, Ino, RenameFlags, XattrFlags};
 use slicefs::vfs::{
-    Creds, FsOptions, MetaKind, OpenFlags, PersisterKind, SetAttrRequest, TimeSet, Vfs, VfsConfig,
-    VfsRecovery,
+    Creds, FsOptions, MetaKind, OpenFlags, PersisterKind, SetAttrRequest, Stability, TimeSet, Vfs,
+    VfsConfig, VfsRecovery,
 };
 use slicefs_wal::{ChunkIndex, FileId, Persister, SliceId, SliceWrite};
 
@@ -1069,5 +1069,95 @@ fn the_metadata_journal_stays_bounded_without_syncs() {
     let size = std::fs::metadata(&wal).unwrap().len();
     assert!(size <= 64 << 20, "WAL of {size} bytes after {n} mkdirs");
     assert_eq!(fs.vfs.readdir(Ino::ROOT, 0, 10_000).unwrap().len(), n + 2);
+    fs.unmount();
+}
+
+/// I/O by inode number (what an NFS server asks): each call checks
+/// permission itself, the owner may write whatever the mode (as knfsd),
+/// `eof` says whether the bytes reach the end, and what is not a regular
+/// file or no longer exists is refused.
+#[test]
+fn io_by_inode_checks_each_call_and_reports_eof() {
+    both(|fs| {
+        let root = Creds::root();
+        let owner = Creds::user(1000, 1000);
+        let other = Creds::user(2000, 2000);
+        let v = &fs.vfs;
+        let ino = write_file(fs, &root, Ino::ROOT, "f", b"");
+        let set = |perm: u16| {
+            v.setattr(
+                &root,
+                ino,
+                &SetAttrRequest {
+                    perm: Some(perm),
+                    uid: Some(1000),
+                    gid: Some(1000),
+                    ..SetAttrRequest::default()
+                },
+            )
+            .unwrap()
+        };
+        set(0o444);
+        assert_eq!(
+            v.write_at(&owner, ino, 0, b"0123456789", Stability::Unstable)
+                .unwrap(),
+            10
+        );
+        assert_eq!(
+            errno(v.write_at(&other, ino, 0, b"x", Stability::Unstable)),
+            libc::EACCES
+        );
+        assert_eq!(
+            v.read_at(&other, ino, 0, 4).unwrap(),
+            (b"0123".to_vec(), false)
+        );
+        assert_eq!(
+            v.read_at(&other, ino, 6, 100).unwrap(),
+            (b"6789".to_vec(), true)
+        );
+        assert_eq!(v.read_at(&other, ino, 50, 10).unwrap(), (Vec::new(), true));
+        set(0o400);
+        assert_eq!(errno(v.read_at(&other, ino, 0, 4)), libc::EACCES);
+        // A write past the end grows the file; a non-root writer clears
+        // setuid.
+        set(0o4755);
+        v.write_at(&owner, ino, 20, b"end", Stability::FileSync)
+            .unwrap();
+        let a = v.getattr(ino).unwrap();
+        assert_eq!((a.size, a.perm), (23, 0o755));
+        assert_eq!(read_all(fs, ino)[8..], *b"89\0\0\0\0\0\0\0\0\0\0end");
+        v.commit(ino).unwrap();
+        assert_eq!(errno(v.read_at(&root, Ino::ROOT, 0, 1)), libc::EISDIR);
+        v.unlink(&root, Ino::ROOT, b"f").unwrap();
+        v.syncfs().unwrap();
+        assert_eq!(errno(v.read_at(&root, ino, 0, 1)), libc::ENOENT);
+        assert_eq!(errno(v.commit(ino)), libc::ENOENT);
+    });
+}
+
+/// A stable write, and unstable writes followed by a commit, are in the
+/// file after a crash, size included.
+#[test]
+fn committed_writes_by_inode_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let ino = {
+        let fs = open_fs(Some(dir.path()));
+        let ino = write_file(&fs, &root, Ino::ROOT, "f", b"");
+        fs.vfs
+            .write_at(&root, ino, 0, b"unstable,", Stability::Unstable)
+            .unwrap();
+        fs.vfs.commit(ino).unwrap();
+        fs.vfs
+            .write_at(&root, ino, 9, b"data-sync,", Stability::DataSync)
+            .unwrap();
+        fs.vfs
+            .write_at(&root, ino, 19, b"file-sync", Stability::FileSync)
+            .unwrap();
+        fs.crash();
+        ino
+    };
+    let fs = open_fs(Some(dir.path()));
+    assert_eq!(read_all(&fs, ino), b"unstable,data-sync,file-sync");
     fs.unmount();
 }

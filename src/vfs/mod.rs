@@ -17,6 +17,7 @@ mod open;
 mod perm;
 mod reaper;
 mod space;
+mod stateless;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +35,7 @@ use crate::meta::{
 use crate::transfer::TransferManager;
 pub use open::{FsOptions, MetaKind, OpenedFs, PersisterKind, open_fs, open_fs_with_progress};
 pub use perm::{Access, Creds};
+pub use stateless::Stability;
 
 type Result<T> = std::result::Result<T, FsError>;
 

@@ -1,0 +1,138 @@
+//! I/O by inode number, without an open handle: what a stateless front end
+//! (an NFSv3 server: READ, WRITE and COMMIT carry a file handle, never an
+//! open) asks of the VFS.
+//!
+//! Each call checks the caller's permission itself, as an NFS server must
+//! on every request (there is no `open` to check once). As Linux's knfsd
+//! does, the file's owner may read and write it whatever its mode: a
+//! client that opened a file and then made it read-only still writes
+//! through its open descriptor, and the server cannot tell.
+//!
+//! Inode numbers are never reused (their counter only grows), so an inode
+//! number names one file for the life of the file system; a freed inode
+//! answers `ENOENT`, which an NFS server turns into `NFS3ERR_STALE`.
+//!
+//! A call opens a transient handle around the existing handle path, so
+//! size, times and set-id rules are those of `write(2)`; the size and
+//! times reach metadata when the call ends (one metadata transaction per
+//! write call; a size is recovered from the log after a crash anyway).
+
+use super::{Access, Creds, FileKind, FsError, Ino, OpenFlags, Result, Vfs, perm};
+
+/// How much of a write must be durable before [`Vfs::write_at`] returns:
+/// NFSv3's `stable_how` (RFC 1813, WRITE3args).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stability {
+    /// In the log, not yet synced: a later [`Vfs::commit`] (or `fsync`)
+    /// makes it durable; a crash of the machine before may lose it.
+    Unstable,
+    /// The data and what is needed to read it back (the size) are
+    /// durable: `fdatasync`.
+    DataSync,
+    /// Data and every attribute are durable: `fsync`.
+    FileSync,
+}
+
+impl Vfs {
+    /// A transient handle on regular file `ino` for `creds`, checked for
+    /// `mask` (the owner passes), run through `f`, then released.
+    fn with_transient<T>(
+        &self,
+        creds: &Creds,
+        ino: Ino,
+        flags: OpenFlags,
+        f: impl FnOnce(u64) -> Result<T>,
+    ) -> Result<T> {
+        let a = self.attr(ino)?;
+        match a.kind {
+            FileKind::Regular => {}
+            FileKind::Directory => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid("not a regular file")),
+        }
+        let mut mask = Access::empty();
+        if flags.read {
+            mask |= Access::READ;
+        }
+        if flags.write {
+            mask |= Access::WRITE;
+        }
+        if creds.uid != a.uid {
+            perm::check(creds, &a, mask)?;
+        }
+        let fh = self.open_node(&a, flags)?;
+        let r = f(fh);
+        let released = self.release(fh);
+        let out = r?;
+        released?;
+        Ok(out)
+    }
+
+    /// Reads up to `len` bytes of regular file `ino` at `offset` without
+    /// an open handle; returns them and whether they reach the end of the
+    /// file (NFS READ's `eof`).
+    ///
+    /// # Errors
+    /// `ENOENT` (no such inode: a freed one), `EISDIR`, `EINVAL` (not a
+    /// regular file), `EACCES`, `EIO` (as [`Vfs::read`]).
+    pub fn read_at(
+        &self,
+        creds: &Creds,
+        ino: Ino,
+        offset: u64,
+        len: u32,
+    ) -> Result<(Vec<u8>, bool)> {
+        let flags = OpenFlags {
+            read: true,
+            ..OpenFlags::default()
+        };
+        self.with_transient(creds, ino, flags, |fh| {
+            let data = self.read(fh, offset, len)?;
+            let size = self.attr(ino)?.size;
+            let eof = offset.saturating_add(data.len() as u64) >= size;
+            Ok((data, eof))
+        })
+    }
+
+    /// Writes `data` to regular file `ino` at `offset` without an open
+    /// handle, and returns once it is as durable as `stability` asks. A
+    /// caller other than root clears setuid and setgid as `write(2)` does.
+    /// Returns the bytes written (short only where [`Vfs::write`] is).
+    ///
+    /// # Errors
+    /// As [`Vfs::read_at`], and as [`Vfs::write`] (`EFBIG`, `ENOSPC`) and
+    /// [`Vfs::fsync`] for a stable write.
+    pub fn write_at(
+        &self,
+        creds: &Creds,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        stability: Stability,
+    ) -> Result<u32> {
+        let flags = OpenFlags {
+            write: true,
+            ..OpenFlags::default()
+        };
+        self.with_transient(creds, ino, flags, |fh| {
+            let n = self.write_kill_suidgid(fh, offset, data, creds.uid != 0)?;
+            match stability {
+                Stability::Unstable => {}
+                Stability::DataSync => self.fsync(fh, true)?,
+                Stability::FileSync => self.fsync(fh, false)?,
+            }
+            Ok(n)
+        })
+    }
+
+    /// Makes every write to `ino` that returned before durable, with its
+    /// size and times (NFS COMMIT; `fsync` without a handle). Needs no
+    /// permission (COMMIT only follows the caller's own writes).
+    ///
+    /// # Errors
+    /// `ENOENT`, `EISDIR`, `EINVAL`, and as [`Vfs::fsync`].
+    pub fn commit(&self, ino: Ino) -> Result<()> {
+        self.with_transient(&Creds::root(), ino, OpenFlags::default(), |fh| {
+            self.fsync(fh, false)
+        })
+    }
+}
