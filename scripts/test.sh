@@ -116,10 +116,15 @@ if ! command -v mkfs.ext4 >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq e2fsprogs >/dev/null
 fi
 echo "mkfs.ext4: $(command -v mkfs.ext4)"
-# ---- Later issues install their test dependencies here (idempotent) ----
-#   libnfs-utils, the NFS client of the NFS front-end tests (Debian):
-#       command -v nfs-ls >/dev/null || { apt-get update && apt-get install -y libnfs-utils; }
-# ------------------------------------------------------------------------
+# libnfs-utils (nfs-cp, nfs-cat, nfs-ls): the outside NFS client of the NFS
+# front end's tests (tests/nfs.rs); there is no kernel NFS client here.
+if ! command -v nfs-cp >/dev/null 2>&1; then
+    if ! { apt-get update -qq && apt-get install -y -qq libnfs-utils >/dev/null; }; then
+        echo "error: nfs-cp is missing and 'apt-get install libnfs-utils' failed" >&2
+        exit 1
+    fi
+fi
+echo "nfs-cp: $(command -v nfs-cp)"
 
 section "format: cargo fmt --check"
 run cargo fmt --all -- --check

@@ -17,12 +17,15 @@
 //!
 //! - [`fuse`]: the FUSE front end (`fuser`).
 //!
-//! Planned: the `nfs` front end.
+//! - [`nfs`]: the NFSv3 + MOUNT v3 front end (one TCP port, no
+//!   portmapper).
+//!
 //! `doc/DESIGN.md` describes the design.
 
 pub mod blockstore;
 pub mod error;
 pub mod fuse;
 pub mod meta;
+pub mod nfs;
 pub mod transfer;
 pub mod vfs;

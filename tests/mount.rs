@@ -662,3 +662,48 @@ fn write_back_cache_keeps_posix_semantics() {
 fn write_through_keeps_posix_semantics() {
     write_back_semantics(&["--writeback-cache=false"]);
 }
+
+/// Waits (bounded) for the mount process to exit after the kernel ended
+/// its session; returns its log.
+fn wait_exit(mut m: Mount) -> String {
+    let mut child = m.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "mount exited with {st}:\n{}", m.log_text());
+            return m.log_text();
+        }
+        assert!(Instant::now() < deadline, "no exit:\n{}", m.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain `umount` ends the mount process cleanly, with no attempt to
+/// unmount again (fuser's "Unmount failed: Invalid argument" warning);
+/// an aborted FUSE connection leaves a dead mount, which the process
+/// unmounts itself (it is its own).
+#[test]
+fn a_umount_or_an_aborted_connection_ends_the_mount_cleanly() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let dd = tmp.path().join("data");
+    let m = Mount::start(&mp, &dd, &[]);
+    std::fs::write(mp.join("f"), b"kept").unwrap();
+    run(Command::new("umount").arg(&mp));
+    let log = wait_exit(m);
+    assert!(!log.contains("Unmount failed"), "{log}");
+    assert!(!mounted(&mp));
+
+    let m = Mount::start(&mp, &dd, &[]);
+    assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"kept");
+    let dev = std::fs::metadata(&mp).unwrap().dev();
+    let minor = nix::sys::stat::minor(dev);
+    std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), b"1").unwrap();
+    let log = wait_exit(m);
+    assert!(!mounted(&mp), "the dead mount is left:\n{log}");
+    assert!(!log.contains("Unmount failed"), "{log}");
+    let m = Mount::start(&mp, &dd, &[]);
+    assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"kept");
+    m.stop();
+}

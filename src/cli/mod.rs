@@ -51,6 +51,8 @@ pub struct Cli {
 pub enum Command {
     /// Mount a file system with FUSE (see `slicefs mount --help`).
     Mount(mount::MountArgs),
+    /// Serve a file system over NFSv3 (see `slicefs serve --help`).
+    Serve(mount::ServeArgs),
     /// Unmount; with `--flush`, wait until everything is uploaded.
     Umount(mount::UmountArgs),
     /// Dirty bytes, uploads and stalls of a mounted file system.
@@ -116,6 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Wal(cmd) => wal::run(cmd),
         Command::Mount(a) => mount::mount(a),
+        Command::Serve(a) => mount::serve(a),
         Command::Umount(a) => mount::umount(a),
         Command::Status(a) => mount::status(a),
     }

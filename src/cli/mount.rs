@@ -1,4 +1,5 @@
-//! `slicefs mount`, `slicefs umount` and `slicefs status`.
+//! `slicefs mount`, `slicefs serve` (NFS), `slicefs umount` and `slicefs
+//! status`.
 //!
 //! Option precedence, highest first: the command line, the environment
 //! (`SLICEFS_*`), the TOML config file (`--config`, keys named like the
@@ -22,11 +23,9 @@ use slicefs::vfs::{FsOptions, MetaKind, PersisterKind, VfsConfig, open_fs_with_p
 use slicefs_cache::CacheConfig;
 use slicefs_wal::{Durability, WalConfig};
 
-/// `slicefs mount`.
+/// The file system options `slicefs mount` and `slicefs serve` share.
 #[derive(Debug, Args)]
-pub struct MountArgs {
-    /// Where to mount.
-    pub mountpoint: PathBuf,
+pub struct FsArgs {
     /// TOML file with defaults for the options below.
     #[arg(long, env = "SLICEFS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -76,6 +75,19 @@ pub struct MountArgs {
     /// only after keeping a copy of the data directory.
     #[arg(long, env = "SLICEFS_TOLERATE_CORRUPTION")]
     pub tolerate_corruption: bool,
+    /// How long an unmount waits for uploads before it leaves the rest in
+    /// the log. Default: 10min.
+    #[arg(long, env = "SLICEFS_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
+}
+
+/// `slicefs mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub fs: FsArgs,
     /// Use the kernel's write-back page cache: `write(2)` returns at
     /// page-cache speed and the bytes reach the log at `fsync`, `close`
     /// or the kernel's write-back (`--writeback-cache=false` to turn it
@@ -95,10 +107,29 @@ pub struct MountArgs {
     /// Detach once mounted; logs go to `<data dir>/slicefs.log`.
     #[arg(long)]
     pub background: bool,
-    /// How long an unmount waits for uploads before it leaves the rest in
-    /// the log. Default: 10min.
-    #[arg(long, env = "SLICEFS_DRAIN_TIMEOUT")]
-    pub drain_timeout: Option<String>,
+    /// Also serve the file system over NFSv3 on this address (one port
+    /// for NFS and MOUNT), from this process: what one front end writes
+    /// the other reads.
+    #[arg(long, env = "SLICEFS_NFS_LISTEN")]
+    pub nfs_listen: Option<std::net::SocketAddr>,
+    /// Over NFS, treat uid and gid 0 as nobody (65534): root squash.
+    #[arg(long, env = "SLICEFS_NFS_SQUASH_ROOT")]
+    pub nfs_squash_root: bool,
+}
+
+/// `slicefs serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address for NFSv3 and MOUNT (one port). Another address than
+    /// 127.0.0.1 exposes the file system to the network: AUTH_SYS trusts
+    /// the uid the client claims.
+    #[arg(long, env = "SLICEFS_NFS_LISTEN", default_value = "127.0.0.1:2049")]
+    pub listen: std::net::SocketAddr,
+    /// Treat uid and gid 0 as nobody (65534): root squash.
+    #[arg(long, env = "SLICEFS_NFS_SQUASH_ROOT")]
+    pub squash_root: bool,
+    #[command(flatten)]
+    pub fs: FsArgs,
 }
 
 /// `slicefs umount`.
@@ -209,7 +240,14 @@ struct Resolved {
     drain_timeout: Duration,
 }
 
-fn resolve(args: &MountArgs) -> anyhow::Result<Resolved> {
+/// Resolves the file system options, and the mount-only ones given on the
+/// command line (`writeback_cache`, `allow_other`; `slicefs serve` passes
+/// none), with the config file and the defaults.
+fn resolve(
+    args: &FsArgs,
+    writeback_cache: Option<bool>,
+    allow_other: bool,
+) -> anyhow::Result<Resolved> {
     let file: ConfigFile = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -286,11 +324,8 @@ fn resolve(args: &MountArgs) -> anyhow::Result<Resolved> {
     };
     Ok(Resolved {
         options: o,
-        allow_other: args.allow_other || file.allow_other.unwrap_or(false),
-        writeback_cache: args
-            .writeback_cache
-            .or(file.writeback_cache)
-            .unwrap_or(true),
+        allow_other: allow_other || file.allow_other.unwrap_or(false),
+        writeback_cache: writeback_cache.or(file.writeback_cache).unwrap_or(true),
         drain_timeout,
     })
 }
@@ -360,14 +395,6 @@ fn mount_ids_at(path: &Path) -> Vec<u64> {
         .collect()
 }
 
-/// Refuses a mountpoint users would not expect to be mounted over: one
-/// that is missing or not a directory (a regular file mounted gave EIO on
-/// every stat), one that already is a mount point (stacked mounts, which
-/// one `umount` then removed together), and a directory that is not empty
-/// unless `allow_non_empty` (its files would be hidden silently).
-///
-/// # Errors
-/// One line naming the mountpoint and the reason.
 /// Whether the kernel should check permission bits itself
 /// (`default_permissions`) before each request. It must when other users
 /// can reach the mount (`--allow-other`) or the mount's owner is not root:
@@ -383,6 +410,45 @@ fn kernel_checks_permissions(allow_other: bool) -> bool {
     allow_other || unsafe { libc::geteuid() } != 0
 }
 
+/// Joins a FUSE session the kernel ended: the user's `umount` (the mount
+/// is gone), or an aborted connection (the mount is still there, dead).
+/// `fuser` would unmount whatever is at the mountpoint when the session is
+/// dropped: nothing after a `umount` (the warning "Unmount failed: Invalid
+/// argument" on every clean unmount), or another mount stacked there since.
+/// Here only this process's own mount (`own`, its mount ID) is unmounted,
+/// and only while it is the topmost at the path.
+///
+/// # Errors
+/// The session thread's error.
+fn join_ended(
+    session: fuser::BackgroundSession,
+    mountpoint: &Path,
+    own: Option<u64>,
+) -> std::io::Result<()> {
+    let session = std::mem::ManuallyDrop::new(session);
+    // SAFETY: the guard is read out once and `session` is never used or
+    // dropped after: its other fields (fuser's mount record and a channel
+    // sender) are leaked, so their drop cannot unmount anything; the
+    // process exits after the drain.
+    let guard = unsafe { std::ptr::read(&session.guard) };
+    let r = guard
+        .join()
+        .map_err(|_| std::io::Error::other("the FUSE session thread panicked"))?;
+    if own.is_some() && mount_ids_at(mountpoint).last().copied() == own {
+        nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| std::io::Error::other(format!("unmount the dead mount: {e}")))?;
+    }
+    r
+}
+
+/// Refuses a mountpoint users would not expect to be mounted over: one
+/// that is missing or not a directory (a regular file mounted gave EIO on
+/// every stat), one that already is a mount point (stacked mounts, which
+/// one `umount` then removed together), and a directory that is not empty
+/// unless `allow_non_empty` (its files would be hidden silently).
+///
+/// # Errors
+/// One line naming the mountpoint and the reason.
 fn check_mountpoint(mp: &Path, allow_non_empty: bool) -> anyhow::Result<()> {
     let meta = match std::fs::metadata(mp) {
         Ok(m) => m,
@@ -420,11 +486,41 @@ fn check_mountpoint(mp: &Path, allow_non_empty: bool) -> anyhow::Result<()> {
 /// Bad options, an unusable store, a locked or corrupt data directory, a
 /// failed mount.
 pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
-    let r = resolve(&args)?;
+    let r = resolve(&args.fs, args.writeback_cache, args.allow_other)?;
     check_mountpoint(&args.mountpoint, args.allow_non_empty)?;
     if args.background {
         return background(&args, &r);
     }
+    let nfs = args.nfs_listen.map(|addr| NfsFront {
+        addr,
+        squash_root: args.nfs_squash_root,
+    });
+    run(&r, Some(&args.mountpoint), nfs)
+}
+
+/// Runs `slicefs serve`: the file system over NFSv3 alone.
+///
+/// # Errors
+/// As [`mount`], and an address that cannot be bound.
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let r = resolve(&args.fs, None, false)?;
+    let nfs = NfsFront {
+        addr: args.listen,
+        squash_root: args.squash_root,
+    };
+    run(&r, None, Some(nfs))
+}
+
+/// The NFS front end to start.
+struct NfsFront {
+    addr: std::net::SocketAddr,
+    squash_root: bool,
+}
+
+/// Opens the file system, serves it over FUSE at `mountpoint` and/or over
+/// NFS until a signal (or, for FUSE, an unmount) ends it, then uploads
+/// what is dirty (bounded by the drain timeout) and closes the log.
+fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow::Result<ExitCode> {
     let data_dir = r.options.data_dir.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)))
@@ -463,35 +559,47 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         "log replayed; pending data is being uploaded"
     );
     let vfs = opened.vfs.clone();
-    let mut options = vec![
-        fuser::MountOption::FSName(data_dir.display().to_string()),
-        fuser::MountOption::Subtype("slicefs".into()),
-        fuser::MountOption::NoAtime,
-    ];
-    if kernel_checks_permissions(r.allow_other) {
-        options.push(fuser::MountOption::DefaultPermissions);
-    }
-    let mut config = fuser::Config::default();
-    if r.allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
-    config.mount_options = options;
-    config.n_threads = Some(4);
-    let session = fuser::spawn_mount(
-        FuseFs::new(vfs.clone()).with_writeback_cache(r.writeback_cache),
-        &args.mountpoint,
-        &config,
-    )
-    .with_context(|| format!("mount at {}", args.mountpoint.display()))?;
-    eprintln!(
-        "slicefs: mounted {} at {}",
-        data_dir.display(),
-        args.mountpoint.display()
-    );
+    let nfs_server = match nfs {
+        Some(n) => {
+            let config = slicefs::nfs::ServerConfig {
+                squash_root: n.squash_root,
+                ..slicefs::nfs::ServerConfig::default()
+            };
+            let server = rt
+                .block_on(slicefs::nfs::Server::bind(vfs.clone(), n.addr, config))
+                .with_context(|| format!("listen for NFS on {}", n.addr))?;
+            let addr = server.local_addr();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = rt.spawn(server.serve(async move {
+                let _ = stopped.await;
+            }));
+            eprintln!(
+                "slicefs: serving {} over NFSv3 on {addr} \
+                 (mount -t nfs -o vers=3,tcp,port={p},mountport={p},nolock {}:/ MOUNTPOINT)",
+                data_dir.display(),
+                addr.ip(),
+                p = addr.port()
+            );
+            Some((addr, stop, task))
+        }
+        None => None,
+    };
+    let fuse = match mountpoint {
+        Some(mp) => Some((
+            mp,
+            mount_fuse(r, &vfs, &data_dir, mp, nfs_server.is_some())?,
+        )),
+        None => None,
+    };
+    let status_where = match (mountpoint, &nfs_server) {
+        (Some(mp), _) => mp.to_path_buf(),
+        (None, Some((addr, _, _))) => PathBuf::from(format!("nfs://{addr}")),
+        (None, None) => PathBuf::new(),
+    };
 
     // Status, until the session ends or a signal comes.
     let status_dir = data_dir.clone();
-    let mountpoint = args.mountpoint.clone();
+    let status_at = status_where.clone();
     let tm = vfs.transfer().clone();
     let cache = vfs.cache().clone();
     let status_task = rt.spawn(async move {
@@ -505,7 +613,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
                 &status_dir,
                 &Status {
                     pid: std::process::id(),
-                    mountpoint: mountpoint.clone(),
+                    mountpoint: status_at.clone(),
                     dirty_bytes: cache.dirty_bytes(),
                     uploads_in_flight: s.uploads_in_flight,
                     uploads: s.uploads,
@@ -520,6 +628,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
+    let fuse_ended = || {
+        fuse.as_ref()
+            .is_some_and(|(_, (session, _))| session.guard.is_finished())
+    };
     let signalled = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
@@ -527,7 +639,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => return Ok::<bool, std::io::Error>(true),
                 _ = term.recv() => return Ok(true),
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    if session.guard.is_finished() {
+                    if fuse_ended() {
                         return Ok(false);
                     }
                 }
@@ -548,17 +660,28 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
         eprintln!("slicefs: second signal, exiting now; dirty data stays in the log");
         std::process::exit(130);
     });
-    if signalled {
-        eprintln!("slicefs: unmounting {}", args.mountpoint.display());
+    if let Some((addr, stop, task)) = nfs_server {
+        eprintln!("slicefs: stopping the NFS server on {addr}");
+        let _ = stop.send(());
+        match rt.block_on(task) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the NFS server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "the NFS server task failed"),
+        }
     }
-    let ended = if signalled {
-        session.umount_and_join()
-    } else {
-        session.join()
-    };
-    if let Err(e) = ended {
-        tracing::warn!(error = %e, "unmount: trying a lazy unmount");
-        let _ = nix::mount::umount2(&args.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+    if let Some((mp, (session, own_mount))) = fuse {
+        if signalled {
+            eprintln!("slicefs: unmounting {}", mp.display());
+        }
+        let ended = if signalled {
+            session.umount_and_join()
+        } else {
+            join_ended(session, mp, own_mount)
+        };
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, "unmount: trying a lazy unmount");
+            let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
     status_task.abort();
     // Every namespace change durable, unlinked files freed.
@@ -575,7 +698,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     let mut last = Instant::now();
     let draining = |dirty_bytes: u64, uploads_in_flight: u64, state: &str| Status {
         pid: std::process::id(),
-        mountpoint: args.mountpoint.clone(),
+        mountpoint: status_where.clone(),
         dirty_bytes,
         uploads_in_flight,
         uploads: 0,
@@ -632,6 +755,49 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(super::EXIT_ERROR))
         }
     }
+}
+
+/// Mounts `vfs` with FUSE at `mp`; returns the session and this mount's
+/// ID (the mountpoint held no mount before: `check_mountpoint`). With
+/// `nfs_too` the NFS server changes the same VFS behind the kernel: short
+/// TTLs, no page cache kept across opens, no write-back cache
+/// ([`FuseFs::with_other_writers`]).
+fn mount_fuse(
+    r: &Resolved,
+    vfs: &std::sync::Arc<slicefs::vfs::Vfs>,
+    data_dir: &Path,
+    mp: &Path,
+    nfs_too: bool,
+) -> anyhow::Result<(fuser::BackgroundSession, Option<u64>)> {
+    let mut options = vec![
+        fuser::MountOption::FSName(data_dir.display().to_string()),
+        fuser::MountOption::Subtype("slicefs".into()),
+        fuser::MountOption::NoAtime,
+    ];
+    if kernel_checks_permissions(r.allow_other) {
+        options.push(fuser::MountOption::DefaultPermissions);
+    }
+    let mut config = fuser::Config::default();
+    if r.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.mount_options = options;
+    config.n_threads = Some(4);
+    let session = fuser::spawn_mount(
+        FuseFs::new(vfs.clone())
+            .with_writeback_cache(r.writeback_cache && !nfs_too)
+            .with_other_writers(nfs_too),
+        mp,
+        &config,
+    )
+    .with_context(|| format!("mount at {}", mp.display()))?;
+    let own_mount = mount_ids_at(mp).last().copied();
+    eprintln!(
+        "slicefs: mounted {} at {}",
+        data_dir.display(),
+        mp.display()
+    );
+    Ok((session, own_mount))
 }
 
 /// The line for a drain that stopped with `left` bytes not uploaded.
@@ -890,7 +1056,7 @@ mod tests {
             "--data-dir",
             "/from/cli",
         ]);
-        let r = resolve(&t.m).unwrap();
+        let r = resolve(&t.m.fs, None, false).unwrap();
         assert_eq!(r.options.data_dir, PathBuf::from("/from/cli"));
         assert_eq!(r.options.cache.capacity_bytes, 256 << 20);
         assert_eq!(r.options.cache.dirty_max_bytes, 128 << 20);
@@ -901,14 +1067,17 @@ mod tests {
     #[test]
     fn bad_values_are_clear_errors() {
         let t = T::parse_from(["x", "/mnt", "--data-dir", "/d", "--cache-size", "lots"]);
-        let e = resolve(&t.m).err().unwrap().to_string();
+        let e = resolve(&t.m.fs, None, false).err().unwrap().to_string();
         assert!(e.contains("--cache-size"), "{e}");
         let t = T::parse_from(["x", "/mnt", "--data-dir", "/d", "--upload-delay", "soon"]);
-        assert!(resolve(&t.m).is_err());
+        assert!(resolve(&t.m.fs, None, false).is_err());
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, "no_such_key = 1\n").unwrap();
         let t = T::parse_from(["x", "/mnt", "--config", cfg.to_str().unwrap()]);
-        assert!(resolve(&t.m).is_err(), "unknown config keys are refused");
+        assert!(
+            resolve(&t.m.fs, None, false).is_err(),
+            "unknown config keys are refused"
+        );
     }
 }

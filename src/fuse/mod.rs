@@ -56,6 +56,10 @@ pub const TTL: Duration = Duration::from_secs(60);
 /// kernel (a shared namespace, an NFS server in the same process) must
 /// invalidate them or shorten this.
 pub const ENTRY_TTL: Duration = Duration::from_secs(60);
+/// Attribute and entry time to live when another front end in the process
+/// changes the file system too ([`FuseFs::with_other_writers`]): a change
+/// made over NFS shows through the mount within this time.
+pub const SHARED_TTL: Duration = Duration::from_secs(1);
 /// Largest write the kernel sends, in bytes.
 pub const MAX_WRITE: u32 = 1 << 20;
 /// `st_blksize` reported for every file.
@@ -69,6 +73,12 @@ pub struct FuseFs {
     groups: Mutex<HashMap<u32, (Instant, Vec<u32>)>>,
     writeback_cache: bool,
     killpriv_v2: bool,
+    /// Attribute and entry TTLs ([`TTL`], [`ENTRY_TTL`], or
+    /// [`SHARED_TTL`] with other writers).
+    ttl: Duration,
+    entry_ttl: Duration,
+    /// Opens keep the kernel's page cache (`FOPEN_KEEP_CACHE`).
+    keep_cache: bool,
 }
 
 /// Background requests (write-back and read-ahead) the kernel keeps in
@@ -83,6 +93,48 @@ impl FuseFs {
             groups: Mutex::new(HashMap::new()),
             writeback_cache: false,
             killpriv_v2: false,
+            ttl: TTL,
+            entry_ttl: ENTRY_TTL,
+            keep_cache: true,
+        }
+    }
+
+    /// Declares that another front end in this process (the NFS server)
+    /// changes the same VFS behind the kernel's back: attributes and
+    /// entries, found or not, are trusted for [`SHARED_TTL`] only, and an
+    /// open drops the file's page cache (close-to-open consistency, as NFS
+    /// clients have it). Use it without the write-back cache, which makes
+    /// the kernel the owner of sizes and times.
+    pub fn with_other_writers(mut self, on: bool) -> FuseFs {
+        if on {
+            self.ttl = SHARED_TTL;
+            self.entry_ttl = SHARED_TTL;
+            self.keep_cache = false;
+        }
+        self
+    }
+
+    fn open_reply_flags(&self) -> FopenFlags {
+        if self.keep_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Inode, FsError>) {
+        match r {
+            Ok(a) => {
+                reply.entry_with_ttls(&self.ttl, &self.entry_ttl, &file_attr(&a), Generation(0))
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn attr(&self, reply: ReplyAttr, r: Result<Inode, FsError>) {
+        match r {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 
@@ -246,20 +298,6 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn entry(reply: ReplyEntry, r: Result<Inode, FsError>) {
-    match r {
-        Ok(a) => reply.entry_with_ttls(&TTL, &ENTRY_TTL, &file_attr(&a), Generation(0)),
-        Err(e) => reply.error(errno(&e)),
-    }
-}
-
-fn attr(reply: ReplyAttr, r: Result<Inode, FsError>) {
-    match r {
-        Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-        Err(e) => reply.error(errno(&e)),
-    }
-}
-
 fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
     match r {
         Ok(()) => reply.ok(),
@@ -347,14 +385,14 @@ impl Filesystem for FuseFs {
             // the kernel sees every change to the tree (a single-host
             // mount: the kernel drops the entry when it creates the name).
             Err(FsError::NotFound) => {
-                reply.entry_with_ttls(&TTL, &ENTRY_TTL, &negative_attr(), Generation(0))
+                reply.entry_with_ttls(&self.ttl, &self.entry_ttl, &negative_attr(), Generation(0))
             }
-            r => entry(reply, r),
+            r => self.entry(reply, r),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        attr(reply, self.vfs.getattr(Ino(ino.0)))
+        self.attr(reply, self.vfs.getattr(Ino(ino.0)))
     }
 
     fn setattr(
@@ -395,7 +433,7 @@ impl Filesystem for FuseFs {
             mtime: time_set(mtime),
             kill_suidgid: self.killpriv_v2 && empty,
         };
-        attr(reply, self.vfs.setattr(&self.creds(req), Ino(ino.0), &r))
+        self.attr(reply, self.vfs.setattr(&self.creds(req), Ino(ino.0), &r))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -419,7 +457,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };
         let perm = (mode & !umask & 0o7777) as u16;
-        entry(
+        self.entry(
             reply,
             self.vfs.mknod(
                 &self.creds(req),
@@ -442,7 +480,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         let perm = (mode & !umask & 0o7777) as u16;
-        entry(
+        self.entry(
             reply,
             self.vfs
                 .mkdir(&self.creds(req), Ino(parent.0), name.as_bytes(), perm),
@@ -473,7 +511,7 @@ impl Filesystem for FuseFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        entry(
+        self.entry(
             reply,
             self.vfs.symlink(
                 &self.creds(req),
@@ -522,7 +560,7 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        entry(
+        self.entry(
             reply,
             self.vfs.link(
                 &self.creds(req),
@@ -542,9 +580,9 @@ impl Filesystem for FuseFs {
             // skips the FLUSH request unless its write-back cache is on).
             Ok(fh) if flags.0 & libc::O_ACCMODE == libc::O_RDONLY => reply.opened(
                 FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                self.open_reply_flags() | FopenFlags::FOPEN_NOFLUSH,
             ),
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_reply_flags()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -699,7 +737,7 @@ impl Filesystem for FuseFs {
                         INodeNo(e.ino.0),
                         e.cookie,
                         OsStr::from_bytes(&e.name),
-                        &TTL,
+                        &self.ttl,
                         &file_attr(&a),
                         Generation(0),
                     ) {
@@ -845,11 +883,11 @@ impl Filesystem for FuseFs {
             flags & libc::O_EXCL != 0,
         ) {
             Ok((a, fh)) => reply.created(
-                &TTL,
+                &self.ttl,
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                self.open_reply_flags(),
             ),
             Err(e) => reply.error(errno(&e)),
         }
