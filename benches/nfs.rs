@@ -1,0 +1,394 @@
+//! NFS front end against the FUSE mount, same VFS setup (the embedded
+//! default: SQLite, the mmap log in batch mode, a `file://` store in a
+//! temporary directory under `NFS_BENCH_DIR`, default /var/tmp), in one
+//! run:
+//! - a large file: `NFS_BENCH_MIB` MiB (default 1024) written in 1 MiB
+//!   pieces (over NFS: UNSTABLE WRITEs from `NFS_BENCH_CONNS` connections
+//!   at once, default 4, as a Linux client keeps several WRITEs in flight,
+//!   then one COMMIT; over FUSE: `write(2)` then `fsync`), then read back
+//!   in 1 MiB pieces (FUSE: after dropping the kernel's page cache);
+//! - `NFS_BENCH_FILES` small files (default 10000, 1 KiB each): create +
+//!   write (NFS: CREATE + UNSTABLE WRITE; FUSE: open + write + close), stat
+//!   (GETATTR / `stat`), read (LOOKUP + READ / open + read + close), one
+//!   client, one call at a time.
+//!
+//! `cargo bench --bench nfs` as root (FUSE mounts with mount(2)). Prints a
+//! markdown table with NFS/FUSE ratios. Speed is never asserted.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nfs3_client::Nfs3ConnectionBuilder;
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::tokio::TokioConnector;
+use slicefs::fuse::FuseFs;
+use slicefs::nfs::{Server, ServerConfig};
+use slicefs::vfs::{FsOptions, OpenedFs, open_fs};
+
+const MIB: usize = 1 << 20;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn open(dir: &Path, rt: &tokio::runtime::Runtime) -> OpenedFs {
+    let o = FsOptions::new(dir);
+    rt.block_on(open_fs(&o, rt.handle()))
+        .expect("open the file system")
+}
+
+fn close(fs: OpenedFs, rt: &tokio::runtime::Runtime) {
+    rt.block_on(fs.vfs.transfer().close(Duration::from_secs(600)))
+        .expect("upload");
+    fs.persister.close().expect("close the log");
+}
+
+type Conn = nfs3_client::Nfs3Connection<nfs3_client::tokio::TokioIo<tokio::net::TcpStream>>;
+
+async fn connect(addr: SocketAddr) -> Conn {
+    let cred = opaque_auth::auth_unix(&auth_unix {
+        stamp: 1,
+        machinename: Opaque::borrowed(b"bench"),
+        uid: 0,
+        gid: 0,
+        gids: vec![],
+    });
+    Nfs3ConnectionBuilder::new(TokioConnector, addr.ip().to_string(), "/")
+        .mount_port(addr.port())
+        .nfs3_port(addr.port())
+        .connect_from_privileged_port(false)
+        .credential(cred)
+        .mount()
+        .await
+        .expect("NFS mount")
+}
+
+fn ok<T, E: std::fmt::Debug>(r: Nfs3Result<T, E>, what: &str) -> T {
+    match r {
+        Nfs3Result::Ok(v) => v,
+        Nfs3Result::Err((st, _)) => panic!("{what}: {st:?}"),
+    }
+}
+
+fn dirop<'a>(dir: &nfs_fh3, name: &'a [u8]) -> diropargs3<'a> {
+    diropargs3 {
+        dir: dir.clone(),
+        name: filename3(Opaque::borrowed(name)),
+    }
+}
+
+fn new_handle(fh: post_op_fh3) -> nfs_fh3 {
+    match fh {
+        Nfs3Option::Some(h) => h,
+        Nfs3Option::None => panic!("no handle"),
+    }
+}
+
+/// Figures of one front end: MB/s for the large file, ops/s for the rest.
+#[derive(Default)]
+struct Figures {
+    write_mbs: f64,
+    read_mbs: f64,
+    create: f64,
+    stat: f64,
+    read: f64,
+}
+
+fn nfs(dir: &Path, mib: usize, conns: usize, files: usize) -> Figures {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let fs = open(dir, &rt);
+    let server = rt
+        .block_on(Server::bind(
+            fs.vfs.clone(),
+            "127.0.0.1:0".parse().expect("addr"),
+            ServerConfig::default(),
+        ))
+        .expect("bind");
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let mut f = Figures::default();
+    rt.block_on(async {
+        let mut c = connect(addr).await;
+        let root = c.root_nfs_fh3();
+        let big = new_handle(
+            ok(
+                c.create(&CREATE3args {
+                    where_: dirop(&root, b"big"),
+                    how: createhow3::UNCHECKED(sattr3::default()),
+                })
+                .await
+                .expect("create"),
+                "CREATE",
+            )
+            .obj,
+        );
+        let piece = Arc::new(vec![0x6e_u8; MIB]);
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for k in 0..conns {
+            let (big, piece) = (big.clone(), piece.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut c = connect(addr).await;
+                for i in (k..mib).step_by(conns) {
+                    let w = c
+                        .write(&WRITE3args {
+                            file: big.clone(),
+                            offset: (i * MIB) as u64,
+                            count: MIB as u32,
+                            stable: stable_how::UNSTABLE,
+                            data: Opaque::borrowed(&piece),
+                        })
+                        .await
+                        .expect("write");
+                    ok(w, "WRITE");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        ok(
+            c.commit(&COMMIT3args {
+                file: big.clone(),
+                offset: 0,
+                count: 0,
+            })
+            .await
+            .expect("commit"),
+            "COMMIT",
+        );
+        f.write_mbs = (mib * MIB) as f64 / t.elapsed().as_secs_f64() / 1e6;
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for k in 0..conns {
+            let big = big.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = connect(addr).await;
+                for i in (k..mib).step_by(conns) {
+                    let r = c
+                        .read(&READ3args {
+                            file: big.clone(),
+                            offset: (i * MIB) as u64,
+                            count: MIB as u32,
+                        })
+                        .await
+                        .expect("read");
+                    assert_eq!(ok(r, "READ").count as usize, MIB);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("reader");
+        }
+        f.read_mbs = (mib * MIB) as f64 / t.elapsed().as_secs_f64() / 1e6;
+
+        let d = new_handle(
+            ok(
+                c.mkdir(&MKDIR3args {
+                    where_: dirop(&root, b"small"),
+                    attributes: sattr3::default(),
+                })
+                .await
+                .expect("mkdir"),
+                "MKDIR",
+            )
+            .obj,
+        );
+        let small = vec![0x73_u8; 1024];
+        let names: Vec<Vec<u8>> = (0..files)
+            .map(|i| format!("f{i:06}").into_bytes())
+            .collect();
+        let mut handles = Vec::with_capacity(files);
+        let t = Instant::now();
+        for n in &names {
+            let h = new_handle(
+                ok(
+                    c.create(&CREATE3args {
+                        where_: dirop(&d, n),
+                        how: createhow3::GUARDED(sattr3::default()),
+                    })
+                    .await
+                    .expect("create"),
+                    "CREATE",
+                )
+                .obj,
+            );
+            ok(
+                c.write(&WRITE3args {
+                    file: h.clone(),
+                    offset: 0,
+                    count: 1024,
+                    stable: stable_how::UNSTABLE,
+                    data: Opaque::borrowed(&small),
+                })
+                .await
+                .expect("write"),
+                "WRITE",
+            );
+            handles.push(h);
+        }
+        f.create = files as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for h in &handles {
+            ok(
+                c.getattr(&GETATTR3args { object: h.clone() })
+                    .await
+                    .expect("getattr"),
+                "GETATTR",
+            );
+        }
+        f.stat = files as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for n in &names {
+            let h = ok(
+                c.lookup(&LOOKUP3args { what: dirop(&d, n) })
+                    .await
+                    .expect("lookup"),
+                "LOOKUP",
+            )
+            .object;
+            let r = ok(
+                c.read(&READ3args {
+                    file: h,
+                    offset: 0,
+                    count: 4096,
+                })
+                .await
+                .expect("read"),
+                "READ",
+            );
+            assert_eq!(r.count, 1024);
+        }
+        f.read = files as f64 / t.elapsed().as_secs_f64();
+    });
+    let _ = stop.send(());
+    rt.block_on(task).expect("server task").expect("server");
+    close(fs, &rt);
+    f
+}
+
+fn drop_page_cache() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3");
+}
+
+fn fuse(dir: &Path, mib: usize, files: usize) -> Figures {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let fs = open(&dir.join("data"), &rt);
+    let mp = dir.join("mnt");
+    std::fs::create_dir_all(&mp).expect("mountpoint");
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("slicefs-bench".into()),
+        fuser::MountOption::NoAtime,
+    ];
+    config.n_threads = Some(4);
+    let session = fuser::spawn_mount(
+        FuseFs::new(fs.vfs.clone()).with_writeback_cache(true),
+        &mp,
+        &config,
+    )
+    .expect("FUSE mount (run as root)");
+    let mut f = Figures::default();
+    let piece = vec![0x6e_u8; MIB];
+    let big = mp.join("big");
+    let t = Instant::now();
+    let mut w = std::fs::File::create(&big).expect("create");
+    for _ in 0..mib {
+        w.write_all(&piece).expect("write");
+    }
+    w.sync_all().expect("fsync");
+    drop(w);
+    f.write_mbs = (mib * MIB) as f64 / t.elapsed().as_secs_f64() / 1e6;
+    drop_page_cache();
+    let t = Instant::now();
+    let mut r = std::fs::File::open(&big).expect("open");
+    let mut buf = vec![0u8; MIB];
+    let mut n = 0;
+    loop {
+        let k = r.read(&mut buf).expect("read");
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    assert_eq!(n, mib * MIB);
+    drop(r);
+    f.read_mbs = (mib * MIB) as f64 / t.elapsed().as_secs_f64() / 1e6;
+
+    let d = mp.join("small");
+    std::fs::create_dir(&d).expect("mkdir");
+    let small = vec![0x73_u8; 1024];
+    let paths: Vec<_> = (0..files).map(|i| d.join(format!("f{i:06}"))).collect();
+    let t = Instant::now();
+    for p in &paths {
+        std::fs::write(p, &small).expect("write");
+    }
+    f.create = files as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for p in &paths {
+        std::fs::metadata(p).expect("stat");
+    }
+    f.stat = files as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for p in &paths {
+        assert_eq!(std::fs::read(p).expect("read").len(), 1024);
+    }
+    f.read = files as f64 / t.elapsed().as_secs_f64();
+    session.umount_and_join().expect("unmount");
+    close(fs, &rt);
+    f
+}
+
+fn main() {
+    // `cargo test` runs bench targets with `--bench` absent: do nothing.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let mib = env("NFS_BENCH_MIB", 1024);
+    let conns = env("NFS_BENCH_CONNS", 4).max(1);
+    let files = env("NFS_BENCH_FILES", 10_000);
+    let base = std::env::var("NFS_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let nfs_dir = tempfile::tempdir_in(&base).expect("tempdir");
+    let n = nfs(nfs_dir.path(), mib, conns, files);
+    drop(nfs_dir);
+    let fuse_dir = tempfile::tempdir_in(&base).expect("tempdir");
+    let u = fuse(fuse_dir.path(), mib, files);
+    println!(
+        "{mib} MiB file in 1 MiB pieces (NFS: {conns} connections, UNSTABLE + one COMMIT; \
+         FUSE: write-back cache, fsync); {files} files of 1 KiB; data dirs in {base}\n"
+    );
+    println!("| workload | NFS | FUSE | NFS/FUSE |");
+    println!("|---|---|---|---|");
+    let row = |name: &str, unit: &str, a: f64, b: f64| {
+        println!("| {name} | {a:.0} {unit} | {b:.0} {unit} | {:.2} |", a / b);
+    };
+    row(
+        "large file write + commit/fsync",
+        "MB/s",
+        n.write_mbs,
+        u.write_mbs,
+    );
+    row("large file read", "MB/s", n.read_mbs, u.read_mbs);
+    row("create + write 1 KiB", "files/s", n.create, u.create);
+    row("stat", "files/s", n.stat, u.stat);
+    row("lookup/open + read", "files/s", n.read, u.read);
+}
