@@ -1161,3 +1161,80 @@ fn committed_writes_by_inode_survive_a_crash() {
     assert_eq!(read_all(&fs, ino), b"unstable,data-sync,file-sync");
     fs.unmount();
 }
+
+/// A data directory remembers its block store and volume: a start without
+/// a store uses it, a start with another store is refused, and a new data
+/// directory cannot take over a store that holds another volume.
+#[test]
+fn the_data_dir_remembers_its_store_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let url = |d: &Path| url::Url::from_directory_path(d).unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let open = |data: &Path, store: Option<String>| {
+        let mut o = FsOptions::new(data);
+        o.store = store.map(StoreConfig::new);
+        rt.block_on(slicefs::vfs::open_fs(&o, rt.handle()))
+    };
+    let close = |fs: slicefs::vfs::OpenedFs| {
+        rt.block_on(fs.vfs.transfer().close(Duration::from_secs(60)))
+            .unwrap();
+        fs.persister.close().unwrap();
+    };
+    let root = Creds::root();
+    let fs = open(dir.path(), Some(url(s1.path()))).unwrap();
+    let (a, fh) = fs
+        .vfs
+        .create(&root, Ino::ROOT, b"f", 0o644, RW, true)
+        .unwrap();
+    fs.vfs.write(&root, fh, 0, b"in store one").unwrap();
+    fs.vfs.release(fh).unwrap();
+    fs.vfs.syncfs().unwrap();
+    close(fs);
+    assert!(
+        std::fs::read_dir(s1.path().join("blocks")).unwrap().count() > 0,
+        "uploaded to store one"
+    );
+    // No --store: the remembered one (the log is empty after the drain,
+    // so the bytes come from store one).
+    let fs = open(dir.path(), None).unwrap();
+    let fh = fs
+        .vfs
+        .open(
+            &root,
+            a.ino,
+            OpenFlags {
+                read: true,
+                ..OpenFlags::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(fs.vfs.read(fh, 0, 100).unwrap(), b"in store one");
+    fs.vfs.release(fh).unwrap();
+    close(fs);
+    let e = open(dir.path(), Some(url(s2.path())))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("belongs to volume") && e.contains(&url(s2.path())),
+        "{e}"
+    );
+    let other = tempfile::tempdir().unwrap();
+    let e = open(other.path(), Some(url(s1.path())))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("already holds volume"), "{e}");
+    // The same URL with a trailing slash difference is the same store.
+    let fs = open(
+        dir.path(),
+        Some(url(s1.path()).trim_end_matches('/').to_string()),
+    )
+    .unwrap();
+    close(fs);
+}

@@ -152,6 +152,10 @@ impl fmt::Display for BlockKey {
     }
 }
 
+/// The object, at the store's prefix, that names the volume its blocks
+/// belong to (a UUID, one line).
+pub const VOLUME_MARKER: &str = "slicefs-volume";
+
 fn join(prefix: &Path, rel: &str) -> Path {
     if prefix.as_ref().is_empty() {
         Path::from(rel)
@@ -440,6 +444,45 @@ impl BlockStore {
             .delete(&path)
             .await
             .map_err(|e| unusable("delete", e))?;
+        Ok(())
+    }
+
+    /// The volume marker (`<prefix>/slicefs-volume`): the UUID of the
+    /// volume whose blocks this store holds, if one was written.
+    ///
+    /// # Errors
+    /// [`BlockStoreError::Unusable`] if the store cannot be read.
+    pub async fn volume_marker(&self) -> Result<Option<String>, BlockStoreError> {
+        let path = join(&self.prefix, VOLUME_MARKER);
+        let unusable = |source| BlockStoreError::Unusable {
+            url: self.url.clone(),
+            op: "read the volume marker",
+            source: Box::new(source),
+        };
+        match self.store.get(&path).await {
+            Ok(r) => {
+                let b = r.bytes().await.map_err(unusable)?;
+                Ok(Some(String::from_utf8_lossy(&b).trim().to_string()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(unusable(e)),
+        }
+    }
+
+    /// Writes the volume marker (see [`BlockStore::volume_marker`]).
+    ///
+    /// # Errors
+    /// [`BlockStoreError::Unusable`] if the store refuses the write.
+    pub async fn set_volume_marker(&self, uuid: &str) -> Result<(), BlockStoreError> {
+        let path = join(&self.prefix, VOLUME_MARKER);
+        self.store
+            .put(&path, PutPayload::from(format!("{uuid}\n").into_bytes()))
+            .await
+            .map_err(|source| BlockStoreError::Unusable {
+                url: self.url.clone(),
+                op: "write the volume marker",
+                source: Box::new(source),
+            })?;
         Ok(())
     }
 

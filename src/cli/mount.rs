@@ -36,7 +36,10 @@ pub struct FsArgs {
     pub data_dir: Option<PathBuf>,
     /// Block store URL: `file:///dir`, `s3://bucket/prefix`,
     /// `gs://bucket/prefix`, `az://container/prefix`, `memory://`.
-    /// Default: `file://<data dir>/blocks`.
+    /// Default: the store the data directory was first used with (kept
+    /// in `<data dir>/volume.json`, with its non-secret options); for a new
+    /// data directory `file://<data dir>/blocks`. Another store than the
+    /// remembered one is refused.
     #[arg(long, env = "SLICEFS_STORE")]
     pub store: Option<String>,
     /// Block store option `KEY=VALUE` (`object_store` keys such as

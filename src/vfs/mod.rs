@@ -18,6 +18,7 @@ mod perm;
 mod reaper;
 mod space;
 mod stateless;
+pub mod volume;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

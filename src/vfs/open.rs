@@ -9,7 +9,7 @@ use std::sync::Arc;
 use slicefs_cache::{CacheConfig, RecoveryReport, SliceCache, recover_with_progress};
 use slicefs_wal::{MmapPersister, NullPersister, Persister, RecoveryMode, WalConfig};
 
-use super::{Vfs, VfsConfig, VfsRecovery};
+use super::{Vfs, VfsConfig, VfsRecovery, volume};
 use crate::blockstore::{BlockStore, StoreConfig};
 use crate::error::FsError;
 use crate::meta::MetaStore;
@@ -39,7 +39,10 @@ pub struct FsOptions {
     /// Where the log, the metadata database and (by default) the blocks
     /// live. Created if missing.
     pub data_dir: PathBuf,
-    /// The block store. Default: `file://<data dir>/blocks`.
+    /// The block store. Default: the one the data directory remembers
+    /// (`volume.json`, see [`volume`](super::volume)), else
+    /// `file://<data dir>/blocks`. Another store than the remembered one
+    /// is refused.
     pub store: Option<StoreConfig>,
     /// The persister. Default: mmap.
     pub persister: PersisterKind,
@@ -117,7 +120,11 @@ pub async fn open_fs_with_progress(
 ) -> Result<OpenedFs, FsError> {
     create_dir_durably(&options.data_dir)
         .map_err(|e| FsError::io("create the data directory", e))?;
-    let store_config = match &options.store {
+    // The store the data directory remembers, unless one was given (and
+    // then it must be that one).
+    let vol = volume::load(&options.data_dir)?;
+    let chosen = volume::choose_store(&options.data_dir, options.store.as_ref(), vol.as_ref())?;
+    let store_config = match &chosen {
         Some(s) => s.clone(),
         None => {
             let dir = options.data_dir.join("blocks");
@@ -135,6 +142,14 @@ pub async fn open_fs_with_progress(
         .check()
         .await
         .map_err(|e| FsError::io("block store", e))?;
+    volume::bind(
+        &options.data_dir,
+        vol,
+        chosen.as_ref(),
+        &store,
+        slicefs_cache::BLOCK_SIZE,
+    )
+    .await?;
     let meta = match options.meta {
         MetaKind::Sqlite => MetaStore::open_sqlite(
             &options.data_dir.join("meta.db"),

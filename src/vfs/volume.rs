@@ -1,0 +1,241 @@
+//! The volume a data directory belongs to: `<data dir>/volume.json` keeps
+//! the volume's UUID and the block store it was made with, and the store
+//! keeps the same UUID in its marker object
+//! ([`VOLUME_MARKER`](crate::blockstore::VOLUME_MARKER)).
+//!
+//! Why: a data directory used with `--store s3://...` and mounted again
+//! without `--store` came up on the default `file://` store, and every
+//! read of an uploaded block hung about 50 s and failed; a new data
+//! directory pointed at another volume's store would write blocks under
+//! the names of that volume's blocks. So a start
+//! - without `--store` uses the store the data directory remembers;
+//! - with a `--store` other than the remembered one is refused;
+//! - on a store whose marker names another volume is refused;
+//! - records both (a new UUID) the first time, also for a data directory
+//!   or store made before this record existed.
+//!
+//! `volume.json` (written atomically and made durable):
+//! `{"uuid": "<uuid>", "store": "<url>" | null, "store_options": {..},
+//! "block_size": <bytes>}`; `store: null` is the default `file://` store
+//! inside the data directory (so the directory can move). Options whose
+//! key names a secret (`secret`, `token`, `password`, `key`) are not
+//! written; give them again, or through the environment.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::blockstore::{BlockStore, StoreConfig};
+use crate::error::FsError;
+
+/// The file in the data directory.
+pub const VOLUME_FILE: &str = "volume.json";
+
+/// What `volume.json` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// The volume's UUID (also in the store's marker).
+    pub uuid: String,
+    /// The block store URL; `None`: the default store in the data
+    /// directory.
+    pub store: Option<String>,
+    /// Store options that are not secrets.
+    #[serde(default)]
+    pub store_options: BTreeMap<String, String>,
+    /// Block size in bytes.
+    pub block_size: u64,
+}
+
+/// Reads `volume.json` of `data_dir`, if there is one.
+///
+/// # Errors
+/// One line naming the file, if it cannot be read or parsed.
+pub fn load(data_dir: &Path) -> Result<Option<Volume>, FsError> {
+    let path = data_dir.join(VOLUME_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            FsError::io(
+                "read the volume record",
+                format!(
+                    "{} is damaged ({e}); it names the volume's block store",
+                    path.display()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(FsError::io("read the volume record", e)),
+    }
+}
+
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+fn secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["secret", "token", "password", "key"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+/// The store to open: `given` (`--store`), or the one `vol` remembers;
+/// `None` is the default store in the data directory.
+///
+/// # Errors
+/// [`FsError::Io`] with one line when `given` is not the remembered store.
+pub fn choose_store(
+    data_dir: &Path,
+    given: Option<&StoreConfig>,
+    vol: Option<&Volume>,
+) -> Result<Option<StoreConfig>, FsError> {
+    let Some(vol) = vol else {
+        return Ok(given.cloned());
+    };
+    let remembered = match &vol.store {
+        Some(u) => u.as_str(),
+        None => "the default file:// store inside the data directory",
+    };
+    match (given, &vol.store) {
+        (None, None) => Ok(None),
+        (None, Some(url)) => {
+            let mut s = StoreConfig::new(url.clone());
+            s.options = vol.store_options.clone().into_iter().collect();
+            Ok(Some(s))
+        }
+        (Some(g), Some(url)) if same_url(&g.url, url) => {
+            let mut s = g.clone();
+            for (k, v) in &vol.store_options {
+                if !s.options.iter().any(|(gk, _)| gk == k) {
+                    s.options.push((k.clone(), v.clone()));
+                }
+            }
+            Ok(Some(s))
+        }
+        (Some(g), _) => Err(FsError::io(
+            "choose the block store",
+            format!(
+                "data directory {} belongs to volume {} on {remembered}, not {}; \
+                 drop --store (it is remembered in {}) or use another data directory",
+                data_dir.display(),
+                vol.uuid,
+                g.url,
+                VOLUME_FILE
+            ),
+        )),
+    }
+}
+
+/// Checks the store's marker against the volume, and records what is
+/// missing: `volume.json` (a new UUID, `store` as given: `None` for the
+/// default store) and the marker.
+///
+/// # Errors
+/// [`FsError::Io`] with one line when the store belongs to another volume,
+/// or a record cannot be written.
+pub async fn bind(
+    data_dir: &Path,
+    vol: Option<Volume>,
+    store_config: Option<&StoreConfig>,
+    store: &BlockStore,
+    block_size: u64,
+) -> Result<Volume, FsError> {
+    let marker = store
+        .volume_marker()
+        .await
+        .map_err(|e| FsError::io("block store", e))?;
+    let vol = match vol {
+        Some(v) => v,
+        None => {
+            if let Some(other) = &marker {
+                return Err(FsError::io(
+                    "bind the data directory to its block store",
+                    format!(
+                        "block store {} already holds volume {other}, and data directory {} \
+                         is new: use that volume's data directory, or another bucket or prefix",
+                        store.url(),
+                        data_dir.display()
+                    ),
+                ));
+            }
+            let v = Volume {
+                uuid: new_uuid(),
+                store: store_config.map(|s| s.url.clone()),
+                store_options: store_config
+                    .map(|s| {
+                        s.options
+                            .iter()
+                            .filter(|(k, _)| !secret(k))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                block_size,
+            };
+            write(data_dir, &v)?;
+            v
+        }
+    };
+    match marker {
+        Some(m) if m == vol.uuid => {}
+        Some(m) => {
+            return Err(FsError::io(
+                "bind the data directory to its block store",
+                format!(
+                    "block store {} holds volume {m}, but data directory {} is volume {}: \
+                     they do not belong together",
+                    store.url(),
+                    data_dir.display(),
+                    vol.uuid
+                ),
+            ));
+        }
+        None => store
+            .set_volume_marker(&vol.uuid)
+            .await
+            .map_err(|e| FsError::io("block store", e))?,
+    }
+    if vol.block_size != block_size {
+        return Err(FsError::io(
+            "bind the data directory to its block store",
+            format!(
+                "volume {} was made with {}-byte blocks; this build uses {block_size}",
+                vol.uuid, vol.block_size
+            ),
+        ));
+    }
+    Ok(vol)
+}
+
+/// A random (version 4) UUID.
+fn new_uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let mut b = b;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Writes `volume.json` atomically and durably (temporary file, fsync,
+/// rename, fsync of the directory).
+fn write(data_dir: &Path, v: &Volume) -> Result<(), FsError> {
+    let err = |e: std::io::Error| FsError::io("write the volume record", e);
+    let tmp = data_dir.join(format!("{VOLUME_FILE}.tmp"));
+    let body = serde_json::to_vec_pretty(v).map_err(|e| err(std::io::Error::other(e)))?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&body).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, data_dir.join(VOLUME_FILE)).map_err(err)?;
+    super::open::sync_dir(data_dir).map_err(err)
+}
