@@ -707,3 +707,89 @@ fn a_umount_or_an_aborted_connection_ends_the_mount_cleanly() {
     assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"kept");
     m.stop();
 }
+
+/// Everyday calls the mount does not implement (ioctl `TCGETS` at each
+/// Python text-mode open, poll, `SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`)
+/// get the answer a local file system gives, and nothing in the log
+/// (before: a warning each, 13,927 lines in one session).
+#[test]
+fn unimplemented_everyday_calls_are_answered_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let m = Mount::start(&mp, &tmp.path().join("data"), &[]);
+    let script = r#"
+import os, select, sys
+d = sys.argv[1]
+for i in range(20):
+    with open(os.path.join(d, f"t{i}.txt"), "w") as f:
+        f.write("line\n" * 100)
+    with open(os.path.join(d, f"t{i}.txt")) as f:
+        assert f.read().count("\n") == 100
+fd = os.open(os.path.join(d, "t0.txt"), os.O_RDWR)
+assert os.lseek(fd, 0, os.SEEK_DATA) == 0
+assert os.lseek(fd, 0, os.SEEK_HOLE) == 500
+p = select.poll(); p.register(fd, select.POLLIN | select.POLLOUT)
+assert p.poll(1000)
+out = os.open(os.path.join(d, "copy.txt"), os.O_CREAT | os.O_WRONLY, 0o644)
+assert os.copy_file_range(fd, out, 500, 0, 0) == 500
+os.close(out); os.close(fd)
+assert open(os.path.join(d, "copy.txt")).read() == "line\n" * 100
+print("ok")
+"#;
+    let out = run(Command::new("python3").args(["-c", script]).arg(&mp));
+    assert_eq!(out.trim(), "ok");
+    let log = m.stop();
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(noisy.is_empty(), "{}", noisy.join("\n"));
+}
+
+/// The standard AWS environment alone (endpoint, keys, region,
+/// `AWS_ALLOW_HTTP=true`) reaches an S3 store: before, the client options
+/// slicefs set replaced the environment's, and plain HTTP was refused.
+#[test]
+fn the_aws_environment_alone_reaches_the_store() {
+    let sw = Seaweed::start().expect("start SeaweedFS");
+    sw.create_bucket("slicefs").expect("bucket");
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("serve.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "s3://slicefs/env",
+    ])
+    .arg("--data-dir")
+    .arg(tmp.path().join("data"))
+    .args(["--log-level", "info"])
+    .stdin(Stdio::null())
+    .stdout(out.try_clone().unwrap())
+    .stderr(out);
+    for (k, v) in sw.store_options() {
+        cmd.env(k.to_ascii_uppercase(), v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("over NFSv3 on") {
+            break text;
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("slicefs serve exited ({st}):\n{text}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("not serving after 60 s:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{text}");
+}

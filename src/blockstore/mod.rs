@@ -290,7 +290,10 @@ impl BlockStore {
             retry_timeout: config.request_timeout * 2,
             ..Default::default()
         };
-        let client = object_store::ClientOptions::new().with_timeout(config.request_timeout);
+        // Only the request timeout is set over the environment's client
+        // options (`AWS_ALLOW_HTTP`, proxies...): `with_client_options`
+        // replaced them all, so `AWS_ALLOW_HTTP=true` was ignored.
+        let timeout = format!("{}ms", config.request_timeout.as_millis());
         let opts = || {
             config
                 .options
@@ -298,13 +301,16 @@ impl BlockStore {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         };
         // The three cloud builders share one shape: environment, URL,
-        // retry and client settings, then the caller's options.
+        // retry and timeout, then the caller's options.
         macro_rules! cloud {
             ($builder:ty) => {{
                 let mut b = <$builder>::from_env()
                     .with_url(config.url.clone())
-                    .with_retry(retry.clone())
-                    .with_client_options(client.clone());
+                    .with_retry(retry.clone());
+                let key = "timeout"
+                    .parse()
+                    .map_err(|e| invalid(format!("option timeout: {e}")))?;
+                b = b.with_config(key, timeout.clone());
                 for (k, v) in opts() {
                     let key = k.parse().map_err(|e| invalid(format!("option {k}: {e}")))?;
                     b = b.with_config(key, v);

@@ -243,6 +243,26 @@ struct Resolved {
     drain_timeout: Duration,
 }
 
+/// A `--store` value as a URL: a path (absolute, or relative to the
+/// current directory) is the `file://` URL of that directory; anything
+/// with a scheme is kept as given.
+fn store_url(s: &str) -> anyhow::Result<String> {
+    if s.contains("://") {
+        return Ok(s.to_string());
+    }
+    let p = Path::new(s);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("--store: resolve a relative path")?
+            .join(p)
+    };
+    url::Url::from_directory_path(&abs)
+        .map(|u| u.to_string())
+        .map_err(|()| anyhow::anyhow!("--store: {s:?} is neither a URL nor a usable path"))
+}
+
 /// Resolves the file system options, and the mount-only ones given on the
 /// command line (`writeback_cache`, `allow_other`; `slicefs serve` passes
 /// none), with the config file and the defaults.
@@ -265,7 +285,7 @@ fn resolve(
     };
     let mut o = FsOptions::new(&data_dir);
     if let Some(url) = args.store.clone().or(file.store) {
-        let mut s = StoreConfig::new(url);
+        let mut s = StoreConfig::new(store_url(&url)?);
         s.options = file.store_options.into_iter().collect();
         s.options.extend(args.store_options.iter().cloned());
         o.store = Some(s);
@@ -1065,6 +1085,16 @@ mod tests {
         assert_eq!(r.options.cache.dirty_max_bytes, 128 << 20);
         assert_eq!(r.options.transfer.upload_delay, Duration::from_secs(2));
         assert_eq!(r.options.wal.durability, Durability::Always);
+    }
+
+    #[test]
+    fn a_store_given_as_a_path_is_a_file_url() {
+        let t = T::parse_from(["x", "/mnt", "--data-dir", "/d", "--store", "/srv/blocks"]);
+        let r = resolve(&t.m.fs, None, false).unwrap();
+        assert_eq!(r.options.store.unwrap().url, "file:///srv/blocks/");
+        let t = T::parse_from(["x", "/mnt", "--data-dir", "/d", "--store", "s3://b/p"]);
+        let r = resolve(&t.m.fs, None, false).unwrap();
+        assert_eq!(r.options.store.unwrap().url, "s3://b/p");
     }
 
     #[test]

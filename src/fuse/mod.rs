@@ -863,6 +863,71 @@ impl Filesystem for FuseFs {
         )
     }
 
+    /// No ioctl is implemented: `ENOTTY`, as a local file system answers
+    /// an ioctl it does not know (Python asks `TCGETS` at every text-mode
+    /// `open`; `fuser`'s default logged a warning for each).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
+    /// `ENOSYS`, quietly: the kernel stops asking and treats files as
+    /// always ready, as for a local file.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
+    /// `ENOSYS`, quietly: the kernel stops asking and seeks itself, with
+    /// the whole file as data for `SEEK_DATA`/`SEEK_HOLE` (what POSIX
+    /// allows a file system that does not track holes).
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
+    /// `ENOSYS`, quietly: the kernel stops asking and copies through
+    /// reads and writes.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
     fn create(
         &self,
         req: &Request,
