@@ -6,6 +6,7 @@
 //! cannot express as an exit code go up as [`anyhow::Error`] and end the
 //! process with [`EXIT_ERROR`].
 
+mod gc;
 mod mount;
 mod wal;
 
@@ -53,6 +54,8 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Serve a file system over NFSv3 (see `slicefs serve --help`).
     Serve(mount::ServeArgs),
+    /// Delete block objects no metadata references (not while mounted).
+    Gc(gc::GcArgs),
     /// Unmount; with `--flush`, wait until everything is uploaded.
     Umount(mount::UmountArgs),
     /// Dirty bytes, uploads and stalls of a mounted file system.
@@ -119,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Wal(cmd) => wal::run(cmd),
         Command::Mount(a) => mount::mount(a),
         Command::Serve(a) => mount::serve(a),
+        Command::Gc(a) => gc::gc(a),
         Command::Umount(a) => mount::umount(a),
         Command::Status(a) => mount::status(a),
     }

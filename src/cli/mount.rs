@@ -210,7 +210,7 @@ fn parse_size(what: &str, s: &str) -> anyhow::Result<u64> {
     Ok(b.as_u64())
 }
 
-fn parse_duration(what: &str, s: &str) -> anyhow::Result<Duration> {
+pub(super) fn parse_duration(what: &str, s: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(s)
         .with_context(|| format!("{what}: {s:?} is not a duration such as 5s"))
 }
@@ -236,11 +236,11 @@ fn ram_bytes() -> u64 {
 }
 
 /// Everything `mount` runs with, resolved.
-struct Resolved {
-    options: FsOptions,
+pub(super) struct Resolved {
+    pub(super) options: FsOptions,
     allow_other: bool,
     writeback_cache: bool,
-    drain_timeout: Duration,
+    pub(super) drain_timeout: Duration,
 }
 
 /// A `--store` value as a URL: a path (absolute, or relative to the
@@ -266,7 +266,7 @@ fn store_url(s: &str) -> anyhow::Result<String> {
 /// Resolves the file system options, and the mount-only ones given on the
 /// command line (`writeback_cache`, `allow_other`; `slicefs serve` passes
 /// none), with the config file and the defaults.
-fn resolve(
+pub(super) fn resolve(
     args: &FsArgs,
     writeback_cache: Option<bool>,
     allow_other: bool,

@@ -227,7 +227,7 @@ pub struct TransferStats {
 pub struct SweepReport {
     /// Objects listed.
     pub listed: u64,
-    /// Unreferenced objects deleted.
+    /// Unreferenced objects deleted (with `dry_run`: that would be).
     pub deleted: u64,
     /// Unreferenced objects kept because they are younger than the
     /// minimum age (an upload may be about to commit them).
@@ -676,6 +676,19 @@ impl TransferManager {
     /// Listing, metadata or deletion errors (what was deleted stays
     /// deleted).
     pub async fn sweep_orphans(&self, min_age: Duration) -> Result<SweepReport, TransferError> {
+        self.sweep_orphans_with(min_age, false).await
+    }
+
+    /// [`TransferManager::sweep_orphans`]; with `dry_run`, only counts
+    /// what it would delete (`slicefs gc --dry-run`).
+    ///
+    /// # Errors
+    /// As [`TransferManager::sweep_orphans`].
+    pub async fn sweep_orphans_with(
+        &self,
+        min_age: Duration,
+        dry_run: bool,
+    ) -> Result<SweepReport, TransferError> {
         let inner = &self.inner;
         let mut report = SweepReport::default();
         let now = SystemTime::now();
@@ -693,6 +706,10 @@ impl TransferManager {
             doomed.push(key);
         }
         if doomed.is_empty() {
+            return Ok(report);
+        }
+        if dry_run {
+            report.deleted = doomed.len() as u64;
             return Ok(report);
         }
         // The change that unreferenced them must be durable before they

@@ -1,0 +1,77 @@
+//! `slicefs gc`: deletes block objects that no metadata references.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use slicefs::vfs::open_fs;
+
+use super::mount::{FsArgs, parse_duration, resolve};
+
+/// `slicefs gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Only count what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep unreferenced objects younger than this (`1h`, `10min`): an
+    /// upload of a running mount may be about to commit them.
+    #[arg(long, default_value = "1h")]
+    pub grace: String,
+    #[command(flatten)]
+    pub fs: FsArgs,
+}
+
+/// Runs `slicefs gc` on a data directory that is not mounted (its lock
+/// refuses a second process): opens the file system (replaying the log),
+/// lists the store, deletes each object that committed metadata does not
+/// reference and that is older than `--grace` (after making metadata
+/// durable), prints one line, then uploads what the log held and closes.
+/// Such objects are left by a crash between an upload and its commit, and
+/// by deletions still queued when a mount stopped.
+///
+/// # Errors
+/// Bad options, a mounted (locked) or damaged data directory, store
+/// errors.
+pub fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
+    let r = resolve(&args.fs, None, false)?;
+    let grace = parse_duration("--grace", &args.grace)?;
+    let data_dir = r.options.data_dir.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    let opened = rt
+        .block_on(open_fs(&r.options, rt.handle()))
+        .with_context(|| format!("open the file system in {}", data_dir.display()))?;
+    let tm = opened.vfs.transfer().clone();
+    let report = rt
+        .block_on(tm.sweep_orphans_with(grace, args.dry_run))
+        .context("garbage collection")?;
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    println!(
+        "slicefs gc: {} objects listed; {verb} {} unreferenced; kept {} unreferenced younger than {}",
+        report.listed,
+        report.deleted,
+        report.young,
+        humantime::format_duration(grace)
+    );
+    let drained = rt.block_on(tm.close(r.drain_timeout.max(Duration::from_secs(1))));
+    opened
+        .persister
+        .close()
+        .context("close the write-ahead log")?;
+    if let Err(e) = drained {
+        eprintln!(
+            "slicefs gc: data the log held is not all uploaded ({e}); it stays safe in the log"
+        );
+        return Ok(ExitCode::from(super::EXIT_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
