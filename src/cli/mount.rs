@@ -69,14 +69,14 @@ pub struct FsArgs {
     #[arg(long, env = "SLICEFS_UPLOAD_DELAY")]
     pub upload_delay: Option<String>,
     /// fsync also waits for the upload to the object store.
-    #[arg(long, env = "SLICEFS_FSYNC_UPLOAD")]
+    #[arg(long, env = "SLICEFS_FSYNC_UPLOAD", value_parser = clap::builder::BoolishValueParser::new())]
     pub fsync_upload: bool,
     /// Start even if the log is damaged, missing or not the one the
     /// metadata depends on: keep the log's valid prefix (damaged segment
     /// files are renamed `*.corrupt`, never deleted), say what was
     /// dropped, and go on. Without it such a start is refused. Use it
     /// only after keeping a copy of the data directory.
-    #[arg(long, env = "SLICEFS_TOLERATE_CORRUPTION")]
+    #[arg(long, env = "SLICEFS_TOLERATE_CORRUPTION", value_parser = clap::builder::BoolishValueParser::new())]
     pub tolerate_corruption: bool,
     /// How long an unmount waits for uploads before it leaves the rest in
     /// the log. Default: 10min.
@@ -98,7 +98,7 @@ pub struct MountArgs {
     #[arg(long, env = "SLICEFS_WRITEBACK_CACHE", num_args = 0..=1, default_missing_value = "true")]
     pub writeback_cache: Option<bool>,
     /// Let other users access the mount (FUSE `allow_other`).
-    #[arg(long, env = "SLICEFS_ALLOW_OTHER")]
+    #[arg(long, env = "SLICEFS_ALLOW_OTHER", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_other: bool,
     /// Mount over a directory that is not empty (its entries are hidden
     /// while mounted). Without it such a mountpoint is refused.
@@ -116,7 +116,7 @@ pub struct MountArgs {
     #[arg(long, env = "SLICEFS_NFS_LISTEN")]
     pub nfs_listen: Option<std::net::SocketAddr>,
     /// Over NFS, treat uid and gid 0 as nobody (65534): root squash.
-    #[arg(long, env = "SLICEFS_NFS_SQUASH_ROOT")]
+    #[arg(long, env = "SLICEFS_NFS_SQUASH_ROOT", value_parser = clap::builder::BoolishValueParser::new())]
     pub nfs_squash_root: bool,
 }
 
@@ -129,7 +129,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SLICEFS_NFS_LISTEN", default_value = "127.0.0.1:2049")]
     pub listen: std::net::SocketAddr,
     /// Treat uid and gid 0 as nobody (65534): root squash.
-    #[arg(long, env = "SLICEFS_NFS_SQUASH_ROOT")]
+    #[arg(long, env = "SLICEFS_NFS_SQUASH_ROOT", value_parser = clap::builder::BoolishValueParser::new())]
     pub squash_root: bool,
     #[command(flatten)]
     pub fs: FsArgs,
@@ -283,6 +283,10 @@ pub(super) fn resolve(
         Some(d) => d,
         None => default_data_dir()?,
     };
+    // Absolute: it is the mount's source in /proc/mounts, which `status`
+    // and `umount --flush` read from other directories.
+    let data_dir = std::path::absolute(&data_dir)
+        .with_context(|| format!("--data-dir {}", data_dir.display()))?;
     let mut o = FsOptions::new(&data_dir);
     if let Some(url) = args.store.clone().or(file.store) {
         let mut s = StoreConfig::new(store_url(&url)?);
@@ -1085,6 +1089,39 @@ mod tests {
         assert_eq!(r.options.cache.dirty_max_bytes, 128 << 20);
         assert_eq!(r.options.transfer.upload_delay, Duration::from_secs(2));
         assert_eq!(r.options.wal.durability, Durability::Always);
+    }
+
+    #[test]
+    fn flags_from_the_environment_take_1_yes_and_true() {
+        for v in ["1", "yes", "true", "on"] {
+            // SAFETY: no other thread of this test binary reads this
+            // variable (it is set and read here only).
+            unsafe { std::env::set_var("SLICEFS_NFS_SQUASH_ROOT", v) };
+            let t = ServeT::try_parse_from(["x", "--data-dir", "/d"]).unwrap();
+            assert!(t.s.squash_root, "{v}");
+        }
+        // SAFETY: as above.
+        unsafe { std::env::set_var("SLICEFS_NFS_SQUASH_ROOT", "0") };
+        let t = ServeT::try_parse_from(["x", "--data-dir", "/d"]).unwrap();
+        assert!(!t.s.squash_root);
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("SLICEFS_NFS_SQUASH_ROOT") };
+    }
+
+    #[derive(Parser)]
+    struct ServeT {
+        #[command(flatten)]
+        s: ServeArgs,
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_made_absolute() {
+        let t = T::parse_from(["x", "/mnt", "--data-dir", "rel/dir"]);
+        let r = resolve(&t.m.fs, None, false).unwrap();
+        assert_eq!(
+            r.options.data_dir,
+            std::env::current_dir().unwrap().join("rel/dir")
+        );
     }
 
     #[test]
