@@ -793,3 +793,18 @@ fn the_aws_environment_alone_reaches_the_store() {
     let st = child.wait().unwrap();
     assert!(st.success(), "{text}");
 }
+
+/// `df` of a mount on the default `file://` store shows the disk that
+/// holds the blocks (before: 1 PiB whatever the disk).
+#[test]
+fn df_shows_the_disk_of_a_file_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let m = Mount::start(&mp, &tmp.path().join("data"), &[]);
+    let on_mount = nix::sys::statvfs::statvfs(&mp).unwrap();
+    let on_disk = nix::sys::statvfs::statvfs(tmp.path()).unwrap();
+    let total = |s: &nix::sys::statvfs::Statvfs| s.blocks() * s.fragment_size();
+    let (a, b) = (total(&on_mount), total(&on_disk));
+    assert!(a.abs_diff(b) < 1 << 20, "mount {a} bytes, disk {b} bytes");
+    m.stop();
+}

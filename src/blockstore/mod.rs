@@ -385,6 +385,14 @@ impl BlockStore {
         &self.url
     }
 
+    /// The directory of a `file://` store (`None` for other stores).
+    pub fn local_dir(&self) -> Option<std::path::PathBuf> {
+        Url::parse(&self.url)
+            .ok()
+            .filter(|u| u.scheme() == "file")
+            .and_then(|u| u.to_file_path().ok())
+    }
+
     /// The underlying `object_store`.
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store

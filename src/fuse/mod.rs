@@ -64,8 +64,9 @@ pub const SHARED_TTL: Duration = Duration::from_secs(1);
 pub const MAX_WRITE: u32 = 1 << 20;
 /// `st_blksize` reported for every file.
 pub const BLKSIZE: u32 = 1 << 20;
-/// The capacity `statfs` reports (the store has none): 1 PiB.
-pub const CAPACITY_BYTES: u64 = 1 << 50;
+/// The capacity `statfs` reports for a store without a size (see
+/// [`Vfs::capacity`]): 1 PiB.
+pub const CAPACITY_BYTES: u64 = crate::vfs::REMOTE_CAPACITY_BYTES;
 
 /// The `fuser` file system over a [`Vfs`].
 pub struct FuseFs {
@@ -773,18 +774,18 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.vfs.statfs() {
-            Ok(u) => {
+        match self.vfs.capacity() {
+            Ok(c) => {
                 let bsize = 4096u64;
-                let blocks = CAPACITY_BYTES / bsize;
-                let used = u.bytes.div_ceil(bsize).min(blocks);
+                let blocks = c.total_bytes / bsize;
+                let avail = (c.avail_bytes / bsize).min(blocks);
                 let files = 1u64 << 32;
                 reply.statfs(
                     blocks,
-                    blocks - used,
-                    blocks - used,
+                    avail,
+                    avail,
                     files,
-                    files.saturating_sub(u.inodes),
+                    files.saturating_sub(c.usage.inodes),
                     bsize as u32,
                     crate::meta::NAME_MAX as u32,
                     bsize as u32,

@@ -1213,8 +1213,8 @@ impl Nfs<'_> {
         }
     }
 
-    /// FSSTAT: capacity [`crate::fuse::CAPACITY_BYTES`] (the object store
-    /// has none), bytes free = capacity - the sum of file sizes; 2^32
+    /// FSSTAT: bytes total and free from [`Vfs::capacity`] (the disk of
+    /// a `file://` store; otherwise 1 PiB less the sum of file sizes); 2^32
     /// inodes, free = 2^32 - inodes in use. `invarsec` 0 (the numbers
     /// change with every write).
     fn fsstat(&self, a: &mut Xdr<'_>, out: &mut Vec<u8>) -> Result<(), Refusal> {
@@ -1222,11 +1222,11 @@ impl Nfs<'_> {
         let ino = handle_ino(obj);
         let r = ino.and_then(|ino| {
             let at = self.attr(ino)?;
-            let u = self.vfs.statfs().map_err(|e| status(&e))?;
-            let tbytes = crate::fuse::CAPACITY_BYTES;
-            let fbytes = tbytes.saturating_sub(u.bytes);
+            let c = self.vfs.capacity().map_err(|e| status(&e))?;
+            let tbytes = c.total_bytes;
+            let fbytes = c.avail_bytes;
             let tfiles = 1u64 << 32;
-            let ffiles = tfiles.saturating_sub(u.inodes);
+            let ffiles = tfiles.saturating_sub(c.usage.inodes);
             Ok(FSSTAT3resok {
                 obj_attributes: Nfs3Option::Some(fattr(&at)),
                 tbytes,

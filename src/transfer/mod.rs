@@ -805,6 +805,11 @@ impl TransferManager {
         result
     }
 
+    /// The directory of a `file://` block store (`None` for others).
+    pub fn store_local_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.store.local_dir()
+    }
+
     /// Whether a [`CrashPoint`] stopped the manager.
     #[doc(hidden)]
     pub fn crashed(&self) -> bool {

@@ -40,6 +40,21 @@ pub use stateless::Stability;
 
 type Result<T> = std::result::Result<T, FsError>;
 
+/// The capacity reported for a store that has none (S3, GCS, Azure,
+/// memory): 1 PiB.
+pub const REMOTE_CAPACITY_BYTES: u64 = 1 << 50;
+
+/// What [`Vfs::capacity`] reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// Bytes in all.
+    pub total_bytes: u64,
+    /// Bytes free for writes.
+    pub avail_bytes: u64,
+    /// Inodes and bytes of all files.
+    pub usage: Usage,
+}
+
 /// Largest file size: 2^50 bytes (1 PiB), far inside the chunk index.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 
@@ -1437,6 +1452,32 @@ impl Vfs {
     /// `EIO`.
     pub fn statfs(&self) -> Result<Usage> {
         self.meta.usage()
+    }
+
+    /// Space as `df` should show it, in bytes: with a `file://` store,
+    /// the size and free space of the disk that holds it (`statvfs`); with
+    /// a remote store, which has no size, [`REMOTE_CAPACITY_BYTES`] less the
+    /// bytes of all files.
+    ///
+    /// # Errors
+    /// Metadata errors.
+    pub fn capacity(&self) -> Result<Capacity> {
+        let u = self.meta.usage()?;
+        if let Some(dir) = self.tm.store_local_dir()
+            && let Ok(st) = nix::sys::statvfs::statvfs(&dir)
+        {
+            let frsize = st.fragment_size();
+            return Ok(Capacity {
+                total_bytes: st.blocks() * frsize,
+                avail_bytes: st.blocks_available() * frsize,
+                usage: u,
+            });
+        }
+        Ok(Capacity {
+            total_bytes: REMOTE_CAPACITY_BYTES,
+            avail_bytes: REMOTE_CAPACITY_BYTES.saturating_sub(u.bytes),
+            usage: u,
+        })
     }
 
     /// `getxattr`.
