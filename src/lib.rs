@@ -26,6 +26,7 @@ pub mod blockstore;
 pub mod error;
 pub mod fuse;
 pub mod meta;
+pub mod metrics;
 pub mod nfs;
 pub mod transfer;
 pub mod vfs;

@@ -878,6 +878,18 @@ impl Drop for Process {
     }
 }
 
+/// `GET /metrics` from the metrics endpoint at `addr`: the body.
+fn scrape(addr: SocketAddr) -> String {
+    let mut t = TcpStream::connect(addr).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    t.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    t.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
 fn nfs_cat(addr: SocketAddr, path: &str) -> Vec<u8> {
     let out = Command::new("nfs-cat")
         .arg(nfs_url(addr, path))
@@ -1019,9 +1031,19 @@ fn fuse_and_nfs_from_one_process_see_each_others_writes() {
         dd.to_str().unwrap(),
         "--nfs-listen",
         "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
     ];
     let mut p = Process::start(&args, &log, Some(&mp));
     let addr = p.nfs_addr();
+    let metrics_at: SocketAddr = p
+        .log_text()
+        .split("metrics at http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("metrics address in the log")
+        .parse()
+        .unwrap();
     std::fs::create_dir(mp.join("d")).unwrap();
     std::fs::write(mp.join("d/from-fuse"), b"written through FUSE").unwrap();
     assert_eq!(nfs_cat(addr, "/d/from-fuse"), b"written through FUSE");
@@ -1038,6 +1060,22 @@ fn fuse_and_nfs_from_one_process_see_each_others_writes() {
         std::fs::read(mp.join("d/from-fuse")).unwrap(),
         b"second version, longer"
     );
+    // The metrics moved with the work of both front ends.
+    let text = scrape(metrics_at);
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value(r#"slicefs_requests_total{frontend="fuse",op="write"}"#) >= 1.0);
+    assert!(value(r#"slicefs_requests_total{frontend="nfs",op="WRITE"}"#) >= 1.0);
+    assert!(value("slicefs_written_bytes_total") >= 40.0, "{text}");
+    assert!(text.contains("slicefs_request_seconds_bucket"));
     p.stop();
     let mps = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mps.contains(mp.to_str().unwrap()), "still mounted");

@@ -26,6 +26,11 @@ use slicefs_wal::{Durability, WalConfig};
 /// The file system options `slicefs mount` and `slicefs serve` share.
 #[derive(Debug, Args)]
 pub struct FsArgs {
+    /// Serve Prometheus metrics at `http://ADDR/metrics`
+    /// (`127.0.0.1:9567`): requests and latencies per FUSE or NFS
+    /// operation, bytes, dirty bytes, uploads, downloads, retries, stalls.
+    #[arg(long, env = "SLICEFS_METRICS")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// TOML file with defaults for the options below.
     #[arg(long, env = "SLICEFS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -238,6 +243,7 @@ fn ram_bytes() -> u64 {
 /// Everything `mount` runs with, resolved.
 pub(super) struct Resolved {
     pub(super) options: FsOptions,
+    metrics: Option<std::net::SocketAddr>,
     allow_other: bool,
     writeback_cache: bool,
     pub(super) drain_timeout: Duration,
@@ -351,6 +357,7 @@ pub(super) fn resolve(
     };
     Ok(Resolved {
         options: o,
+        metrics: args.metrics,
         allow_other: allow_other || file.allow_other.unwrap_or(false),
         writeback_cache: writeback_cache.or(file.writeback_cache).unwrap_or(true),
         drain_timeout,
@@ -586,6 +593,17 @@ fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow
         "log replayed; pending data is being uploaded"
     );
     let vfs = opened.vfs.clone();
+    let metrics_task = match r.metrics {
+        Some(addr) => {
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("listen for metrics on {addr}"))?;
+            let at = listener.local_addr()?;
+            eprintln!("slicefs: metrics at http://{at}/metrics");
+            Some(rt.spawn(slicefs::metrics::serve(listener, vfs.clone())))
+        }
+        None => None,
+    };
     let nfs_server = match nfs {
         Some(n) => {
             let config = slicefs::nfs::ServerConfig {
@@ -711,6 +729,9 @@ fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow
         }
     }
     status_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     // Every namespace change durable, unlinked files freed.
     if let Err(e) = vfs.syncfs() {
         tracing::error!(error = %e, "final metadata sync failed");

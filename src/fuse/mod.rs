@@ -68,6 +68,37 @@ pub const BLKSIZE: u32 = 1 << 20;
 /// [`Vfs::capacity`]): 1 PiB.
 pub const CAPACITY_BYTES: u64 = crate::vfs::REMOTE_CAPACITY_BYTES;
 
+thread_local! {
+    /// Whether the request this thread runs has been answered with an
+    /// error (set by `errno`, read by [`OpTimer`]).
+    static FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Times one request for [`crate::metrics`]: made at the start of each
+/// handler, recorded when the handler returns (`fuser` runs a handler on
+/// one thread, start to end).
+struct OpTimer {
+    op: &'static str,
+    start: Instant,
+}
+
+impl OpTimer {
+    fn start(op: &'static str) -> OpTimer {
+        FAILED.with(|f| f.set(false));
+        OpTimer {
+            op,
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Drop for OpTimer {
+    fn drop(&mut self) {
+        let ok = !FAILED.with(std::cell::Cell::get);
+        crate::metrics::observe("fuse", self.op, self.start, ok);
+    }
+}
+
 /// The `fuser` file system over a [`Vfs`].
 pub struct FuseFs {
     vfs: Arc<Vfs>,
@@ -293,6 +324,7 @@ pub fn file_attr(a: &Inode) -> FileAttr {
 }
 
 fn errno(e: &FsError) -> Errno {
+    FAILED.with(|f| f.set(true));
     if let FsError::Io { .. } = e {
         tracing::error!(error = %e, "I/O error returned to the kernel");
     }
@@ -376,6 +408,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = OpTimer::start("lookup");
         match self
             .vfs
             .lookup(&self.creds(req), Ino(parent.0), name.as_bytes())
@@ -393,6 +426,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = OpTimer::start("getattr");
         self.attr(reply, self.vfs.getattr(Ino(ino.0)))
     }
 
@@ -414,6 +448,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _t = OpTimer::start("setattr");
         // Under `FUSE_HANDLE_KILLPRIV_V2` the kernel asks for set-id bits
         // to go before a write by sending a setattr whose only flag is
         // `FATTR_KILL_SUIDGID`; `fuser` does not pass that flag on, but
@@ -438,6 +473,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = OpTimer::start("readlink");
         match self.vfs.readlink(Ino(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
@@ -454,6 +490,7 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _t = OpTimer::start("mknod");
         let Some(k) = kind_of_mode(mode) else {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };
@@ -480,6 +517,7 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _t = OpTimer::start("mkdir");
         let perm = (mode & !umask & 0o7777) as u16;
         self.entry(
             reply,
@@ -489,6 +527,7 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = OpTimer::start("unlink");
         empty(
             reply,
             self.vfs
@@ -497,6 +536,7 @@ impl Filesystem for FuseFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = OpTimer::start("rmdir");
         empty(
             reply,
             self.vfs
@@ -512,6 +552,7 @@ impl Filesystem for FuseFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        let _t = OpTimer::start("symlink");
         self.entry(
             reply,
             self.vfs.symlink(
@@ -533,6 +574,7 @@ impl Filesystem for FuseFs {
         flags: FuseRenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = OpTimer::start("rename");
         if flags.contains(FuseRenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
@@ -561,6 +603,7 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _t = OpTimer::start("link");
         self.entry(
             reply,
             self.vfs.link(
@@ -573,6 +616,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
+        let _t = OpTimer::start("open");
         match self
             .vfs
             .open(&self.creds(req), Ino(ino.0), self.open_flags(flags.0))
@@ -599,6 +643,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = OpTimer::start("read");
         match self.vfs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
@@ -617,6 +662,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _t = OpTimer::start("write");
         // With `FUSE_HANDLE_KILLPRIV_V2` the kernel says when set-id bits
         // go. Without it the kernel clears them itself (a setattr at
         // write(2) time), and a write-back from the page cache carries no
@@ -642,6 +688,7 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _t = OpTimer::start("fallocate");
         empty(
             reply,
             self.vfs
@@ -663,6 +710,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _t = OpTimer::start("flush");
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
@@ -676,6 +724,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = OpTimer::start("release");
         empty(reply, self.vfs.release(fh.0))
     }
 
@@ -687,10 +736,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = OpTimer::start("fsync");
         empty(reply, self.vfs.fsync(fh.0, datasync))
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+        let _t = OpTimer::start("opendir");
         match self.vfs.opendir(&self.creds(req), Ino(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -705,6 +756,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = OpTimer::start("readdir");
         match self.vfs.readdir(Ino(ino.0), offset, 512) {
             Ok(entries) => {
                 for e in entries {
@@ -731,6 +783,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _t = OpTimer::start("readdirplus");
         match self.vfs.readdirplus(Ino(ino.0), offset, 512) {
             Ok(entries) => {
                 for (e, a) in entries {
@@ -759,6 +812,7 @@ impl Filesystem for FuseFs {
         _flags: FuseOpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = OpTimer::start("releasedir");
         empty(reply, self.vfs.releasedir(fh.0))
     }
 
@@ -770,10 +824,12 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = OpTimer::start("fsyncdir");
         empty(reply, self.vfs.fsyncdir(Ino(ino.0)))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = OpTimer::start("statfs");
         match self.vfs.capacity() {
             Ok(c) => {
                 let bsize = 4096u64;
@@ -805,6 +861,7 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _t = OpTimer::start("setxattr");
         let f = XattrFlags {
             create: flags & libc::XATTR_CREATE != 0,
             replace: flags & libc::XATTR_REPLACE != 0,
@@ -817,6 +874,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = OpTimer::start("getxattr");
         match self
             .vfs
             .getxattr(&self.creds(req), Ino(ino.0), name.as_bytes())
@@ -829,6 +887,7 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = OpTimer::start("listxattr");
         match self.vfs.listxattr(Ino(ino.0)) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -849,6 +908,7 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = OpTimer::start("removexattr");
         empty(
             reply,
             self.vfs
@@ -857,6 +917,7 @@ impl Filesystem for FuseFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = OpTimer::start("access");
         empty(
             reply,
             self.vfs
@@ -878,6 +939,7 @@ impl Filesystem for FuseFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let _t = OpTimer::start("ioctl");
         reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
@@ -893,6 +955,7 @@ impl Filesystem for FuseFs {
         _flags: fuser::PollFlags,
         reply: fuser::ReplyPoll,
     ) {
+        let _t = OpTimer::start("poll");
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
@@ -908,6 +971,7 @@ impl Filesystem for FuseFs {
         _whence: i32,
         reply: fuser::ReplyLseek,
     ) {
+        let _t = OpTimer::start("lseek");
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
@@ -926,6 +990,7 @@ impl Filesystem for FuseFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _t = OpTimer::start("copy_file_range");
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
@@ -939,6 +1004,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _t = OpTimer::start("create");
         let perm = (mode & !umask & 0o7777) as u16;
         match self.vfs.create(
             &self.creds(req),

@@ -343,6 +343,20 @@ async fn run(shared: Arc<Shared>, call: Call, record: Vec<u8>) -> Vec<u8> {
 /// the server hold [`MAX_IN_FLIGHT`] such records per connection, over
 /// as many connections as it opens.
 fn dispatch(s: &Shared, call: &Call, record: &[u8]) -> Vec<u8> {
+    let start = std::time::Instant::now();
+    let reply = dispatch_call(s, call, record);
+    // An accepted reply is the record mark, xid, REPLY, MSG_ACCEPTED, an
+    // empty verifier (flavor, length) and accept_stat: 28 bytes; an NFS
+    // result starts with its status. A refusal counts as an error.
+    const ACCEPTED_LEN: usize = 28;
+    let zero = |at: usize| reply.get(at..at + 4) == Some(&[0, 0, 0, 0][..]);
+    let ok = zero(ACCEPTED_LEN - 4)
+        && (call.prog != NFS_PROGRAM || call.proc == 0 || zero(ACCEPTED_LEN));
+    crate::metrics::observe("nfs", proc_name(call.prog, call.proc), start, ok);
+    reply
+}
+
+fn dispatch_call(s: &Shared, call: &Call, record: &[u8]) -> Vec<u8> {
     let xid = call.xid;
     let args = record.get(call.args_at..).unwrap_or_default();
     tracing::debug!(

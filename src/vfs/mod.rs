@@ -1009,6 +1009,9 @@ impl Vfs {
                 .block_on(self.tm.read(file, m.start, &mut out[from..to]))
                 .map_err(|e| FsError::io("read from the object store", e))?;
         }
+        if let Some(m) = crate::metrics::global() {
+            m.read_bytes.inc_by(out.len() as u64);
+        }
         Ok(out)
     }
 
@@ -1102,6 +1105,9 @@ impl Vfs {
         st.dirty = true;
         drop(st);
         self.tm.notify_write(file, offset, done as u64);
+        if let Some(m) = crate::metrics::global() {
+            m.written_bytes.inc_by(done as u64);
+        }
         Ok(done as u32)
     }
 
@@ -1452,6 +1458,11 @@ impl Vfs {
     /// `EIO`.
     pub fn statfs(&self) -> Result<Usage> {
         self.meta.usage()
+    }
+
+    /// The write-ahead log's next LSN (for metrics).
+    pub fn log_next_lsn(&self) -> u64 {
+        self.persister.next_lsn().0
     }
 
     /// Space as `df` should show it, in bytes: with a `file://` store,
