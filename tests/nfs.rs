@@ -676,6 +676,68 @@ fn concurrent_clients_lose_nothing() {
     s.close();
 }
 
+/// A REMOVE resent with the same xid (a client that lost the reply) gets
+/// the first answer again from the duplicate request cache, not
+/// `NFS3ERR_NOENT`.
+#[test]
+fn a_resent_remove_gets_the_first_answer() {
+    use nfs3_client::nfs3_types::rpc::{call_body, msg_body, rpc_msg};
+    use nfs3_client::nfs3_types::xdr_codec::Pack;
+    let s = serve(None);
+    let mut c = s.client(0, 0);
+    let root = c.conn.root_nfs_fh3();
+    ok!(s
+        .rt
+        .block_on(c.conn.create(&CREATE3args {
+            where_: dirop(&root, "victim"),
+            how: createhow3::UNCHECKED(mode(0o644)),
+        }))
+        .unwrap());
+    let msg = rpc_msg {
+        xid: 0x5eed,
+        body: msg_body::CALL(call_body {
+            rpcvers: 2,
+            prog: 100_003,
+            vers: 3,
+            proc: 12,
+            cred: opaque_auth::auth_unix(&auth_unix {
+                stamp: 1,
+                machinename: Opaque::borrowed(b"test"),
+                uid: 0,
+                gid: 0,
+                gids: vec![],
+            }),
+            verf: opaque_auth::default(),
+        }),
+    };
+    let mut body = Vec::new();
+    msg.pack(&mut body).unwrap();
+    REMOVE3args {
+        object: dirop(&root, "victim"),
+    }
+    .pack(&mut body)
+    .unwrap();
+    let mut record = ((body.len() as u32) | 0x8000_0000).to_be_bytes().to_vec();
+    record.extend_from_slice(&body);
+    let mut t = TcpStream::connect(s.addr).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut call = || {
+        t.write_all(&record).unwrap();
+        let mut mark = [0u8; 4];
+        t.read_exact(&mut mark).unwrap();
+        let len = (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize;
+        let mut reply = vec![0u8; len];
+        t.read_exact(&mut reply).unwrap();
+        reply
+    };
+    let first = call();
+    let again = call();
+    let status = |r: &[u8]| u32::from_be_bytes(r[24..28].try_into().unwrap());
+    assert_eq!(status(&first), 0, "the first REMOVE succeeds");
+    assert_eq!(first, again, "the resent REMOVE gets the same reply");
+    s.close();
+}
+
 /// Malformed input gets an RPC error or a closed connection, never a
 /// panic or a hang, and the server goes on serving others.
 #[test]

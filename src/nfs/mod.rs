@@ -28,12 +28,14 @@
 //!   mount over one connection, and a call that waits for the object
 //!   store or a sync does not hold up the others.
 //!
+//! - a duplicate request cache for non-idempotent procedures
+//!   (`drc.rs`): a call resent after a lost reply gets the first reply.
+//!
 //! Not supported: NFSv2 and v4, UDP, the portmapper (rpcbind), the lock
-//! manager (NLM) and status monitor, NFSACL, RPCSEC_GSS, a duplicate
-//! request cache (a non-idempotent call retransmitted after a lost reply
-//! is run again: a second REMOVE answers `NFS3ERR_NOENT`), and reads of
+//! manager (NLM) and status monitor, NFSACL, RPCSEC_GSS, and reads of
 //! files with execute permission only (knfsd allows them, for `exec`).
 
+mod drc;
 mod handle;
 mod mount;
 mod nfs3;
@@ -113,6 +115,7 @@ struct Shared {
     vfs: Arc<Vfs>,
     config: ServerConfig,
     verifier: [u8; 8],
+    drc: drc::Drc,
 }
 
 /// An NFSv3 + MOUNT v3 server bound to a TCP port, not yet serving.
@@ -144,6 +147,7 @@ impl Server {
                 vfs,
                 config,
                 verifier: rand::random(),
+                drc: drc::Drc::default(),
             }),
         })
     }
@@ -277,9 +281,11 @@ async fn connection(
             Parsed::Call(call) => {
                 let (shared, tx) = (shared.clone(), tx.clone());
                 calls.spawn(async move {
-                    let reply = run(shared, call, record).await;
-                    // The writer is gone only if the connection is.
-                    let _ = tx.send(reply).await;
+                    // None: the same call is still running (a resend).
+                    if let Some(reply) = run(shared, call, record, peer).await {
+                        // The writer is gone only if the connection is.
+                        let _ = tx.send(reply).await;
+                    }
                 });
             }
             Parsed::Reply(reply) => {
@@ -320,14 +326,41 @@ async fn write_replies(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, peer
 }
 
 /// Runs one call on the blocking pool and returns its reply record
-/// (`SYSTEM_ERR` if it panicked).
-async fn run(shared: Arc<Shared>, call: Call, record: Vec<u8>) -> Vec<u8> {
+/// (`SYSTEM_ERR` if it panicked). A non-idempotent NFS call goes through
+/// the duplicate request cache ([`drc`]): a resent one is answered with
+/// the kept reply, or not at all while the first still runs (`None`).
+async fn run(
+    shared: Arc<Shared>,
+    call: Call,
+    record: Vec<u8>,
+    peer: SocketAddr,
+) -> Option<Vec<u8>> {
     let xid = call.xid;
-    match tokio::task::spawn_blocking(move || dispatch(&shared, &call, &record)).await {
+    let r = tokio::task::spawn_blocking(move || {
+        let cached = call.prog == NFS_PROGRAM && drc::non_idempotent(call.proc);
+        let args = record.get(call.args_at..).unwrap_or_default();
+        if cached {
+            match shared.drc.begin(peer.ip(), call.xid, call.proc, args) {
+                drc::Seen::New => {}
+                drc::Seen::Running => return None,
+                drc::Seen::Done(reply) => {
+                    tracing::debug!(xid, %peer, "resent call answered from the duplicate request cache");
+                    return Some(reply);
+                }
+            }
+        }
+        let reply = dispatch(&shared, &call, &record);
+        if cached {
+            shared.drc.finish(peer.ip(), call.xid, call.proc, args, &reply);
+        }
+        Some(reply)
+    })
+    .await;
+    match r {
         Ok(reply) => reply,
         Err(e) => {
             tracing::error!(xid, error = %e, "NFS call failed");
-            rpc::accepted(xid, accept_stat_data::SYSTEM_ERR)
+            Some(rpc::accepted(xid, accept_stat_data::SYSTEM_ERR))
         }
     }
 }
