@@ -808,3 +808,27 @@ fn df_shows_the_disk_of_a_file_store() {
     assert!(a.abs_diff(b) < 1 << 20, "mount {a} bytes, disk {b} bytes");
     m.stop();
 }
+
+/// A second process on a data directory in use is told which process
+/// holds it and how to stop it (before: "metadata database: database is
+/// locked").
+#[test]
+fn a_data_dir_in_use_names_its_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let data = tmp.path().join("data");
+    let m = Mount::start(&mp, &data, &[]);
+    let out = Command::new(BIN)
+        .args(["gc", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let pid = m.child.as_ref().unwrap().id();
+    assert!(
+        err.contains(&format!("in use by slicefs pid {pid}")) && err.contains("slicefs umount"),
+        "{err}"
+    );
+    m.stop();
+}

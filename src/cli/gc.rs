@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use slicefs::vfs::open_fs;
 
-use super::mount::{FsArgs, parse_duration, resolve};
+use super::mount::{FsArgs, open_error, parse_duration, resolve};
 
 /// `slicefs gc`.
 #[derive(Debug, Args)]
@@ -45,7 +45,7 @@ pub fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
         .context("start the runtime")?;
     let opened = rt
         .block_on(open_fs(&r.options, rt.handle()))
-        .with_context(|| format!("open the file system in {}", data_dir.display()))?;
+        .map_err(|e| open_error(&data_dir, e))?;
     let tm = opened.vfs.transfer().clone();
     let report = rt
         .block_on(tm.sweep_orphans_with(grace, args.dry_run))

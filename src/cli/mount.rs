@@ -583,7 +583,7 @@ fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow
                 b.set_position(done);
             },
         ))
-        .with_context(|| format!("open the file system in {}", data_dir.display()))?;
+        .map_err(|e| open_error(&data_dir, e))?;
     bar.finish_and_clear();
     tracing::info!(
         records = opened.replay.records,
@@ -954,6 +954,29 @@ fn read_status(dir: &Path) -> anyhow::Result<Status> {
             dir.display()
         )
     })
+}
+
+/// The error of opening the file system in `data_dir`, with the process
+/// that holds it named when the data directory is in use (its metadata
+/// database or log is locked by a running mount or server).
+pub(super) fn open_error(data_dir: &Path, e: slicefs::error::FsError) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("database is locked") || text.contains("locked by another process") {
+        let holder = read_status(data_dir)
+            .ok()
+            .filter(|s| alive(s.pid))
+            .map(|s| {
+                format!(
+                    " by slicefs pid {} ({}); stop it first (slicefs umount {})",
+                    s.pid,
+                    s.mountpoint.display(),
+                    s.mountpoint.display()
+                )
+            })
+            .unwrap_or_else(|| " by another process".into());
+        return anyhow::anyhow!("data directory {} is in use{holder}", data_dir.display());
+    }
+    anyhow::Error::new(e).context(format!("open the file system in {}", data_dir.display()))
 }
 
 fn alive(pid: u32) -> bool {
