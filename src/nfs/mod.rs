@@ -20,8 +20,10 @@
 //!   Every server instance has its own write verifier ([`Server::verifier`]),
 //!   so after a crash or restart clients resend the writes they had not
 //!   committed;
-//! - every VFS call runs on Tokio's blocking pool (`spawn_blocking`): the
-//!   VFS blocks on log syncs, SQLite and object store reads;
+//! - calls that change anything, READ and READDIR run on Tokio's blocking
+//!   pool (`spawn_blocking`): the VFS blocks on log syncs, SQLite and
+//!   object store reads; calls that only read metadata run on the
+//!   connection's task (see `connection`);
 //! - each connection runs up to [`MAX_IN_FLIGHT`] calls at once and
 //!   answers each when it is done (RPC replies over TCP are matched by
 //!   transaction id, not by order): a Linux client sends every call of a
@@ -46,13 +48,13 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nfs3_types::rpc::accept_stat_data;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -231,6 +233,14 @@ impl Server {
 /// Serves one connection until the peer closes it, it breaks the
 /// protocol, or `stop`: reads records, runs up to [`MAX_IN_FLIGHT`] calls
 /// at once, and writes each reply when its call is done.
+///
+/// Calls that only read metadata ([`runs_inline`]) run on this task
+/// between two reads, and their reply is written from here: a trip
+/// through the blocking pool and back would cost more thread switches
+/// than the call (over loopback about half of a GETATTR's latency).
+/// They take microseconds, but may wait for the metadata lock held by a
+/// commit. Every other call runs on the blocking pool, and its task
+/// writes its reply.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -239,8 +249,13 @@ async fn connection(
 ) {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(RECORD_SLACK, rd);
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_replies(wr, rx, peer));
+    let out = Arc::new(ReplyWriter {
+        wr: tokio::sync::Mutex::new(BufWriter::with_capacity(RECORD_SLACK, wr)),
+        waiting: AtomicUsize::new(0),
+        broken: stop.child_token(),
+        failed: AtomicBool::new(false),
+        peer,
+    });
     let limit = usize::try_from(shared.config.max_io)
         .unwrap_or(usize::MAX)
         .saturating_add(RECORD_SLACK);
@@ -249,16 +264,16 @@ async fn connection(
         while calls.len() >= MAX_IN_FLIGHT {
             tokio::select! {
                 biased;
-                () = stop.cancelled() => break 'records,
+                () = out.broken.cancelled() => break 'records,
                 _ = calls.join_next() => {}
             }
         }
         while calls.try_join_next().is_some() {}
         let read = tokio::select! {
             biased;
-            () = stop.cancelled() => break,
-            // The writer stopped: the connection is broken.
-            () = tx.closed() => break,
+            // Stopped, or a reply could not be sent: the connection is
+            // broken.
+            () = out.broken.cancelled() => break,
             r = rpc::read_record(&mut rd, limit) => r,
         };
         let record = match read {
@@ -278,19 +293,24 @@ async fn connection(
             }
         };
         match rpc::parse_call(&record, shared.config.squash_root) {
+            Parsed::Call(call) if runs_inline(&call) => {
+                if let Some(reply) = run(&shared, call, record, peer) {
+                    out.send(reply).await;
+                }
+            }
             Parsed::Call(call) => {
-                let (shared, tx) = (shared.clone(), tx.clone());
+                let (shared, out) = (shared.clone(), out.clone());
                 calls.spawn(async move {
+                    let reply =
+                        tokio::task::spawn_blocking(move || run(&shared, call, record, peer)).await;
                     // None: the same call is still running (a resend).
-                    if let Some(reply) = run(shared, call, record, peer).await {
-                        // The writer is gone only if the connection is.
-                        let _ = tx.send(reply).await;
+                    // A panic was caught in `run`.
+                    if let Ok(Some(reply)) = reply {
+                        out.send(reply).await;
                     }
                 });
             }
-            Parsed::Reply(reply) => {
-                let _ = tx.send(reply).await;
-            }
+            Parsed::Reply(reply) => out.send(reply).await,
             Parsed::Ignore => {}
             Parsed::Close(why) => {
                 tracing::warn!(%peer, why, "NFS connection dropped: not an RPC call");
@@ -299,44 +319,65 @@ async fn connection(
         }
     }
     while calls.join_next().await.is_some() {}
-    drop(tx);
-    if let Err(e) = writer.await {
-        tracing::warn!(%peer, error = %e, "NFS reply writer failed");
-    }
+    let _ = out.wr.lock().await.shutdown().await;
 }
 
-/// Writes replies as they come, flushing whenever none is waiting; stops
-/// at the first write error (the connection is gone).
-async fn write_replies(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, peer: SocketAddr) {
-    let mut wr = BufWriter::with_capacity(RECORD_SLACK, wr);
-    while let Some(reply) = rx.recv().await {
+/// Whether `call` runs on the connection's task ([`connection`]): the
+/// NFS procedures that read metadata only and answer in one small record
+/// (NULL, GETATTR, LOOKUP, ACCESS, READLINK, FSSTAT, FSINFO, PATHCONF).
+/// Not READ (it may wait for the object store), READDIR (its replies are
+/// large) nor any change (they may sync).
+fn runs_inline(call: &Call) -> bool {
+    call.prog == NFS_PROGRAM && matches!(call.proc, 0 | 1 | 3 | 4 | 5 | 18 | 19 | 20)
+}
+
+/// The sending half of a connection, shared by its calls: each writes
+/// its reply when done (RPC over TCP matches replies by xid, not order).
+struct ReplyWriter {
+    wr: tokio::sync::Mutex<BufWriter<OwnedWriteHalf>>,
+    /// Replies waiting for `wr`: the last one out flushes.
+    waiting: AtomicUsize,
+    /// Cancelled when the server stops or a reply cannot be sent: the
+    /// connection reads no more calls.
+    broken: CancellationToken,
+    /// A reply could not be sent: the replies after it are dropped.
+    failed: AtomicBool,
+    peer: SocketAddr,
+}
+
+impl ReplyWriter {
+    /// Writes `reply` (a record without its mark), flushing unless
+    /// another reply waits to be written after it. A failure (the peer is
+    /// gone) cancels [`ReplyWriter::broken`] and drops the later replies.
+    async fn send(&self, reply: Vec<u8>) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut wr = self.wr.lock().await;
+        let last = self.waiting.fetch_sub(1, Ordering::SeqCst) == 1;
+        if self.failed.load(Ordering::SeqCst) {
+            return;
+        }
         let sent = async {
             wr.write_all(&rpc::finish(reply)?).await?;
-            if rx.is_empty() {
+            if last {
                 wr.flush().await?;
             }
             Ok::<_, io::Error>(())
         };
         if let Err(e) = sent.await {
-            tracing::warn!(%peer, error = %e, "NFS reply not sent; connection dropped");
-            return;
+            tracing::warn!(peer = %self.peer, error = %e, "NFS reply not sent; connection dropped");
+            self.failed.store(true, Ordering::SeqCst);
+            self.broken.cancel();
         }
     }
-    let _ = wr.shutdown().await;
 }
 
-/// Runs one call on the blocking pool and returns its reply record
+/// Runs one call and returns its reply record
 /// (`SYSTEM_ERR` if it panicked). A non-idempotent NFS call goes through
 /// the duplicate request cache ([`drc`]): a resent one is answered with
 /// the kept reply, or not at all while the first still runs (`None`).
-async fn run(
-    shared: Arc<Shared>,
-    call: Call,
-    record: Vec<u8>,
-    peer: SocketAddr,
-) -> Option<Vec<u8>> {
+fn run(shared: &Shared, call: Call, record: Vec<u8>, peer: SocketAddr) -> Option<Vec<u8>> {
     let xid = call.xid;
-    let r = tokio::task::spawn_blocking(move || {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let cached = call.prog == NFS_PROGRAM && drc::non_idempotent(call.proc);
         let args = record.get(call.args_at..).unwrap_or_default();
         if cached {
@@ -349,17 +390,18 @@ async fn run(
                 }
             }
         }
-        let reply = dispatch(&shared, &call, &record);
+        let reply = dispatch(shared, &call, &record);
         if cached {
-            shared.drc.finish(peer.ip(), call.xid, call.proc, args, &reply);
+            shared
+                .drc
+                .finish(peer.ip(), call.xid, call.proc, args, &reply);
         }
         Some(reply)
-    })
-    .await;
+    }));
     match r {
         Ok(reply) => reply,
-        Err(e) => {
-            tracing::error!(xid, error = %e, "NFS call failed");
+        Err(_) => {
+            tracing::error!(xid, "NFS call panicked; answered SYSTEM_ERR");
             Some(rpc::accepted(xid, accept_stat_data::SYSTEM_ERR))
         }
     }
