@@ -746,6 +746,101 @@ print("ok")
     assert!(noisy.is_empty(), "{}", noisy.join("\n"));
 }
 
+/// `find -printf` of every entry below `dir`: mode, owner, group, size,
+/// mtime, type, links and path, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let out = run(Command::new("find")
+        .arg(dir)
+        .arg("-mindepth")
+        .arg("1")
+        .args(["-printf", "%m %u %g %s %T@ %y %n %P\n"]));
+    let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// Extended attributes follow ext4's namespace rules, and POSIX ACLs
+/// answer EOPNOTSUPP so that `cp -a` falls back to chmod: before, the
+/// ACL was stored opaquely and every copied file kept the mode it was
+/// created with (600, directories 700).
+#[test]
+fn cp_a_keeps_modes_owners_and_times_and_xattrs_follow_ext4() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let modes: [(&str, u32); 6] = [
+        ("a.txt", 0o644),
+        ("b.sh", 0o755),
+        ("secret", 0o600),
+        ("group", 0o640),
+        ("setuid", 0o4755),
+        ("ro", 0o444),
+    ];
+    for d in ["", "sub", "sub/deep"] {
+        let dir = src.join(d);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, mode) in modes {
+            let f = dir.join(name);
+            std::fs::write(&f, name.repeat(100)).unwrap();
+            run(Command::new("chmod").arg(format!("{mode:o}")).arg(&f));
+        }
+        std::os::unix::fs::symlink("a.txt", dir.join("link")).unwrap();
+    }
+    run(Command::new("chmod").arg("750").arg(src.join("sub")));
+    std::fs::create_dir(src.join("sticky")).unwrap();
+    run(Command::new("chmod").arg("1777").arg(src.join("sticky")));
+    run(Command::new("chown")
+        .arg("1000:1000")
+        .arg(src.join("a.txt")));
+    run(Command::new("chown")
+        .arg("-h")
+        .arg("1000:100")
+        .arg(src.join("sub/link")));
+    run(Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06.789"])
+        .arg(src.join("ro")));
+
+    let mp = tmp.path().join("mnt");
+    let m = Mount::start(&mp, &tmp.path().join("data"), &[]);
+    run(Command::new("cp").arg("-a").arg(&src).arg(mp.join("copy")));
+    assert_eq!(listing(&mp.join("copy")), listing(&src));
+    let moved = tmp.path().join("moved");
+    run(Command::new("cp").arg("-a").arg(&src).arg(&moved));
+    run(Command::new("mv").arg(&moved).arg(mp.join("moved")));
+    assert_eq!(listing(&mp.join("moved")), listing(&src));
+
+    let script = r#"
+import errno, os, sys
+d = sys.argv[1]
+f = os.path.join(d, "copy", "a.txt")
+def err(fn, *a, **k):
+    try:
+        fn(*a, **k)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    return "ok"
+print(err(os.setxattr, f, "bogus.x", b"1"))
+print(err(os.setxattr, f, "system.posix_acl_access", b"\x02\x00\x00\x00"))
+print(err(os.getxattr, f, "system.posix_acl_access"))
+print(err(os.setxattr, f, "user.k", b"v"), os.getxattr(f, "user.k"))
+print(err(os.setxattr, os.path.join(d, "copy", "link"), "user.k", b"v", follow_symlinks=False))
+print(err(os.setxattr, f, "trusted.t", b"1"), sorted(os.listxattr(f)))
+"#;
+    let out = run(Command::new("python3").args(["-c", script]).arg(&mp));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "ENOTSUP",
+            "ENOTSUP",
+            "ENOTSUP",
+            "ok b'v'",
+            "EPERM",
+            "ok ['trusted.t', 'user.k']",
+        ],
+        "{out}"
+    );
+    m.stop();
+}
+
 /// The standard AWS environment alone (endpoint, keys, region,
 /// `AWS_ALLOW_HTTP=true`) reaches an S3 store: before, the client options
 /// slicefs set replaced the environment's, and plain HTTP was refused.

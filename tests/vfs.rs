@@ -207,7 +207,7 @@ fn files_directories_links_and_names() {
         v.setxattr(&root, f, b"user.k", b"v", XattrFlags::default())
             .unwrap();
         assert_eq!(v.getxattr(&root, f, b"user.k").unwrap(), b"v");
-        assert_eq!(v.listxattr(f).unwrap(), vec![b"user.k".to_vec()]);
+        assert_eq!(v.listxattr(&root, f).unwrap(), vec![b"user.k".to_vec()]);
         v.removexattr(&root, f, b"user.k").unwrap();
         assert_eq!(errno(v.getxattr(&root, f, b"user.k")), libc::ENODATA);
         assert!(v.statfs().unwrap().inodes >= 5);

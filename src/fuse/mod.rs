@@ -306,8 +306,8 @@ fn negative_attr() -> FileAttr {
 pub fn file_attr(a: &Inode) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino.0),
-        size: a.size,
-        blocks: a.size.div_ceil(512),
+        size: a.stat_size(),
+        blocks: a.stat_size().div_ceil(512),
         atime: time(a.atime),
         mtime: time(a.mtime),
         ctime: time(a.ctime),
@@ -886,9 +886,9 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _t = OpTimer::start("listxattr");
-        match self.vfs.listxattr(Ino(ino.0)) {
+        match self.vfs.listxattr(&self.creds(req), Ino(ino.0)) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {

@@ -21,7 +21,9 @@ use crate::blockstore::BlockKey;
 pub use ops::{Check, LINK_MAX, NAME_MAX, Policy, XattrFlags};
 pub use sqlite::SCHEMA_VERSION;
 pub use store::MetaStore;
-pub use types::{DirEntry, FileKind, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage};
+pub use types::{
+    DIR_SIZE, DirEntry, FileKind, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage,
+};
 
 /// Address of one block of one file: 4 MiB at
 /// `chunk * 64 MiB + block * 4 MiB`.

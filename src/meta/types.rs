@@ -139,7 +139,23 @@ impl Inode {
     pub fn mode(&self) -> u32 {
         self.kind.mode_bits() | u32::from(self.perm)
     }
+
+    /// `st_size` as the front ends report it: [`DIR_SIZE`] for a
+    /// directory (its entries live in metadata, not in its data), `size`
+    /// for the others.
+    pub fn stat_size(&self) -> u64 {
+        match self.kind {
+            FileKind::Directory => DIR_SIZE,
+            _ => self.size,
+        }
+    }
 }
+
+/// The size reported for every directory, in bytes: one 4 KiB block, as
+/// ext4 reports a small directory (and JuiceFS every directory), so that
+/// listings compared with a local copy (`find -printf %s`, `rsync -n`)
+/// show no difference.
+pub const DIR_SIZE: u64 = 4096;
 
 /// What to create.
 #[derive(Clone, Copy, Debug)]

@@ -19,6 +19,7 @@ mod reaper;
 mod space;
 mod stateless;
 pub mod volume;
+mod xattr;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,7 +32,7 @@ use slicefs_wal::{Persister, SliceWrite, WalError};
 use crate::error::FsError;
 use crate::meta::{
     Check, DirEntry, FileKind, Ino, Inode, MetaStore, NewNode, RenameFlags, SetAttr, Timespec,
-    Usage, XattrFlags,
+    Usage,
 };
 use crate::transfer::TransferManager;
 pub use open::{FsOptions, MetaKind, OpenedFs, PersisterKind, open_fs, open_fs_with_progress};
@@ -1489,59 +1490,6 @@ impl Vfs {
             avail_bytes: REMOTE_CAPACITY_BYTES.saturating_sub(u.bytes),
             usage: u,
         })
-    }
-
-    /// `getxattr`.
-    ///
-    /// # Errors
-    /// `ENODATA`, `EACCES`, `ENOENT`.
-    pub fn getxattr(&self, creds: &Creds, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        perm::check(creds, &self.attr(ino)?, Access::READ)?;
-        if !self.xattrs_exist.load(Ordering::Acquire) {
-            // The kernel asks for `security.capability` before the first
-            // write to every inode: with no extended attribute anywhere
-            // that is `ENODATA` without a metadata read.
-            return Err(FsError::NoAttr);
-        }
-        self.meta.get_xattr(ino, name)
-    }
-
-    /// `setxattr` (`XATTR_CREATE`, `XATTR_REPLACE`): needs write
-    /// permission.
-    ///
-    /// # Errors
-    /// `EEXIST`, `ENODATA`, `ERANGE`, `EFBIG`, `EACCES`, `ENOENT`.
-    pub fn setxattr(
-        &self,
-        creds: &Creds,
-        ino: Ino,
-        name: &[u8],
-        value: &[u8],
-        flags: XattrFlags,
-    ) -> Result<()> {
-        perm::check(creds, &self.attr(ino)?, Access::WRITE)?;
-        // Before the change: a getxattr that sees it must not answer from
-        // the flag.
-        self.xattrs_exist.store(true, Ordering::Release);
-        self.meta
-            .set_xattr(ino, name, value, flags, Timespec::now())
-    }
-
-    /// `listxattr`.
-    ///
-    /// # Errors
-    /// `ENOENT`.
-    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        self.meta.list_xattr(ino)
-    }
-
-    /// `removexattr`.
-    ///
-    /// # Errors
-    /// `ENODATA`, `EACCES`, `ENOENT`.
-    pub fn removexattr(&self, creds: &Creds, ino: Ino, name: &[u8]) -> Result<()> {
-        perm::check(creds, &self.attr(ino)?, Access::WRITE)?;
-        self.meta.remove_xattr(ino, name, Timespec::now())
     }
 }
 

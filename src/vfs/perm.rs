@@ -100,11 +100,12 @@ pub fn check(creds: &Creds, inode: &Inode, want: Access) -> Result<(), FsError> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::meta::{Ino, Timespec};
 
-    fn inode(kind: FileKind, perm: u16) -> Inode {
+    /// An inode of `kind` and `perm` owned by uid 10, gid 20.
+    pub(in crate::vfs) fn inode(kind: FileKind, perm: u16) -> Inode {
         Inode {
             ino: Ino(2),
             kind,
