@@ -841,33 +841,19 @@ print(err(os.setxattr, f, "trusted.t", b"1"), sorted(os.listxattr(f)))
     m.stop();
 }
 
-/// The standard AWS environment alone (endpoint, keys, region,
-/// `AWS_ALLOW_HTTP=true`) reaches an S3 store: before, the client options
-/// slicefs set replaced the environment's, and plain HTTP was refused.
-#[test]
-fn the_aws_environment_alone_reaches_the_store() {
-    let sw = Seaweed::start().expect("start SeaweedFS");
-    sw.create_bucket("slicefs").expect("bucket");
-    let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("serve.log");
+/// `cmd` (`slicefs serve` with a store and environment) on an ephemeral
+/// port: waits until it serves, then stops it with SIGTERM and
+/// returns its log. `Err(log)` if it exited first.
+fn serve_then_stop(cmd: &mut Command, dir: &Path) -> Result<String, String> {
+    let log = dir.join("serve.log");
     let out = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "s3://slicefs/env",
-    ])
-    .arg("--data-dir")
-    .arg(tmp.path().join("data"))
-    .args(["--log-level", "info"])
-    .stdin(Stdio::null())
-    .stdout(out.try_clone().unwrap())
-    .stderr(out);
-    for (k, v) in sw.store_options() {
-        cmd.env(k.to_ascii_uppercase(), v);
-    }
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--log-level", "info"])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
@@ -875,8 +861,8 @@ fn the_aws_environment_alone_reaches_the_store() {
         if text.contains("over NFSv3 on") {
             break text;
         }
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!("slicefs serve exited ({st}):\n{text}");
+        if child.try_wait().unwrap().is_some() {
+            return Err(std::fs::read_to_string(&log).unwrap_or_default());
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -887,6 +873,98 @@ fn the_aws_environment_alone_reaches_the_store() {
     run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     let st = child.wait().unwrap();
     assert!(st.success(), "{text}");
+    Ok(text)
+}
+
+/// `slicefs serve` with no `AWS_*` variable and `HOME` in `home`.
+fn without_aws_env(home: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", home);
+    cmd
+}
+
+/// The standard AWS environment alone (endpoint, keys, region,
+/// `AWS_ALLOW_HTTP=true`) reaches an S3 store: before, the client options
+/// slicefs set replaced the environment's, and plain HTTP was refused.
+#[test]
+fn the_aws_environment_alone_reaches_the_store() {
+    let sw = Seaweed::start().expect("start SeaweedFS");
+    sw.create_bucket("slicefs").expect("bucket");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = without_aws_env(tmp.path());
+    cmd.args(["--store", "s3://slicefs/env"]);
+    for (k, v) in sw.store_options() {
+        cmd.env(k.to_ascii_uppercase(), v);
+    }
+    serve_then_stop(&mut cmd, tmp.path()).unwrap();
+}
+
+/// `AWS_PROFILE` with `~/.aws/credentials` (keys) and `~/.aws/config`
+/// (region and `endpoint_url`) reaches the store, as every AWS tool
+/// does; before, profiles were not read at all.
+#[test]
+fn an_aws_profile_reaches_the_store() {
+    let sw = Seaweed::start().expect("start SeaweedFS");
+    sw.create_bucket("slicefs").expect("bucket");
+    let tmp = tempfile::tempdir().unwrap();
+    let opt = |k: &str| sw.store_option(k);
+    let aws = tmp.path().join(".aws");
+    std::fs::create_dir(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n\
+             [seaweed]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            opt("aws_access_key_id"),
+            opt("aws_secret_access_key")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "[profile seaweed]\nregion = {}\nendpoint_url = {}\n",
+            opt("aws_region"),
+            opt("aws_endpoint")
+        ),
+    )
+    .unwrap();
+    let mut cmd = without_aws_env(tmp.path());
+    cmd.args(["--store", "s3://slicefs/profile"])
+        .env("AWS_PROFILE", "seaweed")
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false");
+    serve_then_stop(&mut cmd, tmp.path()).unwrap();
+}
+
+/// With no credentials anywhere, one line says what to set (not an error
+/// about the instance metadata address).
+#[test]
+fn no_aws_credentials_anywhere_is_one_clear_error() {
+    let sw = Seaweed::start().expect("start SeaweedFS");
+    let tmp = tempfile::tempdir().unwrap();
+    let opt = |k: &str| sw.store_option(k);
+    let mut cmd = without_aws_env(tmp.path());
+    cmd.args(["--store", "s3://slicefs/none"])
+        .env("AWS_ENDPOINT", opt("aws_endpoint"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", opt("aws_region"))
+        // Not on EC2: skip the instance metadata service's timeouts.
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let log = serve_then_stop(&mut cmd, tmp.path()).expect_err("served without credentials");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("no AWS credentials found: set AWS_ACCESS_KEY_ID"),
+        "{log}"
+    );
+    assert!(!log.contains("169.254"), "{log}");
 }
 
 /// `df` of a mount on the default `file://` store shows the disk that

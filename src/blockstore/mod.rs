@@ -15,6 +15,7 @@
 //! garbage collector after the metadata that referenced them is replaced.
 //! An object is at most 4 MiB; a block at the end of a file may be shorter.
 
+mod aws;
 mod faulty;
 
 use std::fmt;
@@ -303,7 +304,10 @@ impl BlockStore {
         // The three cloud builders share one shape: environment, URL,
         // retry and timeout, then the caller's options.
         macro_rules! cloud {
-            ($builder:ty) => {{
+            ($builder:ty) => {
+                cloud!($builder, |b| b)
+            };
+            ($builder:ty, $finish:expr) => {{
                 let mut b = <$builder>::from_env()
                     .with_url(config.url.clone())
                     .with_retry(retry.clone());
@@ -315,6 +319,7 @@ impl BlockStore {
                     let key = k.parse().map_err(|e| invalid(format!("option {k}: {e}")))?;
                     b = b.with_config(key, v);
                 }
+                let b = $finish(b);
                 Arc::new(b.build().map_err(|e| invalid(e.to_string()))?) as Arc<dyn ObjectStore>
             }};
         }
@@ -343,7 +348,7 @@ impl BlockStore {
                 Path::from(url.path()),
             ),
             "s3" | "s3a" => (
-                cloud!(object_store::aws::AmazonS3Builder),
+                cloud!(object_store::aws::AmazonS3Builder, aws::standard_setup),
                 Path::from(url.path()),
             ),
             "gs" => (

@@ -133,6 +133,16 @@ impl Seaweed {
         ]
     }
 
+    /// One of [`Seaweed::store_options`] by key (`aws_endpoint`, ...).
+    #[allow(dead_code)]
+    pub fn store_option(&self, key: &str) -> String {
+        self.store_options()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no store option {key}"))
+    }
+
     /// [`Seaweed::store_options`] as `slicefs mount` arguments
     /// (`--store-option KEY=VALUE` ...).
     pub fn mount_args(&self) -> Vec<String> {
