@@ -1,13 +1,14 @@
 //! The in-memory backend of [`MetaStore`](super::MetaStore): maps under
 //! one mutex; a failed transaction is rolled back from an undo log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use super::ops::Tx;
 use super::store::{Backend, Barrier, TxMode};
 use super::types::{DirEntry, FileKind, Ino, Inode, Usage};
 use super::{BlockAddr, BlockRef};
+use crate::blockstore::BlockKey;
 use crate::error::FsError;
 use slicefs_wal::{ChunkIndex, FileId};
 
@@ -23,6 +24,7 @@ struct State {
     symlinks: HashMap<Ino, Vec<u8>>,
     xattrs: BTreeMap<(Ino, Vec<u8>), Vec<u8>>,
     blocks: BTreeMap<BlockAddr, BlockRef>,
+    doomed: BTreeSet<BlockKey>,
     counters: HashMap<&'static str, u64>,
 }
 
@@ -32,6 +34,8 @@ enum Undo {
     Symlink(Ino, Option<Vec<u8>>),
     Xattr((Ino, Vec<u8>), Option<Vec<u8>>),
     Block(BlockAddr, Option<BlockRef>),
+    /// A doomed key and whether it was on the list before.
+    Doomed(BlockKey, bool),
     Counter(&'static str, Option<u64>),
 }
 
@@ -114,6 +118,13 @@ impl MemTx<'_> {
                         Some(v) => self.s.blocks.insert(k, v),
                         None => self.s.blocks.remove(&k),
                     };
+                }
+                Undo::Doomed(k, was) => {
+                    if was {
+                        self.s.doomed.insert(k);
+                    } else {
+                        self.s.doomed.remove(&k);
+                    }
                 }
                 Undo::Counter(k, v) => {
                     match v {
@@ -296,6 +307,22 @@ impl Tx for MemTx<'_> {
     fn delete_block(&mut self, addr: BlockAddr) -> Result<()> {
         let old = self.s.blocks.remove(&addr);
         self.undo.push(Undo::Block(addr, old));
+        Ok(())
+    }
+
+    fn doom(&mut self, key: BlockKey) -> Result<()> {
+        let was = !self.s.doomed.insert(key);
+        self.undo.push(Undo::Doomed(key, was));
+        Ok(())
+    }
+
+    fn doomed(&mut self) -> Result<Vec<BlockKey>> {
+        Ok(self.s.doomed.iter().copied().collect())
+    }
+
+    fn forget_doomed(&mut self, key: BlockKey) -> Result<()> {
+        let was = self.s.doomed.remove(&key);
+        self.undo.push(Undo::Doomed(key, was));
         Ok(())
     }
 

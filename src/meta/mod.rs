@@ -133,6 +133,21 @@ pub trait BlockMap: Send + Sync {
     /// deleted object.
     fn sync(&self) -> Result<(), MetaError>;
 
+    /// The doomed list: objects dropped from the block map (by a
+    /// truncate, a removal or a newer version) and not yet deleted from
+    /// the store. An object joins it in the transaction that drops it,
+    /// so the list is exactly as durable as the drop; it leaves once
+    /// deleted ([`BlockMap::forget_doomed`]). After a restart the
+    /// transfer manager deletes what is left on it, so no deletion is
+    /// lost with a stop or a crash. Versions are never reused, so a
+    /// doomed object is never referenced again.
+    fn doomed(&self) -> Result<Vec<BlockKey>, MetaError>;
+
+    /// Takes `keys` (deleted from the store) off the doomed list, in one
+    /// transaction, not durable on return (a lost removal only means one
+    /// more delete of a missing object).
+    fn forget_doomed(&self, keys: &[BlockKey]) -> Result<(), MetaError>;
+
     /// Whether `key` is the committed version of its block.
     fn is_referenced(&self, key: &BlockKey) -> Result<bool, MetaError>;
 }

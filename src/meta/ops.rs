@@ -67,6 +67,13 @@ pub(crate) trait Tx {
     fn put_block(&mut self, addr: BlockAddr, r: BlockRef) -> Result<()>;
     fn delete_block(&mut self, addr: BlockAddr) -> Result<()>;
     fn file_blocks(&mut self, ino: Ino) -> Result<Vec<(BlockAddr, BlockRef)>>;
+    /// Records that object `key` is no longer referenced and must be
+    /// deleted from the store (the doomed list).
+    fn doom(&mut self, key: BlockKey) -> Result<()>;
+    /// The doomed list: objects dropped and not yet deleted.
+    fn doomed(&mut self) -> Result<Vec<BlockKey>>;
+    /// Takes `key` off the doomed list (its object is deleted).
+    fn forget_doomed(&mut self, key: BlockKey) -> Result<()>;
     fn orphans(&mut self) -> Result<Vec<Ino>>;
     /// Inodes whose size or last truncate depends on a log record past
     /// `lsn` (`size_lsn` or `truncate_lsn` above it).
@@ -562,6 +569,7 @@ pub(crate) fn truncate_blocks(tx: &mut dyn Tx, ino: Ino, size: u64) -> Result<Ve
         let start = addr.file_offset();
         if start >= size {
             tx.delete_block(addr)?;
+            tx.doom(addr.key(r.version))?;
             dropped.push(addr.key(r.version));
         } else if start + u64::from(r.len) > size {
             r.len = (size - start) as u32;
@@ -587,6 +595,9 @@ pub(crate) fn commit_block(
     }
     let old = tx.block(addr)?;
     tx.put_block(addr, new)?;
+    if let Some(o) = old {
+        tx.doom(addr.key(o.version))?;
+    }
     if let Some(mut f) = tx.inode(Ino(addr.file.0))? {
         let end = addr.file_offset() + u64::from(new.len);
         if end > f.size {
@@ -628,7 +639,7 @@ pub(crate) fn readlink(tx: &mut dyn Tx, ino: Ino) -> Result<Vec<u8>> {
 }
 
 /// Deletes an inode whose link count is 0 (no handle open); returns its
-/// block objects for garbage collection.
+/// block objects for garbage collection, also put on the doomed list.
 pub(crate) fn purge(tx: &mut dyn Tx, ino: Ino) -> Result<Vec<BlockKey>> {
     let Some(f) = tx.inode(ino)? else {
         return Ok(Vec::new());
@@ -636,11 +647,14 @@ pub(crate) fn purge(tx: &mut dyn Tx, ino: Ino) -> Result<Vec<BlockKey>> {
     if f.nlink > 0 {
         return Err(FsError::Invalid("purge of a linked inode"));
     }
-    let keys = tx
+    let keys: Vec<BlockKey> = tx
         .file_blocks(ino)?
         .into_iter()
         .map(|(a, r)| a.key(r.version))
         .collect();
+    for k in &keys {
+        tx.doom(*k)?;
+    }
     tx.delete_inode(ino)?;
     Ok(keys)
 }

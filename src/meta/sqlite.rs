@@ -42,6 +42,8 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+
+use crate::blockstore::BlockKey;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -56,7 +58,7 @@ use slicefs_wal::{ChunkIndex, FileId};
 type Result<T> = std::result::Result<T, FsError>;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// From version 1: the size's write LSN and the synced size.
 const UPGRADE_FROM_1: &str = "
@@ -65,6 +67,13 @@ ALTER TABLE inodes ADD COLUMN synced_size INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX inodes_size_lsn ON inodes(size_lsn);
 CREATE INDEX inodes_truncate_lsn ON inodes(truncate_lsn);
 UPDATE info SET value = 2 WHERE key = 'schema_version';
+";
+
+/// From version 2: the doomed list.
+const UPGRADE_FROM_2: &str = "
+CREATE TABLE doomed(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER NOT NULL,
+    version INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block, version));
+UPDATE info SET value = 3 WHERE key = 'schema_version';
 ";
 
 const SCHEMA: &str = "
@@ -91,6 +100,8 @@ CREATE TABLE xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NUL
     PRIMARY KEY(ino, name));
 CREATE TABLE blocks(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER NOT NULL,
     version INTEGER NOT NULL, len INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block));
+CREATE TABLE doomed(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER NOT NULL,
+    version INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block, version));
 ";
 
 /// Commits after which `sync` also checkpoints the WAL into the database,
@@ -181,9 +192,12 @@ impl SqliteBackend {
                     |r| r.get(0),
                 )
                 .optional()?;
-            if v == Some(1) {
+            if v == Some(1) || v == Some(2) {
                 let tx = conn.unchecked_transaction()?;
-                tx.execute_batch(UPGRADE_FROM_1)?;
+                if v == Some(1) {
+                    tx.execute_batch(UPGRADE_FROM_1)?;
+                }
+                tx.execute_batch(UPGRADE_FROM_2)?;
                 tx.commit()?;
             } else if v != Some(SCHEMA_VERSION) {
                 return Err(FsError::io(
@@ -356,6 +370,19 @@ impl SqlTx<'_, '_> {
             i.truncate_lsn as i64,
             i.size_lsn as i64,
             i.synced_size as i64,
+        ])?;
+        Ok(())
+    }
+}
+
+impl SqlTx<'_, '_> {
+    /// Runs `sql` with `k`'s (ino, chunk, block, version) as ?1..?4.
+    fn key_statement(&mut self, sql: &str, k: BlockKey) -> Result<()> {
+        self.tx.prepare_cached(sql)?.execute(params![
+            k.file.0 as i64,
+            k.chunk.0,
+            k.block,
+            k.version as i64
         ])?;
         Ok(())
     }
@@ -651,6 +678,35 @@ impl Tx for SqlTx<'_, '_> {
             .prepare_cached("DELETE FROM blocks WHERE ino = ?1 AND chunk = ?2 AND block = ?3")?
             .execute(params![a.file.0 as i64, a.chunk.0, a.block])?;
         Ok(())
+    }
+
+    fn doom(&mut self, k: BlockKey) -> Result<()> {
+        self.key_statement(
+            "INSERT OR IGNORE INTO doomed(ino, chunk, block, version) VALUES (?1, ?2, ?3, ?4)",
+            k,
+        )
+    }
+
+    fn doomed(&mut self) -> Result<Vec<BlockKey>> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT ino, chunk, block, version FROM doomed")?;
+        let rows = st.query_map([], |r| {
+            Ok(BlockKey {
+                file: FileId(r.get::<_, i64>(0)? as u64),
+                chunk: ChunkIndex(r.get(1)?),
+                block: r.get(2)?,
+                version: r.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn forget_doomed(&mut self, k: BlockKey) -> Result<()> {
+        self.key_statement(
+            "DELETE FROM doomed WHERE ino = ?1 AND chunk = ?2 AND block = ?3 AND version = ?4",
+            k,
+        )
     }
 
     fn file_blocks(&mut self, ino: Ino) -> Result<Vec<(BlockAddr, BlockRef)>> {

@@ -761,6 +761,23 @@ impl BlockMap for MetaStore {
         MetaStore::sync(self).map_err(meta_err("sync"))
     }
 
+    fn doomed(&self) -> std::result::Result<Vec<BlockKey>, MetaError> {
+        self.read(|tx| tx.doomed()).map_err(meta_err("doomed"))
+    }
+
+    fn forget_doomed(&self, keys: &[BlockKey]) -> std::result::Result<(), MetaError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.write(TxMode::Write, |tx| {
+            for k in keys {
+                tx.forget_doomed(*k)?;
+            }
+            Ok(())
+        })
+        .map_err(meta_err("forget doomed"))
+    }
+
     fn is_referenced(&self, key: &BlockKey) -> std::result::Result<bool, MetaError> {
         let addr = BlockAddr {
             file: key.file,

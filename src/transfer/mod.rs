@@ -19,7 +19,9 @@
 //! the log still holds the bytes and recovery uploads them again; at worst
 //! an object nobody references is left for [`TransferManager::sweep_orphans`].
 //! The replaced object is deleted after step 4, past a grace period so
-//! that reads that looked the old version up can finish.
+//! that reads that looked the old version up can finish; the commit put
+//! it on the doomed list in metadata, so its deletion survives a stop or
+//! a crash (see [`crate::meta::BlockMap::doomed`]).
 
 mod blockcache;
 mod queue;
@@ -314,6 +316,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 const GC_QUEUE_MAX: usize = 1 << 16;
+/// Deleted objects taken off the doomed list per metadata transaction.
+const FORGET_BATCH: usize = 256;
 
 /// How long the metadata syncer gathers block commits before one sync
 /// makes them all durable: bounds the syncs to about 200 a second however
@@ -1489,7 +1493,7 @@ impl Inner {
             }
             Err(_) => {
                 self.counters.gc_deferred.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%key, "deletion queue full; left for the orphan sweep");
+                tracing::debug!(%key, "deletion queue full; the object is deleted at the next start");
             }
         }
     }
@@ -1553,11 +1557,50 @@ impl Inner {
         }
     }
 
+    /// Deletes dropped objects: first what the doomed list (in metadata)
+    /// still holds from an earlier run, which a stop or crash left
+    /// undeleted; then each object queued by this run once its grace
+    /// period is over. An object is deleted only once the metadata change
+    /// that dropped it is durable (a block map that a power loss brings
+    /// back must never point at a deleted object), and leaves the doomed
+    /// list once deleted. An object that cannot be deleted stays on the
+    /// list for the next start.
     async fn collector(self: Arc<Self>, mut rx: mpsc::Receiver<GcItem>) {
         if !self.resumed().await {
             return;
         }
         let mut synced_at: Option<Instant> = None;
+        let mut deleted = Vec::new();
+        let meta = self.meta.clone();
+        match tokio::task::spawn_blocking(move || meta.doomed()).await {
+            Ok(Ok(keys)) => {
+                if !keys.is_empty() {
+                    tracing::info!(
+                        objects = keys.len(),
+                        "deleting objects dropped before the last stop"
+                    );
+                }
+                for key in keys {
+                    let Some(ok) = self
+                        .delete_dropped(key, Instant::now(), &mut synced_at)
+                        .await
+                    else {
+                        return;
+                    };
+                    if ok {
+                        deleted.push(key);
+                        if deleted.len() >= FORGET_BATCH {
+                            self.forget_deleted(&mut deleted).await;
+                        }
+                    }
+                }
+                self.forget_deleted(&mut deleted).await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read the doomed list; its objects are deleted at the next start");
+            }
+            Err(_) => return,
+        }
         loop {
             let GcItem { queued, due, key } = tokio::select! {
                 m = rx.recv() => match m { Some(m) => m, None => return },
@@ -1567,46 +1610,78 @@ impl Inner {
                 _ = tokio::time::sleep_until(due.into()) => {}
                 _ = self.cancel.cancelled() => return,
             }
-            if synced_at.is_none_or(|t| t <= queued) {
-                let started = Instant::now();
-                let meta = self.meta.clone();
-                let synced = tokio::task::spawn_blocking(move || meta.sync()).await;
-                match synced {
-                    Ok(Ok(())) => synced_at = Some(started),
-                    Ok(Err(e)) => {
-                        // Not deleted: the sweep finds it later.
-                        tracing::warn!(%key, error = %e, "metadata sync before a deletion failed; left for the orphan sweep");
-                        self.counters.gc_pending.fetch_sub(1, Ordering::Relaxed);
-                        self.counters.gc_deferred.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    Err(_) => return,
-                }
-            }
-            lock(&self.block_cache).remove(&key);
-            let mut ok = false;
-            for attempt in 0..5u32 {
-                match self.store.delete(&key).await {
-                    Ok(()) => {
-                        ok = true;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::debug!(%key, error = %e, attempt, "delete failed");
-                        tokio::select! {
-                            _ = tokio::time::sleep(jitter(self.config.retry_initial * 2u32.pow(attempt))) => {}
-                            _ = self.cancel.cancelled() => return,
-                        }
-                    }
-                }
-            }
+            let Some(ok) = self.delete_dropped(key, queued, &mut synced_at).await else {
+                return;
+            };
             self.counters.gc_pending.fetch_sub(1, Ordering::Relaxed);
             if ok {
-                self.counters.gc_deleted.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.counters.gc_deferred.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%key, "could not delete a replaced block; left for the orphan sweep");
+                deleted.push(key);
             }
+            if rx.is_empty() || deleted.len() >= FORGET_BATCH {
+                self.forget_deleted(&mut deleted).await;
+            }
+        }
+    }
+
+    /// Deletes dropped object `key` (queued at `queued`) after making
+    /// metadata durable unless a sync since `queued` already did. `None`:
+    /// the manager stopped. `Some(false)`: not deleted (left on the
+    /// doomed list).
+    async fn delete_dropped(
+        &self,
+        key: BlockKey,
+        queued: Instant,
+        synced_at: &mut Option<Instant>,
+    ) -> Option<bool> {
+        if synced_at.is_none_or(|t| t <= queued) {
+            let started = Instant::now();
+            let meta = self.meta.clone();
+            match tokio::task::spawn_blocking(move || meta.sync()).await {
+                Ok(Ok(())) => *synced_at = Some(started),
+                Ok(Err(e)) => {
+                    tracing::warn!(%key, error = %e, "metadata sync before a deletion failed; the object is deleted at the next start");
+                    self.counters.gc_deferred.fetch_add(1, Ordering::Relaxed);
+                    return Some(false);
+                }
+                Err(_) => return None,
+            }
+        }
+        lock(&self.block_cache).remove(&key);
+        for attempt in 0..5u32 {
+            match self.store.delete(&key).await {
+                Ok(()) => {
+                    self.counters.gc_deleted.fetch_add(1, Ordering::Relaxed);
+                    return Some(true);
+                }
+                Err(e) => {
+                    tracing::debug!(%key, error = %e, attempt, "delete failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(self.config.retry_initial * 2u32.pow(attempt))) => {}
+                        _ = self.cancel.cancelled() => return None,
+                    }
+                }
+            }
+        }
+        self.counters.gc_deferred.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%key, "could not delete a dropped block; it is deleted at the next start");
+        Some(false)
+    }
+
+    /// Takes `deleted` off the doomed list (one metadata transaction) and
+    /// clears it. A failure only means deleting those objects again at
+    /// the next start (a missing object deletes fine).
+    async fn forget_deleted(&self, deleted: &mut Vec<BlockKey>) {
+        if deleted.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(deleted);
+        let meta = self.meta.clone();
+        match tokio::task::spawn_blocking(move || meta.forget_doomed(&keys)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "could not update the doomed list; deleted again at the next start");
+            }
+            Err(_) => {}
         }
     }
 }
