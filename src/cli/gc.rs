@@ -37,15 +37,7 @@ pub struct GcArgs {
 pub fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
     let r = resolve(&args.fs, None, false)?;
     let grace = parse_duration("--grace", &args.grace)?;
-    let data_dir = r.options.data_dir.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("start the runtime")?;
-    let opened = rt
-        .block_on(open_fs(&r.options, rt.handle()))
-        .map_err(|e| open_error(&data_dir, e))?;
+    let (rt, opened) = open_offline(&r.options)?;
     let tm = opened.vfs.transfer().clone();
     let report = rt
         .block_on(tm.sweep_orphans_with(grace, args.dry_run))
@@ -62,16 +54,56 @@ pub fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
         report.young,
         humantime::format_duration(grace)
     );
-    let drained = rt.block_on(tm.close(r.drain_timeout.max(Duration::from_secs(1))));
+    if !close_offline(&rt, opened, r.drain_timeout, "gc")? {
+        return Ok(ExitCode::from(super::EXIT_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts an offline command (`gc`, `fsck`): a runtime, and the file
+/// system opened (the log replayed) with `options`.
+///
+/// # Errors
+/// The runtime cannot start; the data directory is mounted (locked) or
+/// cannot be opened.
+pub(super) fn open_offline(
+    options: &slicefs::vfs::FsOptions,
+) -> anyhow::Result<(tokio::runtime::Runtime, slicefs::vfs::OpenedFs)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    let opened = rt
+        .block_on(open_fs(options, rt.handle()))
+        .map_err(|e| open_error(&options.data_dir, e))?;
+    Ok((rt, opened))
+}
+
+/// Ends an offline command (`gc`, `fsck`) on an opened file system:
+/// uploads what the log held (waiting at most `drain_timeout`, at least
+/// 1 s) and closes the log. `false` (after one line on stderr) if not
+/// everything was uploaded: it stays safe in the log.
+///
+/// # Errors
+/// Closing the log failed.
+pub(super) fn close_offline(
+    rt: &tokio::runtime::Runtime,
+    opened: slicefs::vfs::OpenedFs,
+    drain_timeout: Duration,
+    command: &str,
+) -> anyhow::Result<bool> {
+    let tm = opened.vfs.transfer().clone();
+    let drained = rt.block_on(tm.close(drain_timeout.max(Duration::from_secs(1))));
     opened
         .persister
         .close()
         .context("close the write-ahead log")?;
     if let Err(e) = drained {
         eprintln!(
-            "slicefs gc: data the log held is not all uploaded ({e}); it stays safe in the log"
+            "slicefs {command}: data the log held is not all uploaded ({e}); it stays safe in the log"
         );
-        return Ok(ExitCode::from(super::EXIT_ERROR));
+        return Ok(false);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(true)
 }

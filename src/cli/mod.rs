@@ -6,6 +6,7 @@
 //! cannot express as an exit code go up as [`anyhow::Error`] and end the
 //! process with [`EXIT_ERROR`].
 
+mod fsck;
 mod gc;
 mod mount;
 mod wal;
@@ -25,8 +26,9 @@ pub const EXIT_USAGE: u8 = 64;
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0   success
-  1   `wal verify`: the log ends in a torn tail
-  2   `wal verify`: the log is corrupt
+  1   `wal verify`: the log ends in a torn tail; `fsck`: problems found,
+      all repaired
+  2   `wal verify`: the log is corrupt; `fsck`: problems left
   3   error (missing directory, not a log, I/O error, ...; `umount --flush`
       and the mount process: the drain timed out, data is left in the log)
   64  bad command line";
@@ -56,6 +58,9 @@ pub enum Command {
     Serve(mount::ServeArgs),
     /// Delete block objects no metadata references (not while mounted).
     Gc(gc::GcArgs),
+    /// Check metadata against itself and the store; `--repair` (not
+    /// while mounted).
+    Fsck(fsck::FsckArgs),
     /// Unmount; with `--flush`, wait until everything is uploaded.
     Umount(mount::UmountArgs),
     /// Dirty bytes, uploads and stalls of a mounted file system.
@@ -123,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mount(a) => mount::mount(a),
         Command::Serve(a) => mount::serve(a),
         Command::Gc(a) => gc::gc(a),
+        Command::Fsck(a) => fsck::fsck(a),
         Command::Umount(a) => mount::umount(a),
         Command::Status(a) => mount::status(a),
     }

@@ -357,6 +357,33 @@ impl Tx for MemTx<'_> {
             .unwrap_or(0))
     }
 
+    fn all_inodes(&mut self) -> Result<Vec<Inode>> {
+        Ok(self.s.inodes.values().cloned().collect())
+    }
+
+    fn all_dentries(&mut self) -> Result<Vec<(Ino, DirEntry)>> {
+        Ok(self
+            .s
+            .dentries
+            .iter()
+            .map(|((parent, name), (ino, kind, cookie))| {
+                (
+                    *parent,
+                    DirEntry {
+                        name: name.clone(),
+                        ino: *ino,
+                        kind: *kind,
+                        cookie: *cookie,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn all_blocks(&mut self) -> Result<Vec<(BlockAddr, BlockRef)>> {
+        Ok(self.s.blocks.iter().map(|(a, r)| (*a, *r)).collect())
+    }
+
     fn orphans(&mut self) -> Result<Vec<Ino>> {
         let mut v: Vec<Ino> = self
             .s

@@ -8,6 +8,7 @@
 //! only [`BlockMap`]: it commits a block reference after the object is in
 //! the store and before the persister is told the bytes are flushed.
 
+mod fsck;
 mod memstore;
 pub mod ops;
 mod sqlite;
@@ -18,6 +19,7 @@ use slicefs_wal::{ChunkIndex, FileId};
 
 use crate::blockstore::BlockKey;
 
+pub use fsck::{LOST_AND_FOUND, NamespaceCheck, Problem};
 pub use ops::{Check, LINK_MAX, NAME_MAX, Policy, XattrFlags};
 pub use sqlite::SCHEMA_VERSION;
 pub use store::MetaStore;

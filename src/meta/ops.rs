@@ -75,6 +75,12 @@ pub(crate) trait Tx {
     /// Takes `key` off the doomed list (its object is deleted).
     fn forget_doomed(&mut self, key: BlockKey) -> Result<()>;
     fn orphans(&mut self) -> Result<Vec<Ino>>;
+    /// Every inode (fsck).
+    fn all_inodes(&mut self) -> Result<Vec<Inode>>;
+    /// Every dentry as (parent, entry) (fsck).
+    fn all_dentries(&mut self) -> Result<Vec<(Ino, DirEntry)>>;
+    /// Every block map row (fsck).
+    fn all_blocks(&mut self) -> Result<Vec<(BlockAddr, BlockRef)>>;
     /// Inodes whose size or last truncate depends on a log record past
     /// `lsn` (`size_lsn` or `truncate_lsn` above it).
     fn inodes_past(&mut self, lsn: u64) -> Result<Vec<Ino>>;

@@ -747,6 +747,65 @@ impl Tx for SqlTx<'_, '_> {
         Ok(st.query_row([], |r| r.get::<_, i64>(0))? as u64)
     }
 
+    fn all_inodes(&mut self) -> Result<Vec<Inode>> {
+        let mut st = self
+            .tx
+            .prepare(concat!("SELECT ", inode_cols!(), " FROM inodes"))?;
+        let rows = st.query_map([], row_inode)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn all_dentries(&mut self) -> Result<Vec<(Ino, DirEntry)>> {
+        let mut st = self
+            .tx
+            .prepare("SELECT parent, name, ino, kind, cookie FROM dentries")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, u8>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (parent, name, ino, kind, cookie) = row?;
+            let kind = FileKind::from_code(kind)
+                .ok_or_else(|| FsError::io("read a dentry", format!("unknown kind {kind}")))?;
+            out.push((
+                Ino(parent as u64),
+                DirEntry {
+                    name,
+                    ino: Ino(ino as u64),
+                    kind,
+                    cookie: cookie as u64,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    fn all_blocks(&mut self) -> Result<Vec<(BlockAddr, BlockRef)>> {
+        let mut st = self
+            .tx
+            .prepare("SELECT ino, chunk, block, version, len FROM blocks")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                BlockAddr {
+                    file: FileId(r.get::<_, i64>(0)? as u64),
+                    chunk: ChunkIndex(r.get(1)?),
+                    block: r.get(2)?,
+                },
+                BlockRef {
+                    version: r.get::<_, i64>(3)? as u64,
+                    len: r.get::<_, i64>(4)? as u32,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn orphans(&mut self) -> Result<Vec<Ino>> {
         let mut st = self
             .tx

@@ -153,7 +153,11 @@ impl MetaStore {
         }
     }
 
-    fn write<T>(&self, mode: TxMode, mut f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+    pub(super) fn write<T>(
+        &self,
+        mode: TxMode,
+        mut f: impl FnMut(&mut dyn Tx) -> Result<T>,
+    ) -> Result<T> {
         let mut out = None;
         // A durable commit first syncs the log, and records which log (up
         // to which LSN) metadata now depends on. The log is synced once
@@ -203,7 +207,7 @@ impl MetaStore {
         self.seqs.durable.load(Ordering::Acquire) >= seq
     }
 
-    fn read<T>(&self, f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+    pub(super) fn read<T>(&self, f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
         self.write(TxMode::Read, f)
     }
 

@@ -730,6 +730,15 @@ impl TransferManager {
         Ok(report)
     }
 
+    /// Every block object in the store, with its last-modified time
+    /// (`slicefs fsck`).
+    ///
+    /// # Errors
+    /// The store's listing error.
+    pub async fn list_objects(&self) -> Result<Vec<(BlockKey, SystemTime)>, TransferError> {
+        Ok(self.inner.store.list(None).await?)
+    }
+
     /// Counters and gauges.
     pub fn stats(&self) -> TransferStats {
         let i = &self.inner;
@@ -1335,6 +1344,12 @@ impl Inner {
         fut
     }
 
+    /// Reads committed block `addr` from byte `from` into `out`, retrying
+    /// a failing store for [`TransferConfig::read_retry_for`]. An object
+    /// missing from the store is looked up again at once (a newer version
+    /// may have replaced it, and the old one may be deleted); missing
+    /// again under the same version, it is gone for good: the error
+    /// returns at once (`EIO` to the reader), never zeros.
     async fn read_block(
         &self,
         addr: BlockAddr,
@@ -1343,7 +1358,9 @@ impl Inner {
     ) -> Result<(), TransferError> {
         let deadline = Instant::now() + self.config.read_retry_for;
         let mut backoff = self.config.retry_initial;
+        let mut missing: Option<BlockKey> = None;
         loop {
+            let mut not_found = None;
             let attempt: Result<(), TransferError> = async {
                 let Some(r) = self.meta.block(addr)? else {
                     out.fill(0);
@@ -1351,9 +1368,16 @@ impl Inner {
                 };
                 let valid = (r.len as usize).saturating_sub(from).min(out.len());
                 if valid > 0 {
-                    let bytes = self
-                        .download(addr.key(r.version), IoClass::Demand, None)
-                        .await?;
+                    let key = addr.key(r.version);
+                    let bytes = match self.download(key, IoClass::Demand, None).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            if matches!(*e, BlockStoreError::NotFound { .. }) {
+                                not_found = Some(key);
+                            }
+                            return Err(e.into());
+                        }
+                    };
                     let have = bytes.len().saturating_sub(from).min(valid);
                     if have > 0 {
                         out[..have].copy_from_slice(&bytes[from..from + have]);
@@ -1368,6 +1392,14 @@ impl Inner {
             match attempt {
                 Ok(()) => return Ok(()),
                 Err(e) => {
+                    if let Some(key) = not_found {
+                        if missing == Some(key) {
+                            tracing::error!(%key, "committed block object missing from the store; reads of its bytes fail");
+                            return Err(e);
+                        }
+                        missing = Some(key);
+                        continue;
+                    }
                     if Instant::now() + backoff > deadline {
                         return Err(e);
                     }
