@@ -16,6 +16,7 @@
 //! - `log_next_lsn`: the write-ahead log's next LSN (its growth rate is
 //!   the log's record rate).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -136,9 +137,31 @@ pub fn global() -> Option<&'static Metrics> {
     M.get_or_init(|| build().ok()).as_ref()
 }
 
+/// Requests and failed requests of every front end and operation, for
+/// `status.json` (`slicefs stats`).
+static TOTALS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Requests and failed requests so far, over every front end and
+/// operation.
+pub fn request_totals() -> (u64, u64) {
+    (
+        TOTALS[0].load(Ordering::Relaxed),
+        TOTALS[1].load(Ordering::Relaxed),
+    )
+}
+
+/// Bytes read and written through the VFS so far.
+pub fn byte_totals() -> (u64, u64) {
+    global().map_or((0, 0), |m| (m.read_bytes.get(), m.written_bytes.get()))
+}
+
 /// Records one request of `frontend` (`fuse`, `nfs`) and `op` that
 /// started at `start` and succeeded or not.
 pub fn observe(frontend: &str, op: &str, start: Instant, ok: bool) {
+    TOTALS[0].fetch_add(1, Ordering::Relaxed);
+    if !ok {
+        TOTALS[1].fetch_add(1, Ordering::Relaxed);
+    }
     if let Some(m) = global() {
         let l = [frontend, op];
         m.requests.with_label_values(&l).inc();

@@ -746,6 +746,50 @@ print("ok")
     assert!(noisy.is_empty(), "{}", noisy.join("\n"));
 }
 
+/// `slicefs stats MP --count 2` while a writer runs: a header and two
+/// lines, the write rate moving; `| head -1` ends quietly.
+#[test]
+fn stats_shows_the_counters_moving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let m = Mount::start(&mp, &tmp.path().join("data"), &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, mp) = (stop.clone(), mp.clone());
+        std::thread::spawn(move || {
+            let piece = vec![7u8; 1 << 20];
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                std::fs::write(mp.join(format!("f{}", i % 8)), &piece).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let out =
+        run(Command::new(BIN)
+            .arg("stats")
+            .arg(&mp)
+            .args(["--count", "2", "--interval", "1500ms"]));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].contains("write/s"), "{out}");
+    let writes: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().nth(3).unwrap())
+        .collect();
+    assert!(writes.iter().any(|w| *w != "0"), "{out}");
+    let out = run(Command::new("bash").arg("-c").arg(format!(
+        "{BIN} stats {} | head -1; echo rc=${{PIPESTATUS[0]}}",
+        mp.display()
+    )));
+    assert!(out.contains("ops/s") && out.contains("rc=0"), "{out}");
+    m.stop();
+}
+
 /// `find -printf` of every entry below `dir`: mode, owner, group, size,
 /// mtime, type, links and path, sorted.
 fn listing(dir: &Path) -> Vec<String> {

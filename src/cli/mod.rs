@@ -9,6 +9,7 @@
 mod fsck;
 mod gc;
 mod mount;
+mod stats;
 mod wal;
 
 use std::process::ExitCode;
@@ -65,6 +66,8 @@ pub enum Command {
     Umount(mount::UmountArgs),
     /// Dirty bytes, uploads and stalls of a mounted file system.
     Status(mount::StatusArgs),
+    /// A live view of a mounted file system: a line of rates per second.
+    Stats(stats::StatsArgs),
     /// Read-only tools for a write-ahead log directory.
     #[command(subcommand)]
     Wal(wal::WalCommand),
@@ -129,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => mount::serve(a),
         Command::Gc(a) => gc::gc(a),
         Command::Fsck(a) => fsck::fsck(a),
+        Command::Stats(a) => stats::stats(a),
         Command::Umount(a) => mount::umount(a),
         Command::Status(a) => mount::status(a),
     }

@@ -389,6 +389,29 @@ pub struct Status {
     pub gc_pending: u64,
     /// `mounted`, `draining` or `stopped`.
     pub state: String,
+    /// Cumulative counters since the mount, for `slicefs stats` (absent
+    /// in a status written by an older slicefs, or while draining).
+    #[serde(default)]
+    pub totals: Totals,
+}
+
+/// Counters since the mount started (see [`Status::totals`]).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Totals {
+    /// FUSE requests and NFS calls.
+    pub requests: u64,
+    /// Those that failed.
+    pub request_errors: u64,
+    /// Bytes read through the VFS.
+    pub read_bytes: u64,
+    /// Bytes written through the VFS.
+    pub written_bytes: u64,
+    /// Bytes uploaded to the store.
+    pub upload_bytes: u64,
+    /// Bytes downloaded from the store.
+    pub download_bytes: u64,
+    /// Block reads served by the block cache.
+    pub block_cache_hits: u64,
 }
 
 fn write_status(dir: &Path, s: &Status) {
@@ -668,6 +691,19 @@ fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow
                     last_error: s.last_error,
                     gc_pending: s.gc_pending,
                     state: "mounted".into(),
+                    totals: {
+                        let (requests, request_errors) = slicefs::metrics::request_totals();
+                        let (read_bytes, written_bytes) = slicefs::metrics::byte_totals();
+                        Totals {
+                            requests,
+                            request_errors,
+                            read_bytes,
+                            written_bytes,
+                            upload_bytes: s.upload_bytes,
+                            download_bytes: s.download_bytes,
+                            block_cache_hits: s.block_cache_hits,
+                        }
+                    },
                 },
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -756,6 +792,7 @@ fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow
         last_error: None,
         gc_pending: 0,
         state: state.into(),
+        totals: Totals::default(),
     };
     let drained = rt.block_on(async {
         let r = tm
@@ -915,7 +952,7 @@ fn background(args: &MountArgs, r: &Resolved) -> anyhow::Result<ExitCode> {
 
 /// The data directory behind a mountpoint (the mount's source), or the
 /// argument itself if it is a data directory.
-fn data_dir_of(target: &Path) -> anyhow::Result<PathBuf> {
+pub(super) fn data_dir_of(target: &Path) -> anyhow::Result<PathBuf> {
     if target.join("status.json").exists() || target.join("meta.db").exists() {
         return Ok(target.to_path_buf());
     }
@@ -941,7 +978,7 @@ fn data_dir_of(target: &Path) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn read_status(dir: &Path) -> anyhow::Result<Status> {
+pub(super) fn read_status(dir: &Path) -> anyhow::Result<Status> {
     let text = std::fs::read_to_string(dir.join("status.json"))
         .with_context(|| format!("no status in {} (is it mounted?)", dir.display()))?;
     // A crash or power loss can leave the file empty or cut short: the
@@ -979,7 +1016,7 @@ pub(super) fn open_error(data_dir: &Path, e: slicefs::error::FsError) -> anyhow:
     anyhow::Error::new(e).context(format!("open the file system in {}", data_dir.display()))
 }
 
-fn alive(pid: u32) -> bool {
+pub(super) fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
