@@ -103,22 +103,96 @@ impl LogLevel {
     }
 }
 
-/// Sends `tracing` events to stderr, filtered by `RUST_LOG` when it is set
-/// and valid, else by `level`.
+/// Sends `tracing` events (and `log` records of libraries, such as
+/// fuser's) to stderr, filtered by `RUST_LOG` when it is set and valid,
+/// else by `level`; below `debug`, without [`InterruptedReplies`].
 pub fn init_tracing(level: LogLevel) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = match std::env::var(EnvFilter::DEFAULT_ENV) {
         Ok(s) if !s.trim().is_empty() => {
             EnvFilter::try_new(&s).unwrap_or_else(|_| EnvFilter::new(level.directive()))
         }
         _ => EnvFilter::new(level.directive()),
     };
+    let debug = filter
+        .max_level_hint()
+        .is_none_or(|l| l >= tracing::level_filters::LevelFilter::DEBUG);
     // A subscriber set already (by a test harness) is left in place.
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(filter)
+        .with_filter(InterruptedReplies { keep: debug });
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Drops fuser's `Failed to send FUSE reply: ... (os error 2)` unless
+/// `keep`: the kernel answers `ENOENT` to a reply whose request was
+/// interrupted (the caller got `EINTR` or was killed), which is normal
+/// and not the daemon's error. Any other failed reply still shows.
+struct InterruptedReplies {
+    keep: bool,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::layer::Filter<S> for InterruptedReplies {
+    fn enabled(
+        &self,
+        _meta: &tracing::Metadata<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if self.keep || *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        let mut fields = ReplyFields::default();
+        event.record(&mut fields);
+        !(fields.is_fuser_reply(event.metadata().target()) && fields.interrupted())
+    }
+}
+
+/// The fields of an event that [`InterruptedReplies`] looks at.
+#[derive(Default)]
+struct ReplyFields {
+    message: String,
+    /// The `log` crate's target, for records bridged from `log`.
+    log_target: String,
+}
+
+impl ReplyFields {
+    fn is_fuser_reply(&self, target: &str) -> bool {
+        target.starts_with("fuser::reply") || self.log_target.starts_with("fuser::reply")
+    }
+
+    fn interrupted(&self) -> bool {
+        self.message.starts_with("Failed to send FUSE reply")
+            && self.message.ends_with("(os error 2)")
+    }
+}
+
+impl tracing::field::Visit for ReplyFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "log.target" {
+            self.log_target = value.to_string();
+        } else if field.name() == "message" {
+            self.message = value.to_string();
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -155,5 +229,60 @@ mod tests {
         let cli = Cli::try_parse_from(["slicefs", "wal", "verify", "/x", "--log-level", "debug"])
             .unwrap();
         assert_eq!(cli.log_level, LogLevel::Debug);
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What the events `emit` sends print through [`InterruptedReplies`].
+    fn printed(keep: bool, emit: impl FnOnce()) -> String {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .with_filter(InterruptedReplies { keep });
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, emit);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn interrupted_replies_are_dropped_other_failures_kept() {
+        let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        let out = printed(false, || {
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {enoent}");
+            // As bridged from the `log` crate (fuser logs with `log`).
+            let message = format!("Failed to send FUSE reply: {enoent}");
+            tracing::error!(target: "log", { log.target = "fuser::reply" }, "{message}");
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {eio}");
+            tracing::error!(target: "slicefs", "Failed to send FUSE reply: {enoent}");
+        });
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.contains("os error 5"), "{out}");
+        assert!(out.contains("slicefs"), "{out}");
+        let out = printed(true, || {
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {enoent}");
+        });
+        assert_eq!(out.lines().count(), 1, "{out}");
     }
 }
