@@ -109,6 +109,12 @@ for tool in git python3 diff df; do
     fi
 done
 python3 -c 'import sqlite3' || { echo "error: python3 lacks its sqlite3 module" >&2; exit 1; }
+# The abort test writes /sys/fs/fuse/connections/N/abort: the fusectl file
+# system, which not every machine mounts.
+if [ -d /sys/fs/fuse/connections ] && ! grep -q ' /sys/fs/fuse/connections fusectl ' /proc/mounts; then
+    mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null ||
+        echo "warning: could not mount fusectl; the connection-abort test will fail" >&2
+fi
 echo "fuse: /dev/fuse; git: $(git --version)"
 # The full-disk test (tests/full_disk.rs) makes a small ext4 image and
 # loop-mounts it: mkfs.ext4 (e2fsprogs) and mount/losetup (util-linux).

@@ -431,7 +431,7 @@ fn sqlite_store_persists_and_refuses_other_schema_versions() {
 }
 
 /// A version 1 database (before `size_lsn` and `synced_size`, and the
-/// doomed list of version 3) is upgraded in place at open, keeping
+/// doomed list and `alloc` of version 3) is upgraded in place at open, keeping
 /// everything.
 #[test]
 fn sqlite_store_upgrades_schema_version_1() {
@@ -451,6 +451,7 @@ fn sqlite_store_upgrades_schema_version_1() {
         "DROP INDEX inodes_size_lsn; DROP INDEX inodes_truncate_lsn;
          ALTER TABLE inodes DROP COLUMN size_lsn;
          ALTER TABLE inodes DROP COLUMN synced_size;
+         ALTER TABLE inodes DROP COLUMN alloc;
          DROP TABLE doomed;
          UPDATE info SET value = 1 WHERE key = 'schema_version';",
     )

@@ -790,6 +790,57 @@ fn stats_shows_the_counters_moving() {
     m.stop();
 }
 
+/// `st_blocks` (`du`) counts the bytes a file's blocks hold once it is
+/// uploaded, as on ext4: a 100 MiB sparse file with 4 KiB of data shows
+/// 4 KiB, `truncate -s 1G` shows nothing. Before, every file showed its
+/// size.
+#[test]
+fn du_of_a_sparse_file_counts_only_its_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let m = Mount::start(&mp, &tmp.path().join("data"), &[]);
+    let script = r#"
+import os, sys
+d = sys.argv[1]
+fd = os.open(os.path.join(d, "sparse"), os.O_CREAT | os.O_WRONLY, 0o644)
+os.pwrite(fd, b"x" * 4096, 100 << 20)
+os.fsync(fd); os.close(fd)
+with open(os.path.join(d, "dense"), "wb") as f:
+    f.write(b"y" * (1 << 20))
+with open(os.path.join(d, "empty"), "wb") as f:
+    f.truncate(1 << 30)
+"#;
+    run(Command::new("python3").args(["-c", script]).arg(&mp));
+    let blocks = |name: &str| -> u64 {
+        run(Command::new("stat").args(["-c", "%b"]).arg(mp.join(name)))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // Exact once uploaded (the mount uploads after 1 s here); until then
+    // a file reports its size.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while blocks("sparse") > 8 || blocks("dense") > 2048 {
+        assert!(Instant::now() < deadline, "st_blocks never settled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let du = |name: &str| -> String {
+        run(Command::new("du").arg("-k").arg(mp.join(name)))
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(du("sparse"), "4");
+    assert_eq!(du("dense"), "1024");
+    assert_eq!(du("empty"), "0");
+    assert_eq!(
+        std::fs::metadata(mp.join("sparse")).unwrap().len(),
+        (100 << 20) + 4096
+    );
+    m.stop();
+}
+
 /// `find -printf` of every entry below `dir`: mode, owner, group, size,
 /// mtime, type, links and path, sorted.
 fn listing(dir: &Path) -> Vec<String> {

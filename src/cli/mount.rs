@@ -876,6 +876,13 @@ fn mount_fuse(
         &config,
     )
     .with_context(|| format!("mount at {}", mp.display()))?;
+    // st_blocks follows the block map: once a file's block is committed,
+    // the kernel's cached attributes (60 s TTL) are stale. Offset -1
+    // invalidates the attributes only, not the page cache.
+    let notifier = session.notifier();
+    vfs.transfer().on_commit(move |file| {
+        let _ = notifier.inval_inode(fuser::INodeNo(file.0), -1, 0);
+    });
     let own_mount = mount_ids_at(mp).last().copied();
     eprintln!(
         "slicefs: mounted {} at {}",

@@ -307,7 +307,7 @@ pub fn file_attr(a: &Inode) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.stat_size(),
-        blocks: a.stat_size().div_ceil(512),
+        blocks: a.stat_alloc().div_ceil(512),
         atime: time(a.atime),
         mtime: time(a.mtime),
         ctime: time(a.ctime),

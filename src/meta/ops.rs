@@ -178,6 +178,7 @@ pub(crate) fn init_root(tx: &mut dyn Tx, uid: u32, gid: u32, now: Timespec) -> R
         truncate_lsn: 0,
         size_lsn: 0,
         synced_size: 0,
+        alloc: 0,
     })
 }
 
@@ -250,6 +251,7 @@ pub(crate) fn create<'t>(
         truncate_lsn: 0,
         size_lsn: 0,
         synced_size: 0,
+        alloc: 0,
     };
     tx.put_inode(&inode)?;
     if let Some(t) = node.target {
@@ -571,16 +573,26 @@ pub(crate) fn setattr(tx: &mut dyn Tx, ino: Ino, set: &SetAttr) -> Result<Inode>
 /// Cuts the block map of `ino` to `size`; returns the objects dropped.
 pub(crate) fn truncate_blocks(tx: &mut dyn Tx, ino: Ino, size: u64) -> Result<Vec<BlockKey>> {
     let mut dropped = Vec::new();
+    let mut freed = 0u64;
     for (addr, mut r) in tx.file_blocks(ino)? {
         let start = addr.file_offset();
         if start >= size {
             tx.delete_block(addr)?;
             tx.doom(addr.key(r.version))?;
             dropped.push(addr.key(r.version));
+            freed += u64::from(r.len);
         } else if start + u64::from(r.len) > size {
-            r.len = (size - start) as u32;
+            let len = (size - start) as u32;
+            freed += u64::from(r.len - len);
+            r.len = len;
             tx.put_block(addr, r)?;
         }
+    }
+    if freed > 0
+        && let Some(mut f) = tx.inode(ino)?
+    {
+        f.alloc = f.alloc.saturating_sub(freed);
+        tx.put_inode(&f)?;
     }
     Ok(dropped)
 }
@@ -606,8 +618,11 @@ pub(crate) fn commit_block(
     }
     if let Some(mut f) = tx.inode(Ino(addr.file.0))? {
         let end = addr.file_offset() + u64::from(new.len);
-        if end > f.size {
-            f.size = end;
+        let before = (f.size, f.alloc);
+        f.size = f.size.max(end);
+        f.alloc =
+            (f.alloc + u64::from(new.len)).saturating_sub(old.map_or(0, |o| u64::from(o.len)));
+        if (f.size, f.alloc) != before {
             tx.put_inode(&f)?;
         }
     }

@@ -69,8 +69,11 @@ CREATE INDEX inodes_truncate_lsn ON inodes(truncate_lsn);
 UPDATE info SET value = 2 WHERE key = 'schema_version';
 ";
 
-/// From version 2: the doomed list.
+/// From version 2: the doomed list, and each inode's bytes in committed
+/// blocks.
 const UPGRADE_FROM_2: &str = "
+ALTER TABLE inodes ADD COLUMN alloc INTEGER NOT NULL DEFAULT 0;
+UPDATE inodes SET alloc = (SELECT coalesce(sum(len), 0) FROM blocks WHERE blocks.ino = inodes.ino);
 CREATE TABLE doomed(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER NOT NULL,
     version INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block, version));
 UPDATE info SET value = 3 WHERE key = 'schema_version';
@@ -87,7 +90,7 @@ CREATE TABLE inodes(
     mtime_s INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     ctime_s INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
     rdev INTEGER NOT NULL, parent INTEGER NOT NULL, truncate_lsn INTEGER NOT NULL,
-    size_lsn INTEGER NOT NULL, synced_size INTEGER NOT NULL);
+    size_lsn INTEGER NOT NULL, synced_size INTEGER NOT NULL, alloc INTEGER NOT NULL);
 CREATE INDEX inodes_size_lsn ON inodes(size_lsn);
 CREATE INDEX inodes_truncate_lsn ON inodes(truncate_lsn);
 CREATE INDEX inodes_orphans ON inodes(nlink) WHERE nlink = 0;
@@ -277,6 +280,7 @@ fn row_inode(r: &rusqlite::Row<'_>) -> rusqlite::Result<Inode> {
         truncate_lsn: r.get::<_, i64>(15)? as u64,
         size_lsn: r.get::<_, i64>(16)? as u64,
         synced_size: r.get::<_, i64>(17)? as u64,
+        alloc: r.get::<_, i64>(18)? as u64,
     })
 }
 
@@ -285,7 +289,7 @@ fn row_inode(r: &rusqlite::Row<'_>) -> rusqlite::Result<Inode> {
 macro_rules! inode_cols {
     () => {
         "ino, kind, perm, uid, gid, size, nlink, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, \
-         ctime_ns, rdev, parent, truncate_lsn, size_lsn, synced_size"
+         ctime_ns, rdev, parent, truncate_lsn, size_lsn, synced_size, alloc"
     };
 }
 
@@ -349,7 +353,7 @@ impl SqlTx<'_, '_> {
             "INSERT OR REPLACE INTO inodes(",
             inode_cols!(),
             ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-             ?17, ?18)"
+             ?17, ?18, ?19)"
         ))?;
         st.execute(params![
             i.ino.0 as i64,
@@ -370,6 +374,7 @@ impl SqlTx<'_, '_> {
             i.truncate_lsn as i64,
             i.size_lsn as i64,
             i.synced_size as i64,
+            i.alloc as i64,
         ])?;
         Ok(())
     }
@@ -413,7 +418,7 @@ impl Tx for SqlTx<'_, '_> {
                 let mut st = self.tx.prepare_cached(
                     "UPDATE inodes SET perm = ?2, uid = ?3, gid = ?4, size = ?5, atime_s = ?6, \
                      atime_ns = ?7, mtime_s = ?8, mtime_ns = ?9, ctime_s = ?10, ctime_ns = ?11, \
-                     rdev = ?12, parent = ?13, synced_size = ?14 WHERE ino = ?1",
+                     rdev = ?12, parent = ?13, synced_size = ?14, alloc = ?15 WHERE ino = ?1",
                 )?;
                 st.execute(params![
                     i.ino.0 as i64,
@@ -430,6 +435,7 @@ impl Tx for SqlTx<'_, '_> {
                     i64::from(i.rdev),
                     i.parent.0 as i64,
                     i.synced_size as i64,
+                    i.alloc as i64,
                 ])?;
                 self.remember(i);
                 return Ok(());
@@ -551,10 +557,10 @@ impl Tx for SqlTx<'_, '_> {
             |r| {
                 let i = row_inode(r)?;
                 let e = DirEntry {
-                    name: r.get(18)?,
+                    name: r.get(19)?,
                     ino: i.ino,
                     kind: i.kind,
-                    cookie: r.get::<_, i64>(19)? as u64,
+                    cookie: r.get::<_, i64>(20)? as u64,
                 };
                 Ok((e, i))
             },

@@ -132,6 +132,10 @@ pub struct Inode {
     /// The size at the file's last `fsync`, or set by its last truncate:
     /// the least size a power loss may leave.
     pub synced_size: u64,
+    /// Bytes the file's committed blocks hold (the sum of their valid
+    /// lengths): what `st_blocks` reports once nothing of the file waits
+    /// for upload (holes hold nothing). Kept by the block map commits.
+    pub alloc: u64,
 }
 
 impl Inode {
@@ -147,6 +151,17 @@ impl Inode {
         match self.kind {
             FileKind::Directory => DIR_SIZE,
             _ => self.size,
+        }
+    }
+}
+
+impl Inode {
+    /// The bytes `st_blocks` counts: [`Inode::alloc`] for a regular file
+    /// (holes hold nothing), the reported size for the others.
+    pub fn stat_alloc(&self) -> u64 {
+        match self.kind {
+            FileKind::Regular => self.alloc,
+            _ => self.stat_size(),
         }
     }
 }

@@ -195,7 +195,7 @@ pub(super) fn fattr(a: &Inode) -> fattr3 {
         uid: a.uid,
         gid: a.gid,
         size: a.stat_size(),
-        used: a.stat_size(),
+        used: a.stat_alloc(),
         rdev: dev_split(a.rdev),
         fsid: FSID,
         fileid: a.ino.0,

@@ -29,6 +29,7 @@ mod sched;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -265,9 +266,14 @@ struct Counters {
 
 type Download = Shared<BoxFuture<'static, Result<Bytes, Arc<BlockStoreError>>>>;
 
+/// What [`TransferManager::on_commit`] calls.
+type CommitHook = Box<dyn Fn(FileId) + Send + Sync>;
+
 struct Inner {
     /// This manager, for tasks that must not keep it alive.
     me: std::sync::Weak<Inner>,
+    /// Called after each block commit (see [`TransferManager::on_commit`]).
+    commit_hook: OnceLock<CommitHook>,
     cache: Arc<SliceCache>,
     persister: Arc<dyn Persister>,
     meta: Arc<dyn BlockMap>,
@@ -373,6 +379,7 @@ impl TransferManager {
         };
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
+            commit_hook: OnceLock::new(),
             io: IoScheduler::new(config.io_max),
             upload_slots: Semaphore::new(config.uploads_max.max(1)),
             block_cache: Mutex::new(BlockCache::new(config.block_cache_bytes)),
@@ -728,6 +735,16 @@ impl TransferManager {
             report.deleted += 1;
         }
         Ok(report)
+    }
+
+    /// Sets what is called after each block of a file is committed and
+    /// its bytes marked clean: attributes that follow the block map (the
+    /// file's allocated bytes, `st_blocks`) changed. The FUSE front end
+    /// invalidates the kernel's cached attributes there. Runs on a
+    /// runtime worker: it must not block. Set once; later calls are
+    /// ignored.
+    pub fn on_commit(&self, hook: impl Fn(FileId) + Send + Sync + 'static) {
+        let _ = self.inner.commit_hook.set(Box::new(hook));
     }
 
     /// Every block object in the store, with its last-modified time
@@ -1199,6 +1216,9 @@ impl Inner {
         }
         // 6. Clean in the cache.
         self.cache.mark_flushed(snap);
+        if let Some(hook) = self.commit_hook.get() {
+            hook(addr.file);
+        }
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
         self.counters
             .upload_bytes

@@ -524,9 +524,11 @@ impl Vfs {
     /// Attributes, with the in-memory size and times of an open file.
     fn attr(&self, ino: Ino) -> Result<Inode> {
         if let Some(n) = self.node(ino) {
-            return Ok(lock(&n.state).attr.clone());
+            let mut a = lock(&n.state).attr.clone();
+            a.alloc = a.alloc.max(a.size);
+            return Ok(a);
         }
-        self.meta.getattr(ino)
+        Ok(self.overlay(self.meta.getattr(ino)?))
     }
 
     /// Writes an open node's changed attributes to metadata; with
@@ -572,11 +574,24 @@ impl Vfs {
 
     /// `a` as metadata has it, with the in-memory size and times if the
     /// inode is open (its node is newer).
+    ///
+    /// `alloc` (what `st_blocks` reports) is exact only for a file at
+    /// rest: an open file, or one with bytes still waiting for upload,
+    /// reports at least its size (the block map does not know the bytes
+    /// in the log yet), never less than it holds.
     fn overlay(&self, a: Inode) -> Inode {
-        match self.node(a.ino) {
-            Some(n) => lock(&n.state).attr.clone(),
+        let mut a = match self.node(a.ino) {
+            Some(n) => {
+                let mut a = lock(&n.state).attr.clone();
+                a.alloc = a.alloc.max(a.size);
+                return a;
+            }
             None => a,
+        };
+        if a.kind == FileKind::Regular && self.cache.oldest_pending_lsn(a.ino.file()).is_some() {
+            a.alloc = a.alloc.max(a.size);
         }
+        a
     }
 
     /// `getattr`.

@@ -122,6 +122,7 @@ pub(super) mod tests {
             truncate_lsn: 0,
             size_lsn: 0,
             synced_size: 0,
+            alloc: 0,
         }
     }
 
