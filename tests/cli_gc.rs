@@ -191,9 +191,9 @@ fn deletions_queued_at_a_stop_finish_at_the_next_start() {
 }
 
 /// `slicefs fsck` on a namespace damaged by hand: a dentry naming no
-/// inode, a file that lost its only name, a wrong link count, and a
+/// inode, a file that lost its only name, a wrong link count and allocated size, and a
 /// missing object. Without `--repair` it reports them (exit 2); with it,
-/// it repairs the first three (the nameless file goes to /lost+found)
+/// it repairs the first four (the nameless file goes to /lost+found)
 /// and names the file whose object is gone, which no repair brings back.
 #[test]
 fn fsck_finds_and_repairs_a_damaged_namespace() {
@@ -225,7 +225,7 @@ fn fsck_finds_and_repairs_a_damaged_namespace() {
     db.execute_batch(&format!(
         "INSERT INTO dentries(parent, name, ino, kind, cookie) VALUES (1, CAST('ghost' AS BLOB), 999999, 1, 999999);
          DELETE FROM dentries WHERE parent = 1 AND name = CAST('b' AS BLOB);
-         UPDATE inodes SET nlink = 5 WHERE ino = {};",
+         UPDATE inodes SET nlink = 5, alloc = 77 WHERE ino = {};",
         inos[2].0
     ))
     .unwrap();
@@ -250,6 +250,7 @@ fn fsck_finds_and_repairs_a_damaged_namespace() {
             inos[1].0
         ),
         "problem: /c: link count 5, counted 1",
+        "problem: /c: 77 bytes allocated recorded, its blocks hold 1",
         "problem: /d/a: block at byte 0 missing from the store",
         "run with --repair",
     ] {
@@ -258,12 +259,12 @@ fn fsck_finds_and_repairs_a_damaged_namespace() {
 
     let (code, out) = offline("fsck", &data, &["--repair"]);
     assert_eq!(code, 2, "{out}");
-    assert_eq!(out.matches("repaired: ").count(), 3, "{out}");
+    assert_eq!(out.matches("repaired: ").count(), 4, "{out}");
     assert!(
         out.contains("problem: /d/a: block at byte 0 missing"),
         "{out}"
     );
-    assert!(out.contains("4 problems, 1 not repairable"), "{out}");
+    assert!(out.contains("5 problems, 1 not repairable"), "{out}");
 
     let (code, out) = offline("fsck", &data, &[]);
     assert_eq!(code, 2, "{out}");
@@ -275,7 +276,8 @@ fn fsck_finds_and_repairs_a_damaged_namespace() {
         .lookup(&root, lf.ino, format!("#{}", inos[1].0).as_bytes())
         .unwrap();
     assert_eq!((b.ino, b.nlink, b.size), (inos[1], 1, 1));
-    assert_eq!(fs.vfs.getattr(inos[2]).unwrap().nlink, 1);
+    let c = fs.vfs.getattr(inos[2]).unwrap();
+    assert_eq!((c.nlink, c.alloc), (1, 1));
     assert!(fs.vfs.lookup(&root, Ino::ROOT, b"ghost").is_err());
     // The file whose object is gone: an error, never zeros.
     let fh = fs.vfs.open(&root, inos[0], rw).unwrap();

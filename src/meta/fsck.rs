@@ -16,7 +16,9 @@
 //!   dentry [set to the dentry's directory];
 //! - a link count that differs from the dentries (files) or from 2 plus
 //!   the subdirectories (directories) [set to the count]. An inode with
-//!   no link left is an orphan, freed by the next start.
+//!   no link left is an orphan, freed by the next start;
+//! - allocated bytes (`alloc`, what `st_blocks` shows) that differ from
+//!   the sum of the file's block lengths [set to the sum].
 //!
 //! Inodes with link count 0 and no dentry are orphans (open when their
 //! last name went, or freed at the next start): not a problem.
@@ -311,6 +313,36 @@ fn check(tx: &mut dyn Tx, repair: bool, lost_found: Option<Ino>) -> Result<Names
             tx.put_inode(&f)?;
         }
         note(what, repair);
+    }
+
+    // Allocated bytes against the block map.
+    let mut held: HashMap<Ino, u64> = HashMap::new();
+    for (a, r) in &d.blocks {
+        *held.entry(Ino(a.file.0)).or_default() += u64::from(r.len);
+    }
+    let mut inos: Vec<Ino> = d.inodes.keys().copied().collect();
+    inos.sort();
+    for ino in inos {
+        let want = held.get(&ino).copied().unwrap_or(0);
+        // Read again: a link count repair above may have changed it.
+        let Some(mut f) = tx.inode(ino)? else {
+            continue;
+        };
+        if f.alloc == want {
+            continue;
+        }
+        note(
+            format!(
+                "{}: {} bytes allocated recorded, its blocks hold {want}",
+                d.path(ino),
+                f.alloc
+            ),
+            repair,
+        );
+        if repair {
+            f.alloc = want;
+            tx.put_inode(&f)?;
+        }
     }
 
     let referenced = d
