@@ -2,7 +2,7 @@
 //! logging set-up and the dispatch to one module per command group.
 //!
 //! Each command group is a variant of [`Command`] with its own module
-//! (`wal`; `mount` for `mount`, `umount` and `status`). Commands return the process exit code; errors they
+//! (`wal`; `mount` for `mount`, `serve` and `umount`; `status`, `stats`, `gc`, `fsck`). Commands return the process exit code; errors they
 //! cannot express as an exit code go up as [`anyhow::Error`] and end the
 //! process with [`EXIT_ERROR`].
 
@@ -10,6 +10,7 @@ mod fsck;
 mod gc;
 mod mount;
 mod stats;
+mod status;
 mod wal;
 
 use std::process::ExitCode;
@@ -65,7 +66,7 @@ pub enum Command {
     /// Unmount; with `--flush`, wait until everything is uploaded.
     Umount(mount::UmountArgs),
     /// Dirty bytes, uploads and stalls of a mounted file system.
-    Status(mount::StatusArgs),
+    Status(status::StatusArgs),
     /// A live view of a mounted file system: a line of rates per second.
     Stats(stats::StatsArgs),
     /// Read-only tools for a write-ahead log directory.
@@ -208,7 +209,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fsck(a) => fsck::fsck(a),
         Command::Stats(a) => stats::stats(a),
         Command::Umount(a) => mount::umount(a),
-        Command::Status(a) => mount::status(a),
+        Command::Status(a) => status::status(a),
     }
 }
 

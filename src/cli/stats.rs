@@ -10,7 +10,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use super::mount::{Status, Totals, alive, data_dir_of, parse_duration, read_status};
+use super::mount::parse_duration;
+use super::status::{Status, Totals, alive, data_dir_of, read_status};
 
 /// `slicefs stats`.
 #[derive(Debug, Args)]
