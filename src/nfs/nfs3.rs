@@ -375,6 +375,27 @@ pub(super) fn call(
     }
 }
 
+/// READ (`args`) answered from the slice cache alone, its results
+/// appended to `out`; `None` (nothing appended) when some bytes are not
+/// cached and the call must go to the blocking pool
+/// ([`crate::vfs::Vfs::read_at_cached`]).
+pub(super) fn read_cached(
+    s: &Shared,
+    creds: &Creds,
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<Result<(), Refusal>> {
+    let n = Nfs {
+        s,
+        vfs: &s.vfs,
+        creds,
+    };
+    let mut a = Xdr::new(args);
+    n.read_with(&mut a, out, |ino, offset, count| {
+        n.vfs.read_at_cached(creds, ino, offset, count)
+    })
+}
+
 /// One call's context.
 struct Nfs<'s> {
     s: &'s Shared,
@@ -628,16 +649,35 @@ impl Nfs<'_> {
     /// with read permission (the owner always may); `eof` when they reach
     /// the end of the file.
     fn read(&self, a: &mut Xdr<'_>, out: &mut Vec<u8>) -> Result<(), Refusal> {
-        let obj = fh(a)?;
-        let offset = a.u64()?;
-        let count = a.u32()?.min(self.s.config.max_io);
+        self.read_with(a, out, |ino, offset, count| {
+            Some(self.vfs.read_at(self.creds, ino, offset, count))
+        })
+        .unwrap_or(Err(Refusal::SystemErr))
+    }
+
+    /// READ through `read`, which may decline (`None`): then nothing is
+    /// written to `out` and this returns `None`.
+    fn read_with(
+        &self,
+        a: &mut Xdr<'_>,
+        out: &mut Vec<u8>,
+        read: impl FnOnce(Ino, u64, u32) -> Option<Result<(Vec<u8>, bool), FsError>>,
+    ) -> Option<Result<(), Refusal>> {
+        let args = (|| Ok::<_, Refusal>((fh(a)?, a.u64()?, a.u32()?)))();
+        let (obj, offset, count) = match args {
+            Ok(v) => v,
+            Err(r) => return Some(Err(r)),
+        };
+        let count = count.min(self.s.config.max_io);
         let ino = handle_ino(obj);
-        let r = ino.and_then(|ino| {
-            self.vfs
-                .read_at(self.creds, ino, offset, count)
-                .map_err(|e| obj_status(&e))
-        });
-        match r {
+        let r = match ino {
+            Ok(i) => match read(i, offset, count)? {
+                Ok(v) => Ok(v),
+                Err(e) => Err(obj_status(&e)),
+            },
+            Err(st) => Err(st),
+        };
+        Some(match r {
             Ok((data, eof)) => put(
                 out,
                 &READ3res::Ok(READ3resok {
@@ -656,7 +696,7 @@ impl Nfs<'_> {
                     },
                 )),
             ),
-        }
+        })
     }
 
     /// WRITE: the data sent (its length must be `count`, else

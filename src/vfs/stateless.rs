@@ -44,21 +44,7 @@ impl Vfs {
         f: impl FnOnce(u64) -> Result<T>,
     ) -> Result<T> {
         let a = self.attr(ino)?;
-        match a.kind {
-            FileKind::Regular => {}
-            FileKind::Directory => return Err(FsError::IsDir),
-            _ => return Err(FsError::Invalid("not a regular file")),
-        }
-        let mut mask = Access::empty();
-        if flags.read {
-            mask |= Access::READ;
-        }
-        if flags.write {
-            mask |= Access::WRITE;
-        }
-        if creds.uid != a.uid {
-            perm::check(creds, &a, mask)?;
-        }
+        check_io(creds, &a, flags)?;
         let fh = self.open_node(&a, flags)?;
         let r = f(fh);
         let released = self.release(fh);
@@ -91,6 +77,48 @@ impl Vfs {
             let eof = offset.saturating_add(data.len() as u64) >= size;
             Ok((data, eof))
         })
+    }
+
+    /// [`Vfs::read_at`] when every byte asked for is in the slice cache
+    /// (written lately, or read lately and not evicted): never waits for
+    /// the object store or a log sync, so a front end may run it where
+    /// blocking is costly. `None`: some bytes are not cached; call
+    /// [`Vfs::read_at`].
+    pub fn read_at_cached(
+        &self,
+        creds: &Creds,
+        ino: Ino,
+        offset: u64,
+        len: u32,
+    ) -> Option<Result<(Vec<u8>, bool)>> {
+        let read = || -> Result<Option<(Vec<u8>, bool)>> {
+            let a = self.attr(ino)?;
+            check_io(
+                creds,
+                &a,
+                OpenFlags {
+                    read: true,
+                    ..OpenFlags::default()
+                },
+            )?;
+            if offset >= a.size {
+                return Ok(Some((Vec::new(), true)));
+            }
+            let n = (a.size - offset).min(u64::from(len)) as usize;
+            let mut out = vec![0u8; n];
+            let missing = self
+                .cache
+                .read(ino.file(), offset, &mut out)
+                .map_err(|e| FsError::io("read from the log", e))?;
+            if !missing.is_empty() {
+                return Ok(None);
+            }
+            if let Some(m) = crate::metrics::global() {
+                m.read_bytes.inc_by(n as u64);
+            }
+            Ok(Some((out, offset + n as u64 >= a.size)))
+        };
+        read().transpose()
     }
 
     /// Writes `data` to regular file `ino` at `offset` without an open
@@ -135,4 +163,26 @@ impl Vfs {
             self.fsync(fh, false)
         })
     }
+}
+
+/// Whether `creds` may do `flags`' I/O on `a` without an open handle: a
+/// regular file, with the permission `flags` need (the owner always may,
+/// as knfsd allows).
+fn check_io(creds: &Creds, a: &super::Inode, flags: OpenFlags) -> Result<()> {
+    match a.kind {
+        FileKind::Regular => {}
+        FileKind::Directory => return Err(FsError::IsDir),
+        _ => return Err(FsError::Invalid("not a regular file")),
+    }
+    let mut mask = Access::empty();
+    if flags.read {
+        mask |= Access::READ;
+    }
+    if flags.write {
+        mask |= Access::WRITE;
+    }
+    if creds.uid != a.uid {
+        perm::check(creds, a, mask)?;
+    }
+    Ok(())
 }
