@@ -1116,8 +1116,21 @@ fn io_by_inode_checks_each_call_and_reports_eof() {
             (b"6789".to_vec(), true)
         );
         assert_eq!(v.read_at(&other, ino, 50, 10).unwrap(), (Vec::new(), true));
+        // Just written, so cached: the cache-only read answers the same.
+        assert_eq!(
+            v.read_at_cached(&other, ino, 6, 100).unwrap().unwrap(),
+            (b"6789".to_vec(), true)
+        );
+        assert_eq!(
+            v.read_at_cached(&other, ino, 50, 10).unwrap().unwrap(),
+            (Vec::new(), true)
+        );
         set(0o400);
         assert_eq!(errno(v.read_at(&other, ino, 0, 4)), libc::EACCES);
+        assert_eq!(
+            errno(v.read_at_cached(&other, ino, 0, 4).unwrap()),
+            libc::EACCES
+        );
         // A write past the end grows the file; a non-root writer clears
         // setuid.
         set(0o4755);
