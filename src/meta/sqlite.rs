@@ -767,29 +767,16 @@ impl Tx for SqlTx<'_, '_> {
             .prepare("SELECT parent, name, ino, kind, cookie FROM dentries")?;
         let rows = st.query_map([], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, u8>(3)?,
-                r.get::<_, i64>(4)?,
+                Ino(r.get::<_, i64>(0)? as u64),
+                DirEntry {
+                    name: r.get(1)?,
+                    ino: Ino(r.get::<_, i64>(2)? as u64),
+                    kind: kind_of(r.get(3)?)?,
+                    cookie: r.get::<_, i64>(4)? as u64,
+                },
             ))
         })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (parent, name, ino, kind, cookie) = row?;
-            let kind = FileKind::from_code(kind)
-                .ok_or_else(|| FsError::io("read a dentry", format!("unknown kind {kind}")))?;
-            out.push((
-                Ino(parent as u64),
-                DirEntry {
-                    name,
-                    ino: Ino(ino as u64),
-                    kind,
-                    cookie: cookie as u64,
-                },
-            ));
-        }
-        Ok(out)
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn all_blocks(&mut self) -> Result<Vec<(BlockAddr, BlockRef)>> {
