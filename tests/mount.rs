@@ -1100,3 +1100,39 @@ fn a_data_dir_in_use_names_its_holder() {
     );
     m.stop();
 }
+
+/// The two store mistakes a new user makes first each end in one error
+/// line with the fix in it: a bucket that does not exist, and an
+/// `http://` endpoint without `aws_allow_http`.
+#[test]
+fn store_mistakes_end_in_a_hint() {
+    let sw = Seaweed::start().expect("start SeaweedFS");
+    let tmp = tempfile::tempdir().unwrap();
+    let env = |cmd: &mut Command, skip: &str| {
+        for (k, v) in sw.store_options() {
+            if k != skip {
+                cmd.env(k.to_ascii_uppercase(), v);
+            }
+        }
+    };
+    let one_error = |log: &str| -> String {
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("rror")).collect();
+        assert_eq!(errors.len(), 1, "{log}");
+        errors[0].to_string()
+    };
+
+    let mut cmd = without_aws_env(tmp.path());
+    cmd.args(["--store", "s3://no-such-bucket/x"]);
+    env(&mut cmd, "");
+    let log = serve_then_stop(&mut cmd, tmp.path()).expect_err("served without a bucket");
+    let line = one_error(&log);
+    assert!(line.contains("create the bucket no-such-bucket"), "{line}");
+
+    sw.create_bucket("slicefs").expect("bucket");
+    let mut cmd = without_aws_env(tmp.path());
+    cmd.args(["--store", "s3://slicefs/x"]);
+    env(&mut cmd, "aws_allow_http");
+    let log = serve_then_stop(&mut cmd, tmp.path()).expect_err("served over http unasked");
+    let line = one_error(&log);
+    assert!(line.contains("AWS_ALLOW_HTTP=true"), "{line}");
+}

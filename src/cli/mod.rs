@@ -6,6 +6,7 @@
 //! cannot express as an exit code go up as [`anyhow::Error`] and end the
 //! process with [`EXIT_ERROR`].
 
+pub mod error_line;
 mod fsck;
 mod gc;
 mod mount;
