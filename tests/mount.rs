@@ -593,20 +593,21 @@ assert stat.S_IMODE(os.stat(s).st_mode) == 0o2745, oct(os.stat(s).st_mode)
 print("ok")
 "##;
 
-/// The options of the mount at `mp`, from `/proc/self/mounts`.
-fn mount_options(mp: &Path) -> Vec<String> {
+/// Field `n` (0 source, 2 type, 3 options) of the topmost mount at
+/// `mp` in `/proc/self/mounts`.
+fn mount_field(mp: &Path, n: usize) -> String {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let target = mp.to_str().unwrap();
     let line = mounts
         .lines()
         .rfind(|l| l.split(' ').nth(1) == Some(target))
         .unwrap_or_else(|| panic!("{target} not in /proc/self/mounts"));
-    line.split(' ')
-        .nth(3)
-        .unwrap()
-        .split(',')
-        .map(String::from)
-        .collect()
+    line.split(' ').nth(n).unwrap().to_string()
+}
+
+/// The options of the mount at `mp`, from `/proc/self/mounts`.
+fn mount_options(mp: &Path) -> Vec<String> {
+    mount_field(mp, 3).split(',').map(String::from).collect()
 }
 
 fn write_back_semantics(extra: &[&str]) {
@@ -621,6 +622,10 @@ fn write_back_semantics(extra: &[&str]) {
     let m = Mount::start(&mp, &dd, &args);
     // Other users reach it: the kernel checks permission bits too.
     assert!(mount_options(&mp).contains(&"default_permissions".to_string()));
+    // Named as libfuse file systems are (`df -T`, `findmnt -t`), with the
+    // data directory as its source.
+    assert_eq!(mount_field(&mp, 2), "fuse.slicefs");
+    assert_eq!(Path::new(&mount_field(&mp, 0)), dd.canonicalize().unwrap());
     let dir = mp.join("nobody");
     std::fs::create_dir(&dir).unwrap();
     run(Command::new("chown").arg("65534:65534").arg(&dir));

@@ -8,6 +8,7 @@
 
 pub mod error_line;
 mod fsck;
+mod fuse_mount;
 mod gc;
 mod mount;
 mod stats;

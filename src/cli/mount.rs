@@ -21,6 +21,7 @@ use slicefs::vfs::{FsOptions, MetaKind, PersisterKind, VfsConfig, open_fs_with_p
 use slicefs_cache::CacheConfig;
 use slicefs_wal::{Durability, WalConfig};
 
+use super::fuse_mount::{self, FuseMount, MountSpec, mount_ids_at};
 use super::status::{Status, Totals, alive, data_dir_of, read_status, write_status};
 
 /// The file system options `slicefs mount` and `slicefs serve` share.
@@ -367,69 +368,6 @@ fn mounted(mountpoint: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The mount IDs (`/proc/self/mountinfo`, first field) of every mount at
-/// `path` (any file system), oldest first.
-fn mount_ids_at(path: &Path) -> Vec<u64> {
-    let Ok(target) = path.canonicalize() else {
-        return Vec::new();
-    };
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|m| Path::new(&m.replace("\\040", " ")) == target)
-        })
-        .filter_map(|l| l.split(' ').next()?.parse().ok())
-        .collect()
-}
-
-/// Whether the kernel should check permission bits itself
-/// (`default_permissions`) before each request. It must when other users
-/// can reach the mount (`--allow-other`) or the mount's owner is not root:
-/// without it, a path walk through entries the kernel has cached checks no
-/// search permission. A root-owned mount without `--allow-other` is
-/// reachable by root alone (the FUSE kernel refuses every other user), and
-/// the VFS checks every request it gets; there the kernel's check only
-/// costs a `GETATTR` of the parent directory before nearly every create,
-/// rename and unlink (the kernel drops a directory's attributes whenever
-/// one of its entries changes).
-fn kernel_checks_permissions(allow_other: bool) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    allow_other || unsafe { libc::geteuid() } != 0
-}
-
-/// Joins a FUSE session the kernel ended: the user's `umount` (the mount
-/// is gone), or an aborted connection (the mount is still there, dead).
-/// `fuser` would unmount whatever is at the mountpoint when the session is
-/// dropped: nothing after a `umount` (the warning "Unmount failed: Invalid
-/// argument" on every clean unmount), or another mount stacked there since.
-/// Here only this process's own mount (`own`, its mount ID) is unmounted,
-/// and only while it is the topmost at the path.
-///
-/// # Errors
-/// The session thread's error.
-fn join_ended(
-    session: fuser::BackgroundSession,
-    mountpoint: &Path,
-    own: Option<u64>,
-) -> std::io::Result<()> {
-    let session = std::mem::ManuallyDrop::new(session);
-    // SAFETY: the guard is read out once and `session` is never used or
-    // dropped after: its other fields (fuser's mount record and a channel
-    // sender) are leaked, so their drop cannot unmount anything; the
-    // process exits after the drain.
-    let guard = unsafe { std::ptr::read(&session.guard) };
-    let r = guard
-        .join()
-        .map_err(|_| std::io::Error::other("the FUSE session thread panicked"))?;
-    if own.is_some() && mount_ids_at(mountpoint).last().copied() == own {
-        nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
-            .map_err(|e| std::io::Error::other(format!("unmount the dead mount: {e}")))?;
-    }
-    r
-}
-
 /// Refuses a mountpoint users would not expect to be mounted over: one
 /// that is missing or not a directory (a regular file mounted gave EIO on
 /// every stat), one that already is a mount point (stacked mounts, which
@@ -641,10 +579,7 @@ fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
-    let fuse_ended = || {
-        fuse.as_ref()
-            .is_some_and(|(_, (session, _))| session.guard.is_finished())
-    };
+    let fuse_ended = || fuse.as_ref().is_some_and(|(_, mount)| mount.is_finished());
     let signalled = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
@@ -682,14 +617,14 @@ fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow
             Err(e) => tracing::warn!(error = %e, "the NFS server task failed"),
         }
     }
-    if let Some((mp, (session, own_mount))) = fuse {
+    if let Some((mp, mount)) = fuse {
         if signalled {
             eprintln!("slicefs: unmounting {}", mp.display());
         }
         let ended = if signalled {
-            session.umount_and_join()
+            mount.unmount_and_join()
         } else {
-            join_ended(session, mp, own_mount)
+            mount.join_ended()
         };
         if let Err(e) = ended {
             tracing::warn!(error = %e, "unmount: trying a lazy unmount");
@@ -774,54 +709,41 @@ fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow
     }
 }
 
-/// Mounts `vfs` with FUSE at `mp`; returns the session and this mount's
-/// ID (the mountpoint held no mount before: `check_mountpoint`). With
-/// `nfs_too` the NFS server changes the same VFS behind the kernel: short
-/// TTLs, no page cache kept across opens, no write-back cache
-/// ([`FuseFs::with_other_writers`]).
+/// Mounts `vfs` with FUSE at `mp` (which held no mount before:
+/// `check_mountpoint`). With `nfs_too` the NFS server changes the same
+/// VFS behind the kernel: short TTLs, no page cache kept across opens, no
+/// write-back cache ([`FuseFs::with_other_writers`]).
 fn mount_fuse(
     r: &Resolved,
     vfs: &std::sync::Arc<slicefs::vfs::Vfs>,
     data_dir: &Path,
     mp: &Path,
     nfs_too: bool,
-) -> anyhow::Result<(fuser::BackgroundSession, Option<u64>)> {
-    let mut options = vec![
-        fuser::MountOption::FSName(data_dir.display().to_string()),
-        fuser::MountOption::Subtype("slicefs".into()),
-        fuser::MountOption::NoAtime,
-    ];
-    if kernel_checks_permissions(r.allow_other) {
-        options.push(fuser::MountOption::DefaultPermissions);
-    }
-    let mut config = fuser::Config::default();
-    if r.allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
-    config.mount_options = options;
-    config.n_threads = Some(4);
-    let session = fuser::spawn_mount(
-        FuseFs::new(vfs.clone())
-            .with_writeback_cache(r.writeback_cache && !nfs_too)
-            .with_other_writers(nfs_too),
+) -> anyhow::Result<FuseMount> {
+    let fs = FuseFs::new(vfs.clone())
+        .with_writeback_cache(r.writeback_cache && !nfs_too)
+        .with_other_writers(nfs_too);
+    let mount = fuse_mount::mount(
+        fs,
         mp,
-        &config,
-    )
-    .with_context(|| format!("mount at {}", mp.display()))?;
+        &MountSpec {
+            source: data_dir,
+            allow_other: r.allow_other,
+        },
+    )?;
     // st_blocks follows the block map: once a file's block is committed,
     // the kernel's cached attributes (60 s TTL) are stale. Offset -1
     // invalidates the attributes only, not the page cache.
-    let notifier = session.notifier();
+    let notifier = mount.notifier();
     vfs.transfer().on_commit(move |file| {
         let _ = notifier.inval_inode(fuser::INodeNo(file.0), -1, 0);
     });
-    let own_mount = mount_ids_at(mp).last().copied();
     eprintln!(
         "slicefs: mounted {} at {}",
         data_dir.display(),
         mp.display()
     );
-    Ok((session, own_mount))
+    Ok(mount)
 }
 
 /// The line for a drain that stopped with `left` bytes not uploaded.
