@@ -607,6 +607,42 @@ impl SliceCache {
         Ok(merged)
     }
 
+    /// The ranges of `offset..offset + len` of `file` whose bytes the
+    /// cache holds (written, pending or already uploaded), in file order,
+    /// adjacent ones merged. Bytes outside them come from committed blocks
+    /// or are holes. Copies nothing.
+    pub fn cached_ranges(&self, file: FileId, offset: u64, len: u64) -> Vec<Range<u64>> {
+        self.ranges(file, offset, len, false)
+    }
+
+    /// [`SliceCache::cached_ranges`] of the pending bytes only: those not
+    /// yet in the object store (clean bytes are also in committed blocks).
+    pub fn pending_ranges(&self, file: FileId, offset: u64, len: u64) -> Vec<Range<u64>> {
+        self.ranges(file, offset, len, true)
+    }
+
+    fn ranges(&self, file: FileId, offset: u64, len: u64, pending_only: bool) -> Vec<Range<u64>> {
+        let Some(f) = self.file(file) else {
+            return Vec::new();
+        };
+        let fc = lock(&f);
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for r in chunk_ranges(offset, len) {
+            let Some(c) = fc.chunks.get(&r.chunk.0) else {
+                continue;
+            };
+            let base = u64::from(r.chunk.0) * CHUNK;
+            for m in c.cached_ranges(r.offset..r.end(), pending_only) {
+                let m = base + u64::from(m.start)..base + u64::from(m.end);
+                match out.last_mut() {
+                    Some(last) if last.end == m.start => last.end = m.end,
+                    _ => out.push(m),
+                }
+            }
+        }
+        out
+    }
+
     /// Snapshots the pending bytes of `file`, one [`BlockSnapshot`] per
     /// 4 MiB block, skipping blocks whose previous snapshot is still in
     /// flight (one upload per block at a time).

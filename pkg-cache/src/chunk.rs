@@ -576,6 +576,24 @@ impl Chunk {
         Ok(missing)
     }
 
+    /// The sub-ranges of `range` (chunk offsets) that hold cached bytes
+    /// (only pending ones with `pending_only`), in order; adjacent
+    /// extents are merged.
+    pub(crate) fn cached_ranges(&self, range: Range<u32>, pending_only: bool) -> Vec<Range<u32>> {
+        let mut out: Vec<Range<u32>> = Vec::new();
+        for (&s, e) in self.extents.range(self.first_from(range.start)..range.end) {
+            let (from, to) = (s.max(range.start), (s + e.len).min(range.end));
+            if from >= to || (pending_only && e.state != State::Pending) {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.end == from => last.end = to,
+                _ => out.push(from..to),
+            }
+        }
+        out
+    }
+
     /// Snapshots every block with pending bytes and no snapshot in flight.
     pub(crate) fn snapshot_dirty(
         &mut self,

@@ -595,6 +595,48 @@ impl Harness {
         if cursor < range.end {
             cached.push(cursor..range.end);
         }
+        // `cached_ranges` is the complement of what `read` reports missing.
+        prop_assert_eq!(
+            &self
+                .cache
+                .cached_ranges(FileId(file), range.start, range.end - range.start),
+            &cached,
+            "cached_ranges of file {} {:?}",
+            file,
+            range
+        );
+        // Pending ranges lie inside the cached ones, and hold every byte
+        // the model has pending (the cache may keep more pending: see the
+        // tainted blocks above).
+        let pending = self
+            .cache
+            .pending_ranges(FileId(file), range.start, range.end - range.start);
+        for p in &pending {
+            prop_assert!(
+                cached.iter().any(|c| c.start <= p.start && p.end <= c.end),
+                "pending {:?} outside cached {:?}",
+                p,
+                cached
+            );
+        }
+        let mut unlisted = None;
+        for_pages(range.clone(), |p, r, at| {
+            if let Some(page) = fm.pages.get(&p) {
+                for i in r.clone().filter(|&i| page.pending[i]) {
+                    let b = range.start + (at + i - r.start) as u64;
+                    if unlisted.is_none() && !pending.iter().any(|q| q.contains(&b)) {
+                        unlisted = Some(b);
+                    }
+                }
+            }
+        });
+        prop_assert!(
+            unlisted.is_none(),
+            "file {}: pending byte {:?} not in pending_ranges {:?}",
+            file,
+            unlisted,
+            pending
+        );
         for c in &cached {
             prop_assert!(
                 c.end <= fm.len,
