@@ -50,6 +50,10 @@ pub enum FsError {
     /// `EFBIG`: past the largest file size.
     #[error("file too large")]
     TooBig,
+    /// `ENXIO`: `lseek` `SEEK_DATA`/`SEEK_HOLE` at or past the end of the
+    /// file, or `SEEK_DATA` with no data after the offset.
+    #[error("no data or hole at that offset")]
+    NoSuchOffset,
     /// `EOPNOTSUPP`: an operation (or mode of one) slicefs does not offer.
     #[error("not supported: {0}")]
     NotSupported(&'static str),
@@ -91,6 +95,7 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
             FsError::TooBig => libc::EFBIG,
+            FsError::NoSuchOffset => libc::ENXIO,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::NoSpace(_) => libc::ENOSPC,
             FsError::Io { .. } => libc::EIO,

@@ -10,8 +10,8 @@ use slicefs::blockstore::StoreConfig;
 use slicefs::error::FsError;
 use slicefs::meta::{FileKind, Ino, RenameFlags, XattrFlags};
 use slicefs::vfs::{
-    Creds, FsOptions, MetaKind, OpenFlags, PersisterKind, SetAttrRequest, Stability, TimeSet, Vfs,
-    VfsConfig, VfsRecovery,
+    Creds, FsOptions, MetaKind, OpenFlags, PersisterKind, Seek, SetAttrRequest, Stability, TimeSet,
+    Vfs, VfsConfig, VfsRecovery,
 };
 use slicefs_wal::{ChunkIndex, FileId, Persister, SliceId, SliceWrite};
 
@@ -29,6 +29,11 @@ fn open_fs(dir: Option<&Path>) -> Fs {
 }
 
 fn open_fs_with(dir: Option<&Path>, vfs: VfsConfig) -> Fs {
+    open_fs_tuned(dir, |o| o.vfs = vfs)
+}
+
+/// [`open_fs`] with `tune` applied to the options last.
+fn open_fs_tuned(dir: Option<&Path>, tune: impl FnOnce(&mut FsOptions)) -> Fs {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -42,7 +47,7 @@ fn open_fs_with(dir: Option<&Path>, vfs: VfsConfig) -> Fs {
         o.store = Some(StoreConfig::new("memory:///"));
     }
     o.transfer.upload_delay = Duration::from_millis(200);
-    o.vfs = vfs;
+    tune(&mut o);
     let opened = rt.block_on(slicefs::vfs::open_fs(&o, rt.handle())).unwrap();
     Fs {
         vfs: opened.vfs,
@@ -597,8 +602,11 @@ fn fallocate_grows_the_file_with_zeros_and_refuses_other_modes() {
         v.fallocate(&root, fh, 0, 1 << 20, libc::FALLOC_FL_KEEP_SIZE)
             .unwrap();
         assert_eq!(v.getattr(a.ino).unwrap().size, 12288);
-        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        assert_eq!(errno(v.fallocate(&root, fh, 0, 4, punch)), libc::EOPNOTSUPP);
+        let collapse = libc::FALLOC_FL_COLLAPSE_RANGE;
+        assert_eq!(
+            errno(v.fallocate(&root, fh, 0, 4096, collapse)),
+            libc::EOPNOTSUPP
+        );
         assert_eq!(
             errno(v.fallocate(&root, fh, u64::MAX - 1, 4, 0)),
             libc::EFBIG
@@ -622,6 +630,103 @@ fn fallocate_grows_the_file_with_zeros_and_refuses_other_modes() {
         assert_eq!(errno(v.fallocate(&root, ro, 0, 1 << 20, 0)), libc::EBADF);
         v.release(ro).unwrap();
     });
+}
+
+const BLOCK: u64 = 4 << 20;
+
+/// Bytes that are never zero, so a zero read back is a hole.
+fn nonzero(len: u64) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 + 1).collect()
+}
+
+const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+
+#[test]
+fn punch_and_zero_range_read_zeros_free_blocks_and_seek_finds_the_holes() {
+    both(|fs| {
+        let root = Creds::root();
+        let v = &fs.vfs;
+        let len = 3 * BLOCK + 1000;
+        let mut want = nonzero(len);
+        let (a, fh) = v.create(&root, Ino::ROOT, b"img", 0o644, RW, true).unwrap();
+        v.write(&root, fh, 0, &want).unwrap();
+        v.fsync(fh, false).unwrap();
+        let drain = || {
+            fs.rt
+                .block_on(v.transfer().drain(Duration::from_secs(60)))
+                .unwrap()
+        };
+        drain();
+        let alloc = || v.meta().getattr(a.ino).unwrap().alloc;
+        assert_eq!(alloc(), len);
+        let seek = |at, whence| v.seek(a.ino, at, whence);
+        assert_eq!(seek(0, Seek::Hole).unwrap(), len, "no hole yet");
+
+        // The second half of block 0, all of block 1, 100 bytes of block 2.
+        v.fallocate(&root, fh, BLOCK / 2, BLOCK + BLOCK / 2 + 100, PUNCH)
+            .unwrap();
+        want[(BLOCK / 2) as usize..(2 * BLOCK + 100) as usize].fill(0);
+        // Zeros inside block 2, keeping the size.
+        let zero_keep = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+        v.fallocate(&root, fh, 2 * BLOCK + 5000, 3000, zero_keep)
+            .unwrap();
+        want[(2 * BLOCK + 5000) as usize..(2 * BLOCK + 8000) as usize].fill(0);
+        // Zeros across the end: the file grows.
+        v.fallocate(&root, fh, len - 10, 100, libc::FALLOC_FL_ZERO_RANGE)
+            .unwrap();
+        want.truncate((len - 10) as usize);
+        want.resize((len + 90) as usize, 0);
+        assert_eq!(v.getattr(a.ino).unwrap().size, len + 90);
+        // A punch past the end changes nothing.
+        v.fallocate(&root, fh, len + 90, BLOCK, PUNCH).unwrap();
+        assert_eq!(read_all(fs, a.ino), want);
+
+        v.fsync(fh, false).unwrap();
+        drain();
+        assert_eq!(read_all(fs, a.ino), want);
+        // Block 1 is a hole now: its zeros were committed as no object.
+        assert_eq!(alloc(), len - BLOCK);
+        // Data: block 0 (half zeros, still one object), blocks 2 and 3
+        // up to the old end; holes: block 1 and the grown tail.
+        assert_eq!(seek(0, Seek::Data).unwrap(), 0);
+        assert_eq!(seek(0, Seek::Hole).unwrap(), BLOCK);
+        assert_eq!(seek(BLOCK + 7, Seek::Hole).unwrap(), BLOCK + 7);
+        assert_eq!(seek(BLOCK, Seek::Data).unwrap(), 2 * BLOCK);
+        assert_eq!(seek(2 * BLOCK, Seek::Hole).unwrap(), len);
+        assert_eq!(errno(seek(len, Seek::Data)), libc::ENXIO);
+        assert_eq!(errno(seek(len + 90, Seek::Hole)), libc::ENXIO);
+        v.release(fh).unwrap();
+    });
+}
+
+/// The zeros a punch writes over pending bytes are logged after them, so
+/// a replay of the log cannot bring the punched bytes back.
+#[test]
+fn a_punched_hole_survives_a_crash_after_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let data = nonzero(2 * BLOCK);
+    let ino = {
+        // Uploads held back: the bytes are only in the log at the crash.
+        let fs = open_fs_tuned(Some(dir.path()), |o| {
+            o.transfer.upload_delay = Duration::from_secs(3600)
+        });
+        let (a, fh) = fs
+            .vfs
+            .create(&root, Ino::ROOT, b"f", 0o644, RW, true)
+            .unwrap();
+        fs.vfs.write(&root, fh, 0, &data).unwrap();
+        fs.vfs.fsync(fh, false).unwrap();
+        fs.vfs.fallocate(&root, fh, 0, BLOCK + 10, PUNCH).unwrap();
+        fs.vfs.fsync(fh, false).unwrap();
+        fs.crash();
+        a.ino
+    };
+    let fs = open_fs(Some(dir.path()));
+    let mut want = data;
+    want[..(BLOCK + 10) as usize].fill(0);
+    assert_eq!(read_all(&fs, ino), want);
+    fs.unmount();
 }
 
 #[test]

@@ -37,7 +37,7 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::meta::{FileKind, Ino, Inode, RenameFlags, Timespec, XattrFlags};
-use crate::vfs::{Access, Creds, OpenFlags, SetAttrRequest, TimeSet, Vfs};
+use crate::vfs::{Access, Creds, OpenFlags, Seek, SetAttrRequest, TimeSet, Vfs};
 
 /// Attribute time to live: how long the kernel trusts a file's
 /// attributes without a `GETATTR`. Long for the reasons of [`ENTRY_TTL`]:
@@ -959,20 +959,45 @@ impl Filesystem for FuseFs {
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
-    /// `ENOSYS`, quietly: the kernel stops asking and seeks itself, with
-    /// the whole file as data for `SEEK_DATA`/`SEEK_HOLE` (what POSIX
-    /// allows a file system that does not track holes).
+    /// `SEEK_DATA`/`SEEK_HOLE` from the block map and the slice cache
+    /// ([`Vfs::seek`]), so `cp --sparse` and `tar --sparse` skip holes
+    /// without reading them.
+    ///
+    /// The kernel sends no write-back of its dirty pages before
+    /// `FUSE_LSEEK`, and under the write-back cache it alone knows the size
+    /// such pages imply. So a query on a file open for writing (where they
+    /// may be) is answered `ENOSYS`: from then on the kernel answers every
+    /// query of this mount itself, from its own size, with the whole file
+    /// as data (what POSIX allows a file system that does not track
+    /// holes). Wrong answers there would make `cp --sparse` or
+    /// `qemu-img convert` skip written bytes; a lost optimisation loses
+    /// nothing.
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _offset: i64,
-        _whence: i32,
+        offset: i64,
+        whence: i32,
         reply: fuser::ReplyLseek,
     ) {
         let _t = OpTimer::start("lseek");
-        reply.error(Errno::from_i32(libc::ENOSYS));
+        let ino = Ino(ino.0);
+        let whence = match whence {
+            libc::SEEK_DATA => Seek::Data,
+            libc::SEEK_HOLE => Seek::Hole,
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::from_i32(libc::ENXIO));
+        };
+        if self.writeback_cache && self.vfs.open_for_writing(ino) {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
+        match self.vfs.seek(ino, offset, whence) {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     /// `ENOSYS`, quietly: the kernel stops asking and copies through

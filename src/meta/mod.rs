@@ -112,6 +112,11 @@ pub trait BlockMap: Send + Sync {
     /// [`MetaError::FileGone`] if the file was removed meanwhile.
     fn commit_block(&self, addr: BlockAddr, new: BlockRef) -> Result<Option<BlockRef>, MetaError>;
 
+    /// [`BlockMap::commit_block`] for a block whose `len` bytes are all
+    /// zeros: it becomes a hole (no object; reads give zeros) and the
+    /// version it replaces is returned as garbage. Same durability.
+    fn commit_hole(&self, addr: BlockAddr, len: u32) -> Result<Option<BlockRef>, MetaError>;
+
     /// The sequence number of the newest committed change (0: none); a
     /// change committed before this call has at most this number.
     fn commit_seq(&self) -> u64;
@@ -123,6 +128,11 @@ pub trait BlockMap: Send + Sync {
     /// past `size` are dropped, the block holding `size` is shortened.
     /// Returns the objects no longer referenced.
     fn truncate_blocks(&self, file: FileId, size: u64) -> Result<Vec<BlockKey>, MetaError>;
+
+    /// Drops the blocks of `file` that lie wholly inside `from..to` bytes
+    /// (a punched hole; blocks it only overlaps stay). Returns the objects
+    /// no longer referenced.
+    fn punch_blocks(&self, file: FileId, from: u64, to: u64) -> Result<Vec<BlockKey>, MetaError>;
 
     /// Drops every block of `file`; returns the objects no longer
     /// referenced.

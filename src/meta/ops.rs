@@ -597,12 +597,52 @@ pub(crate) fn truncate_blocks(tx: &mut dyn Tx, ino: Ino, size: u64) -> Result<Ve
     Ok(dropped)
 }
 
+/// Drops the blocks of `ino` that lie wholly inside `from..to` (a hole
+/// punched there); returns the objects dropped. Blocks that the range
+/// only overlaps are left alone (the caller zeroes their part).
+pub(crate) fn punch_blocks(tx: &mut dyn Tx, ino: Ino, from: u64, to: u64) -> Result<Vec<BlockKey>> {
+    let mut dropped = Vec::new();
+    let mut freed = 0u64;
+    for (addr, r) in tx.file_blocks(ino)? {
+        let start = addr.file_offset();
+        if start >= from && start + slicefs_cache::BLOCK_SIZE <= to {
+            tx.delete_block(addr)?;
+            tx.doom(addr.key(r.version))?;
+            dropped.push(addr.key(r.version));
+            freed += u64::from(r.len);
+        }
+    }
+    if freed > 0
+        && let Some(mut f) = tx.inode(ino)?
+    {
+        f.alloc = f.alloc.saturating_sub(freed);
+        tx.put_inode(&f)?;
+    }
+    Ok(dropped)
+}
+
 /// Commits a block; a file's size grows to cover it (the size of data
 /// that reached the store is never lost with a lost attribute update).
 pub(crate) fn commit_block(
     tx: &mut dyn Tx,
     addr: BlockAddr,
     new: BlockRef,
+) -> Result<Option<BlockRef>> {
+    commit(tx, addr, Some(new), new.len)
+}
+
+/// Commits a block of `len` bytes that are all zeros as a hole: no object,
+/// and the version it replaces is dropped. The size grows as for
+/// [`commit_block`].
+pub(crate) fn commit_hole(tx: &mut dyn Tx, addr: BlockAddr, len: u32) -> Result<Option<BlockRef>> {
+    commit(tx, addr, None, len)
+}
+
+fn commit(
+    tx: &mut dyn Tx,
+    addr: BlockAddr,
+    new: Option<BlockRef>,
+    len: u32,
 ) -> Result<Option<BlockRef>> {
     // An inode this store handed out and purged since: its upload is
     // stale, and a row for it would be a leak (numbers are not reused).
@@ -612,16 +652,20 @@ pub(crate) fn commit_block(
         return Err(FsError::NotFound);
     }
     let old = tx.block(addr)?;
-    tx.put_block(addr, new)?;
+    match new {
+        Some(n) => tx.put_block(addr, n)?,
+        None if old.is_some() => tx.delete_block(addr)?,
+        None => {}
+    }
     if let Some(o) = old {
         tx.doom(addr.key(o.version))?;
     }
-    if let Some(mut f) = tx.inode(Ino(addr.file.0))? {
-        let end = addr.file_offset() + u64::from(new.len);
+    if let Some(mut f) = tx.inode(ino)? {
+        let end = addr.file_offset() + u64::from(len);
         let before = (f.size, f.alloc);
         f.size = f.size.max(end);
-        f.alloc =
-            (f.alloc + u64::from(new.len)).saturating_sub(old.map_or(0, |o| u64::from(o.len)));
+        let held = new.map_or(0, |n| u64::from(n.len));
+        f.alloc = (f.alloc + held).saturating_sub(old.map_or(0, |o| u64::from(o.len)));
         if (f.size, f.alloc) != before {
             tx.put_inode(&f)?;
         }

@@ -633,6 +633,21 @@ impl MetaStore {
         })
     }
 
+    /// The byte ranges of `ino` that committed blocks hold (each block's
+    /// valid bytes), in file order.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn block_ranges(&self, ino: Ino) -> Result<Vec<std::ops::Range<u64>>> {
+        self.read(|tx| {
+            Ok(tx
+                .file_blocks(ino)?
+                .iter()
+                .map(|(a, r)| a.file_offset()..a.file_offset() + u64::from(r.len))
+                .collect())
+        })
+    }
+
     /// Extended attribute `name` of `ino`.
     ///
     /// # Errors
@@ -737,6 +752,18 @@ impl BlockMap for MetaStore {
         }
     }
 
+    fn commit_hole(
+        &self,
+        addr: BlockAddr,
+        len: u32,
+    ) -> std::result::Result<Option<BlockRef>, MetaError> {
+        match self.write(TxMode::Write, |tx| ops::commit_hole(tx, addr, len)) {
+            Ok(old) => Ok(old),
+            Err(FsError::NotFound) => Err(MetaError::FileGone { file: addr.file }),
+            Err(e) => Err(meta_err("commit hole")(e)),
+        }
+    }
+
     fn commit_seq(&self) -> u64 {
         MetaStore::commit_seq(self)
     }
@@ -754,6 +781,18 @@ impl BlockMap for MetaStore {
             ops::truncate_blocks(tx, Ino(file.0), size)
         })
         .map_err(meta_err("truncate blocks"))
+    }
+
+    fn punch_blocks(
+        &self,
+        file: FileId,
+        from: u64,
+        to: u64,
+    ) -> std::result::Result<Vec<BlockKey>, MetaError> {
+        self.write(TxMode::Write, |tx| {
+            ops::punch_blocks(tx, Ino(file.0), from, to)
+        })
+        .map_err(meta_err("punch blocks"))
     }
 
     fn remove_blocks(&self, file: FileId) -> std::result::Result<Vec<BlockKey>, MetaError> {

@@ -603,6 +603,20 @@ impl TransferManager {
         self.change_blocks(file, false, || Ok(((), meta.truncate_blocks(file, size)?)))
     }
 
+    /// A hole punched in `file` over `from..to`: drops the committed
+    /// blocks wholly inside it, in one metadata change; uploads
+    /// snapshotted before are discarded (they would bring the old bytes
+    /// back) and go again from the cache. The caller has already written
+    /// zeros over the cached bytes of the range and the blocks it only
+    /// overlaps. Replaced objects are deleted after the grace period.
+    ///
+    /// # Errors
+    /// The metadata store's error (nothing changed).
+    pub fn punch(&self, file: FileId, from: u64, to: u64) -> Result<(), TransferError> {
+        let meta = self.inner.meta.clone();
+        self.change_blocks(file, false, || Ok(((), meta.punch_blocks(file, from, to)?)))
+    }
+
     /// The file is gone for good (last link and last open handle): drops
     /// its block references; uploads in flight are discarded; its objects
     /// are deleted after the grace period.
@@ -1117,26 +1131,36 @@ impl Inner {
             Ok(d) => d,
             Err(outcome) => return Ok(outcome),
         };
-        // 3. A new object.
-        let Some(version) = self
-            .retry("allocate version", || async {
-                self.meta.allocate_version()
-            })
-            .await
-        else {
-            return Ok(Outcome::Stopped);
-        };
-        let key = addr.key(version);
+        // 3. A new object, unless the block is all zeros (a punched hole,
+        // zeros written by a program): that becomes a hole in the block
+        // map, with nothing stored.
+        let hole = data.iter().all(|&b| b == 0);
+        let mut key = None;
+        let mut version = 0;
+        if !hole {
+            let Some(v) = self
+                .retry("allocate version", || async {
+                    self.meta.allocate_version()
+                })
+                .await
+            else {
+                return Ok(Outcome::Stopped);
+            };
+            version = v;
+            key = Some(addr.key(version));
+        }
         // Not an orphan for the sweep until committed or given up.
-        let _uploading = Uploading::new(&self.uploading, key);
-        let put = self
-            .retry("upload", || async {
-                let _io = self.io.acquire(IoClass::Upload).await;
-                self.store.put(&key, data.clone()).await
-            })
-            .await;
-        if put.is_none() {
-            return Ok(Outcome::Stopped);
+        let _uploading = key.map(|k| Uploading::new(&self.uploading, k));
+        if let Some(key) = key {
+            let put = self
+                .retry("upload", || async {
+                    let _io = self.io.acquire(IoClass::Upload).await;
+                    self.store.put(&key, data.clone()).await
+                })
+                .await;
+            if put.is_none() {
+                return Ok(Outcome::Stopped);
+            }
         }
         if self.crash_here(CrashPoint::AfterUpload) || self.cancel.is_cancelled() {
             return Ok(Outcome::Stopped);
@@ -1151,6 +1175,8 @@ impl Inner {
                         let g = lock(gate);
                         if *g != stamp.epoch {
                             None
+                        } else if hole {
+                            Some(self.meta.commit_hole(addr, data.len() as u32))
                         } else {
                             let new = BlockRef {
                                 version,
@@ -1176,7 +1202,9 @@ impl Inner {
         };
         let Some(old) = committed else {
             // The object is nobody's: delete it now.
-            self.collect_now(key);
+            if let Some(key) = key {
+                self.collect_now(key);
+            }
             return Ok(Outcome::Discarded);
         };
         self.note_success();

@@ -13,12 +13,14 @@
 //! front end calls them from its own threads (FUSE) or through
 //! `spawn_blocking` (async servers), never from a Tokio worker.
 
+mod holes;
 mod open;
 mod perm;
 mod reaper;
 mod space;
 mod stateless;
 pub mod volume;
+pub use holes::Seek;
 mod xattr;
 
 use std::collections::HashMap;
@@ -194,6 +196,8 @@ struct NodeState {
     /// `attr` has changes metadata does not have yet.
     dirty: bool,
     opens: u32,
+    /// Of `opens`, the handles open for writing.
+    writers: u32,
     /// The metadata commits (see [`MetaStore::commit_seq`]) up to which
     /// this inode's metadata must be durable for an `fdatasync` to need
     /// nothing but the log: its creation, and every change that is not
@@ -968,12 +972,16 @@ impl Vfs {
                         attr: a.clone(),
                         dirty: false,
                         opens: 0,
+                        writers: 0,
                         // Its creation, or anything before this open.
                         meta_seq: self.meta.commit_seq(),
                     }),
                 })
             });
-            lock(&n.state).opens += 1;
+            let mut st = lock(&n.state);
+            st.opens += 1;
+            st.writers += u32::from(flags.write);
+            drop(st);
             n.clone()
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -1127,44 +1135,6 @@ impl Vfs {
         Ok(done as u32)
     }
 
-    /// `fallocate` on an open handle. Mode 0 (`posix_fallocate`) grows the
-    /// file to `offset + len` if it is shorter (the new bytes read as
-    /// zeros); with `FALLOC_FL_KEEP_SIZE` alone it changes nothing. Space
-    /// is not reserved: data lives in the object store, and the local log
-    /// refuses a write with `ENOSPC` when its disk is full. Other modes
-    /// (punching holes, zeroing, collapsing ranges) are not offered.
-    ///
-    /// # Errors
-    /// `EBADF` (not open for writing), `EOPNOTSUPP` (another mode),
-    /// `EFBIG`, `EACCES`, `EIO`.
-    pub fn fallocate(
-        &self,
-        creds: &Creds,
-        fh: u64,
-        offset: u64,
-        len: u64,
-        mode: i32,
-    ) -> Result<()> {
-        let (node, flags) = self.handle(fh)?;
-        if !flags.write {
-            return Err(FsError::BadHandle);
-        }
-        match mode {
-            0 => {}
-            libc::FALLOC_FL_KEEP_SIZE => return Ok(()),
-            _ => return Err(FsError::NotSupported("this fallocate mode")),
-        }
-        let end = range_end(offset, len)?;
-        if end <= lock(&node.state).attr.size {
-            return Ok(());
-        }
-        let req = SetAttrRequest {
-            size: Some(end),
-            ..SetAttrRequest::default()
-        };
-        self.setattr(creds, node.ino, &req).map(|_| ())
-    }
-
     /// `flush` (each `close` of a descriptor): writes the size and times
     /// to metadata, so other clients see them.
     ///
@@ -1232,6 +1202,7 @@ impl Vfs {
         let last = {
             let mut st = lock(&node.state);
             st.opens -= 1;
+            st.writers -= u32::from(h.flags.write);
             st.opens == 0
         };
         if !last {
