@@ -751,6 +751,54 @@ print("ok")
     assert!(noisy.is_empty(), "{}", noisy.join("\n"));
 }
 
+/// An everyday session (a source tree copied in and listed, a git
+/// repository made of it, python file I/O, editor-style saves through a
+/// swap file and rename, vim itself) logs no WARN or ERROR line.
+#[test]
+fn an_everyday_session_logs_no_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let m = Mount::start(&mp, &tmp.path().join("data"), &[]);
+    let sh = r#"
+set -e
+cd "$1"
+cp -r /usr/include/linux inc
+ls -lR inc > /dev/null
+cd inc
+git init -q
+git add .
+git -c user.email=t@t -c user.name=t commit -qm tree
+cd ..
+python3 - <<'PY'
+import os
+for i in range(100):
+    with open("py%d.txt" % i, "w") as f:
+        f.write("hello, " * 100)
+    with open("py%d.txt" % i) as f:
+        assert f.read() == "hello, " * 100
+for i in range(20):
+    with open(".doc.swp", "w") as f:
+        f.write("x" * 1000)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(".doc.swp", "doc.txt")
+    fd = os.open(".", os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+PY
+if command -v vim > /dev/null; then vim -es -c 'normal ihello' -c wq vim.txt; fi
+echo ok
+"#;
+    let out = run(Command::new("sh").args(["-c", sh, "sh"]).arg(&mp));
+    assert_eq!(out.lines().last(), Some("ok"), "{out}");
+    let log = m.stop();
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(noisy.is_empty(), "{}", noisy.join("\n"));
+}
+
 /// `slicefs stats MP --count 2` while a writer runs: a header and two
 /// lines, the write rate moving; `| head -1` ends quietly.
 #[test]
