@@ -190,7 +190,7 @@ fn metadata_becomes_durable_only_after_the_log() {
         block: 0,
     };
     s.meta
-        .commit_block(addr, BlockRef { version, len: 4 })
+        .commit_block(addr, BlockRef::own(version, 4))
         .unwrap();
     let seq = BlockMap::commit_seq(&s.meta);
     assert!(

@@ -348,23 +348,10 @@ fn block_map_commit_grows_size_and_truncate_cuts() {
         let v1 = m.allocate_version().unwrap();
         let v2 = m.allocate_version().unwrap();
         assert!(v2 > v1);
-        m.commit_block(
-            addr(0, 1),
-            BlockRef {
-                version: v1,
-                len: 100,
-            },
-        )
-        .unwrap();
+        m.commit_block(addr(0, 1), BlockRef::own(v1, 100)).unwrap();
         assert_eq!(m.getattr(f.ino).unwrap().size, (4 << 20) + 100, "{name}");
-        m.commit_block(
-            addr(1, 0),
-            BlockRef {
-                version: v2,
-                len: 4 << 20,
-            },
-        )
-        .unwrap();
+        m.commit_block(addr(1, 0), BlockRef::own(v2, 4 << 20))
+            .unwrap();
         assert!(m.is_referenced(&addr(1, 0).key(v2)).unwrap());
         let (a, dropped) = m
             .truncate(
@@ -378,17 +365,62 @@ fn block_map_commit_grows_size_and_truncate_cuts() {
             .unwrap();
         assert_eq!((a.size, a.truncate_lsn), ((4 << 20) + 50, 77), "{name}");
         assert_eq!(dropped, vec![addr(1, 0).key(v2)]);
-        assert_eq!(
-            m.block(addr(0, 1)).unwrap(),
-            Some(BlockRef {
-                version: v1,
-                len: 50
-            })
-        );
+        assert_eq!(m.block(addr(0, 1)).unwrap(), Some(BlockRef::own(v1, 50)));
         // Purge returns the file's objects.
         m.unlink(Ino::ROOT, b"f", t(2)).unwrap();
         assert_eq!(m.purge(f.ino).unwrap(), vec![addr(0, 1).key(v1)], "{name}");
         assert_eq!(m.block(addr(0, 1)).unwrap(), None);
+    }
+}
+
+/// A clone references the source's object: the object is doomed (and
+/// the sweep may delete it) only once no block references it.
+#[test]
+fn a_cloned_object_lives_until_its_last_reference_goes() {
+    for (name, m, _d) in stores() {
+        let file = |n: &[u8]| {
+            m.create(Ino::ROOT, n, &node(FileKind::Regular), t(1))
+                .unwrap()
+                .ino
+        };
+        let (src, dst) = (file(b"src"), file(b"dst"));
+        let at = |ino: Ino, block| BlockAddr {
+            file: FileId(ino.0),
+            chunk: ChunkIndex(0),
+            block,
+        };
+        let v = m.allocate_version().unwrap();
+        let key = at(src, 1).key(v);
+        m.commit_block(at(src, 1), BlockRef::own(v, 1000)).unwrap();
+        // Block 0 of src is a hole: cloning it drops dst's own block 0.
+        let w = m.allocate_version().unwrap();
+        m.commit_block(at(dst, 0), BlockRef::own(w, 10)).unwrap();
+        let dropped = m.clone_blocks(src, 0, dst, 0, &[0, 1]).unwrap();
+        assert_eq!(dropped, vec![at(dst, 0).key(w)], "{name}");
+        let cloned = m.block(at(dst, 1)).unwrap().unwrap();
+        assert_eq!((cloned.version, cloned.len), (v, 1000), "{name}");
+        assert_eq!(cloned.key(at(dst, 1)), key, "{name}");
+        assert_eq!(m.block(at(dst, 0)).unwrap(), None, "{name}");
+        let d = m.getattr(dst).unwrap();
+        assert_eq!((d.size, d.alloc), ((4 << 20) + 1000, 1000), "{name}");
+        // The source lets go: the object stays.
+        let (_, dropped) = m
+            .truncate(
+                src,
+                &SetAttr {
+                    size: Some(0),
+                    ..SetAttr::default()
+                },
+            )
+            .unwrap();
+        assert!(dropped.is_empty(), "{name}: {dropped:?}");
+        assert!(m.is_referenced(&key).unwrap(), "{name}");
+        assert!(!m.doomed().unwrap().contains(&key), "{name}");
+        // The clone lets go: now it is garbage.
+        m.unlink(Ino::ROOT, b"dst", t(2)).unwrap();
+        assert_eq!(m.purge(dst).unwrap(), vec![key], "{name}");
+        assert!(!m.is_referenced(&key).unwrap(), "{name}");
+        assert!(m.doomed().unwrap().contains(&key), "{name}");
     }
 }
 
@@ -430,9 +462,9 @@ fn sqlite_store_persists_and_refuses_other_schema_versions() {
     assert!(err.to_string().contains("schema"), "{err}");
 }
 
-/// A version 1 database (before `size_lsn` and `synced_size`, and the
-/// doomed list and `alloc` of version 3) is upgraded in place at open, keeping
-/// everything.
+/// A version 1 database (before `size_lsn` and `synced_size`, the
+/// doomed list and `alloc` of version 3, and the clone columns of version
+/// 4) is upgraded in place at open, keeping everything.
 #[test]
 fn sqlite_store_upgrades_schema_version_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -453,6 +485,10 @@ fn sqlite_store_upgrades_schema_version_1() {
          ALTER TABLE inodes DROP COLUMN synced_size;
          ALTER TABLE inodes DROP COLUMN alloc;
          DROP TABLE doomed;
+         DROP INDEX blocks_version;
+         ALTER TABLE blocks DROP COLUMN ofile;
+         ALTER TABLE blocks DROP COLUMN ochunk;
+         ALTER TABLE blocks DROP COLUMN oblock;
          UPDATE info SET value = 1 WHERE key = 'schema_version';",
     )
     .unwrap();
@@ -489,7 +525,7 @@ fn a_block_commit_for_a_removed_file_is_refused() {
             block: 0,
         };
         let version = m.allocate_version().unwrap();
-        let r = m.commit_block(addr, BlockRef { version, len: 10 });
+        let r = m.commit_block(addr, BlockRef::own(version, 10));
         assert!(
             matches!(r, Err(MetaError::FileGone { file }) if file == addr.file),
             "{name}: {r:?}"
@@ -636,7 +672,7 @@ fn concurrent_block_commits_each_get_their_own_outcome() {
                             (
                                 addr,
                                 version,
-                                m.commit_block(addr, BlockRef { version, len: 100 }),
+                                m.commit_block(addr, BlockRef::own(version, 100)),
                             )
                         })
                         .collect::<Vec<_>>()
@@ -655,7 +691,7 @@ fn concurrent_block_commits_each_get_their_own_outcome() {
                     assert!(matches!(r, Ok(None)), "{name}: {r:?}");
                     assert_eq!(
                         m.block(addr).unwrap(),
-                        Some(BlockRef { version, len: 100 }),
+                        Some(BlockRef::own(version, 100)),
                         "{name}"
                     );
                 }

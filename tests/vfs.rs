@@ -729,6 +729,83 @@ fn a_punched_hole_survives_a_crash_after_fsync() {
     fs.unmount();
 }
 
+/// `copy_file_range` clones whole committed blocks (the destination
+/// references the source's objects: no bytes stored twice), copies the
+/// rest, and the clone outlives the source.
+#[test]
+fn copy_file_range_clones_whole_blocks_and_the_clone_outlives_its_source() {
+    both(|fs| {
+        let root = Creds::root();
+        let v = &fs.vfs;
+        let drain = || {
+            fs.rt
+                .block_on(v.transfer().drain(Duration::from_secs(60)))
+                .unwrap()
+        };
+        let objects = || fs.rt.block_on(v.transfer().list_objects()).unwrap().len();
+        let len = 3 * BLOCK + 1000;
+        let data = nonzero(len);
+        let (_, sfh) = v.create(&root, Ino::ROOT, b"src", 0o644, RW, true).unwrap();
+        v.write(&root, sfh, 0, &data).unwrap();
+        v.fsync(sfh, false).unwrap();
+        drain();
+        assert_eq!(objects(), 4);
+        let (dst, dfh) = v.create(&root, Ino::ROOT, b"dst", 0o644, RW, true).unwrap();
+        assert_eq!(
+            v.copy_file_range(&root, sfh, 0, dfh, 0, u64::MAX).unwrap(),
+            len
+        );
+        // Three blocks are clones at once (in metadata); the tail was
+        // written.
+        assert_eq!(v.meta().getattr(dst.ino).unwrap().alloc, 3 * BLOCK);
+        assert_eq!(v.getattr(dst.ino).unwrap().size, len);
+        assert_eq!(read_all(fs, dst.ino), data);
+        drain();
+        assert_eq!(objects(), 5, "only the tail is stored again");
+
+        // Misaligned, and from a source with bytes not yet uploaded: a
+        // plain copy, same result.
+        v.write(&root, sfh, 10, b"fresh").unwrap();
+        let mut want = data.clone();
+        want[10..15].copy_from_slice(b"fresh");
+        let (other, ofh) = v
+            .create(&root, Ino::ROOT, b"other", 0o644, RW, true)
+            .unwrap();
+        assert_eq!(
+            v.copy_file_range(&root, sfh, 0, ofh, 0, 2 * BLOCK).unwrap(),
+            2 * BLOCK
+        );
+        assert_eq!(
+            v.copy_file_range(&root, sfh, 7, ofh, 2 * BLOCK + 3, 100)
+                .unwrap(),
+            100
+        );
+        let got = read_all(fs, other.ino);
+        assert_eq!(&got[..(2 * BLOCK) as usize], &want[..(2 * BLOCK) as usize]);
+        assert_eq!(&got[(2 * BLOCK + 3) as usize..], &want[7..107]);
+        // Past the source's end: nothing; one file's overlapping ranges:
+        // refused.
+        assert_eq!(v.copy_file_range(&root, sfh, len, dfh, 0, 10).unwrap(), 0);
+        assert_eq!(
+            errno(v.copy_file_range(&root, sfh, 0, sfh, 100, 1000)),
+            libc::EINVAL
+        );
+        v.release(ofh).unwrap();
+
+        // The source goes away entirely; the clone's objects stay, also
+        // through an orphan sweep with no grace.
+        v.release(sfh).unwrap();
+        v.unlink(&root, Ino::ROOT, b"src").unwrap();
+        v.syncfs().unwrap();
+        drain();
+        fs.rt
+            .block_on(v.transfer().sweep_orphans(Duration::ZERO))
+            .unwrap();
+        v.release(dfh).unwrap();
+        assert_eq!(read_all(fs, dst.ino), data);
+    });
+}
+
 #[test]
 fn set_id_bits_go_on_truncate_and_on_a_kill_suidgid_write_as_on_ext4() {
     both(|fs| {

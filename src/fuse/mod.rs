@@ -1000,23 +1000,41 @@ impl Filesystem for FuseFs {
         }
     }
 
-    /// `ENOSYS`, quietly: the kernel stops asking and copies through
-    /// reads and writes.
+    /// A copy inside the mount ([`Vfs::copy_file_range`]): whole aligned
+    /// blocks are cloned, the rest copied without crossing into the
+    /// kernel. The kernel writes back the dirty pages of both ranges
+    /// before, and drops the destination's cached pages after.
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
-        _fh_in: FileHandle,
-        _offset_in: u64,
+        fh_in: FileHandle,
+        offset_in: u64,
         _ino_out: INodeNo,
-        _fh_out: FileHandle,
-        _offset_out: u64,
-        _len: u64,
-        _flags: fuser::CopyFileRangeFlags,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
         let _t = OpTimer::start("copy_file_range");
-        reply.error(Errno::from_i32(libc::ENOSYS));
+        if flags.bits() != 0 {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        // The reply counts bytes in 32 bits: whole blocks below 4 GiB.
+        let len =
+            len.min(u64::from(u32::MAX) / slicefs_cache::BLOCK_SIZE * slicefs_cache::BLOCK_SIZE);
+        match self.vfs.copy_file_range(
+            &self.creds(req),
+            fh_in.0,
+            offset_in,
+            fh_out.0,
+            offset_out,
+            len,
+        ) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn create(

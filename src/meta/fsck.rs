@@ -208,7 +208,7 @@ fn check(tx: &mut dyn Tx, repair: bool, lost_found: Option<Ino>) -> Result<Names
         if repair {
             for (a, r) in d.blocks.iter().filter(|(a, _)| a.file.0 == ino.0) {
                 tx.delete_block(*a)?;
-                tx.doom(a.key(r.version))?;
+                super::ops::released(tx, *a, *r)?;
             }
         }
         note(
@@ -348,7 +348,7 @@ fn check(tx: &mut dyn Tx, repair: bool, lost_found: Option<Ino>) -> Result<Names
     let referenced = d
         .blocks
         .iter()
-        .map(|(a, r)| (a.key(r.version), d.path(Ino(a.file.0))))
+        .map(|(a, r)| (r.key(*a), d.path(Ino(a.file.0))))
         .collect();
     Ok(NamespaceCheck {
         inodes: d.inodes.len() as u64,

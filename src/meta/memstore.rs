@@ -24,8 +24,33 @@ struct State {
     symlinks: HashMap<Ino, Vec<u8>>,
     xattrs: BTreeMap<(Ino, Vec<u8>), Vec<u8>>,
     blocks: BTreeMap<BlockAddr, BlockRef>,
+    /// Blocks per object version (clones share one).
+    version_refs: HashMap<u64, u64>,
     doomed: BTreeSet<BlockKey>,
     counters: HashMap<&'static str, u64>,
+}
+
+impl State {
+    /// Sets (or with `None` removes) the block at `addr`, keeping the
+    /// per-version reference counts; returns what was there.
+    fn set_block(&mut self, addr: BlockAddr, r: Option<BlockRef>) -> Option<BlockRef> {
+        let old = match r {
+            Some(r) => {
+                *self.version_refs.entry(r.version).or_default() += 1;
+                self.blocks.insert(addr, r)
+            }
+            None => self.blocks.remove(&addr),
+        };
+        if let Some(o) = old
+            && let Some(n) = self.version_refs.get_mut(&o.version)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.version_refs.remove(&o.version);
+            }
+        }
+        old
+    }
 }
 
 enum Undo {
@@ -114,10 +139,7 @@ impl MemTx<'_> {
                     };
                 }
                 Undo::Block(k, v) => {
-                    match v {
-                        Some(v) => self.s.blocks.insert(k, v),
-                        None => self.s.blocks.remove(&k),
-                    };
+                    self.s.set_block(k, v);
                 }
                 Undo::Doomed(k, was) => {
                     if was {
@@ -299,15 +321,19 @@ impl Tx for MemTx<'_> {
     }
 
     fn put_block(&mut self, addr: BlockAddr, r: BlockRef) -> Result<()> {
-        let old = self.s.blocks.insert(addr, r);
+        let old = self.s.set_block(addr, Some(r));
         self.undo.push(Undo::Block(addr, old));
         Ok(())
     }
 
     fn delete_block(&mut self, addr: BlockAddr) -> Result<()> {
-        let old = self.s.blocks.remove(&addr);
+        let old = self.s.set_block(addr, None);
         self.undo.push(Undo::Block(addr, old));
         Ok(())
+    }
+
+    fn version_refs(&mut self, version: u64) -> Result<u64> {
+        Ok(self.s.version_refs.get(&version).copied().unwrap_or(0))
     }
 
     fn doom(&mut self, key: BlockKey) -> Result<()> {

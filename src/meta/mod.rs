@@ -55,16 +55,47 @@ impl BlockAddr {
         u64::from(self.chunk.0) * slicefs_cache::CHUNK_SIZE
             + u64::from(self.block) * slicefs_cache::BLOCK_SIZE
     }
+
+    /// The block of `file` that holds byte `offset`.
+    pub fn at(file: FileId, offset: u64) -> BlockAddr {
+        BlockAddr {
+            file,
+            chunk: ChunkIndex((offset / slicefs_cache::CHUNK_SIZE) as u32),
+            block: ((offset % slicefs_cache::CHUNK_SIZE) / slicefs_cache::BLOCK_SIZE) as u32,
+        }
+    }
 }
 
 /// The committed version of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockRef {
-    /// The object's version (see [`BlockKey`]).
+    /// The object's version (see [`BlockKey`]). Versions are unique for
+    /// the life of the filesystem, so a version names one object; several
+    /// blocks may reference it (clones: `copy_file_range`).
     pub version: u64,
     /// Valid bytes from the block's start, at most 4 MiB. Bytes past it
     /// read as zeros (a truncate shortens it without rewriting the object).
     pub len: u32,
+    /// For a clone, the block the object was uploaded for (its key names
+    /// that block); `None`: the object is this block's own.
+    pub origin: Option<BlockAddr>,
+}
+
+impl BlockRef {
+    /// A block's own object: version `version`, `len` valid bytes.
+    pub fn own(version: u64, len: u32) -> BlockRef {
+        BlockRef {
+            version,
+            len,
+            origin: None,
+        }
+    }
+
+    /// The key of the object this reference names, for the block at
+    /// `addr` that holds it.
+    pub fn key(&self, addr: BlockAddr) -> BlockKey {
+        self.origin.unwrap_or(addr).key(self.version)
+    }
 }
 
 /// Errors of a metadata store.
@@ -104,7 +135,8 @@ pub trait BlockMap: Send + Sync {
     fn allocate_version(&self) -> Result<u64, MetaError>;
 
     /// Makes `new` the committed version of `addr` and returns the version
-    /// it replaced (its object is garbage once this commit is durable).
+    /// it replaced if no other block references its object (the object is
+    /// then garbage once this commit is durable; a clone may still use it).
     /// Not durable on return: a power loss may undo it until
     /// [`BlockMap::is_durable`] says so for a [`BlockMap::commit_seq`] read
     /// after this returned; callers that need it durable batch many
@@ -160,6 +192,7 @@ pub trait BlockMap: Send + Sync {
     /// more delete of a missing object).
     fn forget_doomed(&self, keys: &[BlockKey]) -> Result<(), MetaError>;
 
-    /// Whether `key` is the committed version of its block.
+    /// Whether some block references `key`'s object: its own block, or a
+    /// clone of it.
     fn is_referenced(&self, key: &BlockKey) -> Result<bool, MetaError>;
 }

@@ -9,6 +9,7 @@ use super::types::{
 use super::{BlockAddr, BlockRef};
 use crate::blockstore::BlockKey;
 use crate::error::FsError;
+use slicefs_wal::FileId;
 
 /// Longest name of a directory entry, in bytes (as ext4).
 pub const NAME_MAX: usize = 255;
@@ -66,6 +67,9 @@ pub(crate) trait Tx {
     fn block(&mut self, addr: BlockAddr) -> Result<Option<BlockRef>>;
     fn put_block(&mut self, addr: BlockAddr, r: BlockRef) -> Result<()>;
     fn delete_block(&mut self, addr: BlockAddr) -> Result<()>;
+    /// How many blocks reference object version `version` (clones share
+    /// one object).
+    fn version_refs(&mut self, version: u64) -> Result<u64>;
     fn file_blocks(&mut self, ino: Ino) -> Result<Vec<(BlockAddr, BlockRef)>>;
     /// Records that object `key` is no longer referenced and must be
     /// deleted from the store (the doomed list).
@@ -578,8 +582,7 @@ pub(crate) fn truncate_blocks(tx: &mut dyn Tx, ino: Ino, size: u64) -> Result<Ve
         let start = addr.file_offset();
         if start >= size {
             tx.delete_block(addr)?;
-            tx.doom(addr.key(r.version))?;
-            dropped.push(addr.key(r.version));
+            dropped.extend(released(tx, addr, r)?);
             freed += u64::from(r.len);
         } else if start + u64::from(r.len) > size {
             let len = (size - start) as u32;
@@ -607,8 +610,7 @@ pub(crate) fn punch_blocks(tx: &mut dyn Tx, ino: Ino, from: u64, to: u64) -> Res
         let start = addr.file_offset();
         if start >= from && start + slicefs_cache::BLOCK_SIZE <= to {
             tx.delete_block(addr)?;
-            tx.doom(addr.key(r.version))?;
-            dropped.push(addr.key(r.version));
+            dropped.extend(released(tx, addr, r)?);
             freed += u64::from(r.len);
         }
     }
@@ -616,6 +618,66 @@ pub(crate) fn punch_blocks(tx: &mut dyn Tx, ino: Ino, from: u64, to: u64) -> Res
         && let Some(mut f) = tx.inode(ino)?
     {
         f.alloc = f.alloc.saturating_sub(freed);
+        tx.put_inode(&f)?;
+    }
+    Ok(dropped)
+}
+
+/// The object `r` named for the block at `addr`, whose reference the
+/// transaction just deleted or replaced: put on the doomed list and
+/// returned if no block references it any more (a clone may).
+pub(crate) fn released(tx: &mut dyn Tx, addr: BlockAddr, r: BlockRef) -> Result<Option<BlockKey>> {
+    if tx.version_refs(r.version)? > 0 {
+        return Ok(None);
+    }
+    let k = r.key(addr);
+    tx.doom(k)?;
+    Ok(Some(k))
+}
+
+/// Makes block `k` of `dst` from `dst_at` reference the object of block
+/// `k` of `src` from `src_at`, for each `k` in `which` (both offsets
+/// 4 MiB-aligned; a block `src` does not have becomes a hole in `dst`):
+/// `copy_file_range` as a clone, no bytes moved. `dst`'s size grows to
+/// cover what it now references, as a commit's does. Returns the objects
+/// no longer referenced.
+pub(crate) fn clone_blocks(
+    tx: &mut dyn Tx,
+    src: Ino,
+    src_at: u64,
+    dst: Ino,
+    dst_at: u64,
+    which: &[u64],
+) -> Result<Vec<BlockKey>> {
+    let block = slicefs_cache::BLOCK_SIZE;
+    let Some(mut f) = tx.inode(dst)? else {
+        return Err(FsError::NotFound);
+    };
+    let before = (f.size, f.alloc);
+    let mut dropped = Vec::new();
+    for &k in which {
+        let sa = BlockAddr::at(FileId(src.0), src_at + k * block);
+        let da = BlockAddr::at(FileId(dst.0), dst_at + k * block);
+        let new = tx.block(sa)?.map(|r| BlockRef {
+            origin: Some(r.origin.unwrap_or(sa)),
+            ..r
+        });
+        let old = tx.block(da)?;
+        match new {
+            Some(n) => {
+                tx.put_block(da, n)?;
+                f.size = f.size.max(da.file_offset() + u64::from(n.len));
+                f.alloc += u64::from(n.len);
+            }
+            None if old.is_some() => tx.delete_block(da)?,
+            None => {}
+        }
+        if let Some(o) = old {
+            f.alloc = f.alloc.saturating_sub(u64::from(o.len));
+            dropped.extend(released(tx, da, o)?);
+        }
+    }
+    if (f.size, f.alloc) != before {
         tx.put_inode(&f)?;
     }
     Ok(dropped)
@@ -657,9 +719,10 @@ fn commit(
         None if old.is_some() => tx.delete_block(addr)?,
         None => {}
     }
-    if let Some(o) = old {
-        tx.doom(addr.key(o.version))?;
-    }
+    let dropped = match old {
+        Some(o) => released(tx, addr, o)?.map(|_| o),
+        None => None,
+    };
     if let Some(mut f) = tx.inode(ino)? {
         let end = addr.file_offset() + u64::from(len);
         let before = (f.size, f.alloc);
@@ -670,7 +733,7 @@ fn commit(
             tx.put_inode(&f)?;
         }
     }
-    Ok(old)
+    Ok(dropped)
 }
 
 pub(crate) fn readdir(
@@ -712,15 +775,12 @@ pub(crate) fn purge(tx: &mut dyn Tx, ino: Ino) -> Result<Vec<BlockKey>> {
     if f.nlink > 0 {
         return Err(FsError::Invalid("purge of a linked inode"));
     }
-    let keys: Vec<BlockKey> = tx
-        .file_blocks(ino)?
-        .into_iter()
-        .map(|(a, r)| a.key(r.version))
-        .collect();
-    for k in &keys {
-        tx.doom(*k)?;
-    }
+    let blocks = tx.file_blocks(ino)?;
     tx.delete_inode(ino)?;
+    let mut keys = Vec::new();
+    for (a, r) in blocks {
+        keys.extend(released(tx, a, r)?);
+    }
     Ok(keys)
 }
 

@@ -17,7 +17,7 @@
 //!   + index (parent, cookie)
 //! symlinks(ino PRIMARY KEY, target BLOB)
 //! xattrs(ino, name BLOB, value BLOB, PRIMARY KEY(ino, name))
-//! blocks(ino, chunk, block, version, len, PRIMARY KEY(ino, chunk, block))
+//! blocks(ino, chunk, block, version, len, ofile, ochunk, oblock, PRIMARY KEY(ino, chunk, block))
 //! ```
 //!
 //! Journal mode WAL with `synchronous=NORMAL`: a commit survives a crash of
@@ -58,7 +58,7 @@ use slicefs_wal::{ChunkIndex, FileId};
 type Result<T> = std::result::Result<T, FsError>;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// From version 1: the size's write LSN and the synced size.
 const UPGRADE_FROM_1: &str = "
@@ -77,6 +77,16 @@ UPDATE inodes SET alloc = (SELECT coalesce(sum(len), 0) FROM blocks WHERE blocks
 CREATE TABLE doomed(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER NOT NULL,
     version INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block, version));
 UPDATE info SET value = 3 WHERE key = 'schema_version';
+";
+
+/// From version 3: clones (a block referencing another block's object,
+/// `copy_file_range`), and the index that counts an object's references.
+const UPGRADE_FROM_3: &str = "
+ALTER TABLE blocks ADD COLUMN ofile INTEGER;
+ALTER TABLE blocks ADD COLUMN ochunk INTEGER;
+ALTER TABLE blocks ADD COLUMN oblock INTEGER;
+CREATE INDEX blocks_version ON blocks(version);
+UPDATE info SET value = 4 WHERE key = 'schema_version';
 ";
 
 const SCHEMA: &str = "
@@ -102,7 +112,9 @@ CREATE TABLE symlinks(ino INTEGER PRIMARY KEY, target BLOB NOT NULL);
 CREATE TABLE xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY(ino, name));
 CREATE TABLE blocks(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER NOT NULL,
-    version INTEGER NOT NULL, len INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block));
+    version INTEGER NOT NULL, len INTEGER NOT NULL,
+    ofile INTEGER, ochunk INTEGER, oblock INTEGER, PRIMARY KEY(ino, chunk, block));
+CREATE INDEX blocks_version ON blocks(version);
 CREATE TABLE doomed(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER NOT NULL,
     version INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block, version));
 ";
@@ -195,12 +207,15 @@ impl SqliteBackend {
                     |r| r.get(0),
                 )
                 .optional()?;
-            if v == Some(1) || v == Some(2) {
+            if matches!(v, Some(1..=3)) {
                 let tx = conn.unchecked_transaction()?;
                 if v == Some(1) {
                     tx.execute_batch(UPGRADE_FROM_1)?;
                 }
-                tx.execute_batch(UPGRADE_FROM_2)?;
+                if v <= Some(2) {
+                    tx.execute_batch(UPGRADE_FROM_2)?;
+                }
+                tx.execute_batch(UPGRADE_FROM_3)?;
                 tx.commit()?;
             } else if v != Some(SCHEMA_VERSION) {
                 return Err(FsError::io(
@@ -252,6 +267,24 @@ struct SqlTx<'a, 'c> {
 
 fn kind_of(code: i64) -> rusqlite::Result<FileKind> {
     FileKind::from_code(code as u8).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, code))
+}
+
+/// A [`BlockRef`] from the columns `version, len, ofile, ochunk, oblock`
+/// starting at column `at`.
+fn row_block_ref(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<BlockRef> {
+    let origin = match r.get::<_, Option<i64>>(at + 2)? {
+        Some(file) => Some(BlockAddr {
+            file: FileId(file as u64),
+            chunk: ChunkIndex(r.get(at + 3)?),
+            block: r.get(at + 4)?,
+        }),
+        None => None,
+    };
+    Ok(BlockRef {
+        version: r.get::<_, i64>(at)? as u64,
+        len: r.get::<_, i64>(at + 1)? as u32,
+        origin,
+    })
 }
 
 fn row_inode(r: &rusqlite::Row<'_>) -> rusqlite::Result<Inode> {
@@ -651,14 +684,12 @@ impl Tx for SqlTx<'_, '_> {
 
     fn block(&mut self, a: BlockAddr) -> Result<Option<BlockRef>> {
         let mut st = self.tx.prepare_cached(
-            "SELECT version, len FROM blocks WHERE ino = ?1 AND chunk = ?2 AND block = ?3",
+            "SELECT version, len, ofile, ochunk, oblock FROM blocks \
+             WHERE ino = ?1 AND chunk = ?2 AND block = ?3",
         )?;
         Ok(st
             .query_row(params![a.file.0 as i64, a.chunk.0, a.block], |r| {
-                Ok(BlockRef {
-                    version: r.get::<_, i64>(0)? as u64,
-                    len: r.get::<_, i64>(1)? as u32,
-                })
+                row_block_ref(r, 0)
             })
             .optional()?)
     }
@@ -666,17 +697,27 @@ impl Tx for SqlTx<'_, '_> {
     fn put_block(&mut self, a: BlockAddr, r: BlockRef) -> Result<()> {
         self.tx
             .prepare_cached(
-                "INSERT OR REPLACE INTO blocks(ino, chunk, block, version, len) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO blocks(ino, chunk, block, version, len, \
+                 ofile, ochunk, oblock) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 a.file.0 as i64,
                 a.chunk.0,
                 a.block,
                 r.version as i64,
-                r.len
+                r.len,
+                r.origin.map(|o| o.file.0 as i64),
+                r.origin.map(|o| o.chunk.0),
+                r.origin.map(|o| o.block),
             ])?;
         Ok(())
+    }
+
+    fn version_refs(&mut self, version: u64) -> Result<u64> {
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT count(*) FROM blocks WHERE version = ?1")?;
+        Ok(st.query_row(params![version as i64], |r| r.get::<_, i64>(0))? as u64)
     }
 
     fn delete_block(&mut self, a: BlockAddr) -> Result<()> {
@@ -717,7 +758,8 @@ impl Tx for SqlTx<'_, '_> {
 
     fn file_blocks(&mut self, ino: Ino) -> Result<Vec<(BlockAddr, BlockRef)>> {
         let mut st = self.tx.prepare_cached(
-            "SELECT chunk, block, version, len FROM blocks WHERE ino = ?1 ORDER BY chunk, block",
+            "SELECT chunk, block, version, len, ofile, ochunk, oblock FROM blocks \
+             WHERE ino = ?1 ORDER BY chunk, block",
         )?;
         let rows = st.query_map(params![ino.0 as i64], |r| {
             Ok((
@@ -726,10 +768,7 @@ impl Tx for SqlTx<'_, '_> {
                     chunk: ChunkIndex(r.get(0)?),
                     block: r.get(1)?,
                 },
-                BlockRef {
-                    version: r.get::<_, i64>(2)? as u64,
-                    len: r.get::<_, i64>(3)? as u32,
-                },
+                row_block_ref(r, 2)?,
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -782,7 +821,7 @@ impl Tx for SqlTx<'_, '_> {
     fn all_blocks(&mut self) -> Result<Vec<(BlockAddr, BlockRef)>> {
         let mut st = self
             .tx
-            .prepare("SELECT ino, chunk, block, version, len FROM blocks")?;
+            .prepare("SELECT ino, chunk, block, version, len, ofile, ochunk, oblock FROM blocks")?;
         let rows = st.query_map([], |r| {
             Ok((
                 BlockAddr {
@@ -790,10 +829,7 @@ impl Tx for SqlTx<'_, '_> {
                     chunk: ChunkIndex(r.get(1)?),
                     block: r.get(2)?,
                 },
-                BlockRef {
-                    version: r.get::<_, i64>(3)? as u64,
-                    len: r.get::<_, i64>(4)? as u32,
-                },
+                row_block_ref(r, 3)?,
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

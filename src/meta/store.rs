@@ -633,6 +633,29 @@ impl MetaStore {
         })
     }
 
+    /// Makes blocks of `dst` reference the objects of blocks of `src`
+    /// (a clone: `copy_file_range` with no bytes moved): for each `k` in
+    /// `which`, the 4 MiB block at `dst_at + k * 4 MiB` takes what the
+    /// block at `src_at + k * 4 MiB` has (a hole if nothing). Both offsets
+    /// are block-aligned. `dst`'s size grows to cover the blocks. One
+    /// transaction, not durable on return. Returns the objects no longer
+    /// referenced (doomed).
+    ///
+    /// # Errors
+    /// `ENOENT` (`dst` is gone), [`FsError::Io`].
+    pub fn clone_blocks(
+        &self,
+        src: Ino,
+        src_at: u64,
+        dst: Ino,
+        dst_at: u64,
+        which: &[u64],
+    ) -> Result<Vec<BlockKey>> {
+        self.write(TxMode::Write, |tx| {
+            ops::clone_blocks(tx, src, src_at, dst, dst_at, which)
+        })
+    }
+
     /// The byte ranges of `ino` that committed blocks hold (each block's
     /// valid bytes), in file order.
     ///
@@ -822,12 +845,9 @@ impl BlockMap for MetaStore {
     }
 
     fn is_referenced(&self, key: &BlockKey) -> std::result::Result<bool, MetaError> {
-        let addr = BlockAddr {
-            file: key.file,
-            chunk: key.chunk,
-            block: key.block,
-        };
-        self.read(|tx| Ok(tx.block(addr)?.is_some_and(|r| r.version == key.version)))
+        // A version names one object (versions are never handed out
+        // twice), whichever blocks reference it: its own, or clones.
+        self.read(|tx| Ok(tx.version_refs(key.version)? > 0))
             .map_err(meta_err("is referenced"))
     }
 }

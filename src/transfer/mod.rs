@@ -1178,10 +1178,7 @@ impl Inner {
                         } else if hole {
                             Some(self.meta.commit_hole(addr, data.len() as u32))
                         } else {
-                            let new = BlockRef {
-                                version,
-                                len: data.len() as u32,
-                            };
+                            let new = BlockRef::own(version, data.len() as u32);
                             Some(self.meta.commit_block(addr, new))
                         }
                     };
@@ -1210,7 +1207,7 @@ impl Inner {
         self.note_success();
         if let Some(old) = old {
             // Deleted only after a metadata sync (see the collector).
-            self.collect_later(addr.key(old.version));
+            self.collect_later(old.key(addr));
         }
         if self.crash_here(CrashPoint::AfterMetaCommit) {
             return Ok(Outcome::Stopped);
@@ -1284,7 +1281,7 @@ impl Inner {
         if let Some(b) = base
             && b.len > 0
         {
-            let key = addr.key(b.version);
+            let key = b.key(addr);
             let mut backoff = self.config.retry_initial;
             let mut missing = 0;
             let bytes = loop {
@@ -1416,7 +1413,7 @@ impl Inner {
                 };
                 let valid = (r.len as usize).saturating_sub(from).min(out.len());
                 if valid > 0 {
-                    let key = addr.key(r.version);
+                    let key = r.key(addr);
                     let bytes = match self.download(key, IoClass::Demand, None).await {
                         Ok(b) => b,
                         Err(e) => {
@@ -1480,7 +1477,7 @@ impl Inner {
             let Ok(Some(r)) = self.meta.block(addr) else {
                 break;
             };
-            let key = addr.key(r.version);
+            let key = r.key(addr);
             if lock(&self.block_cache).contains(&key) || lock(&self.downloads).contains_key(&key) {
                 continue;
             }

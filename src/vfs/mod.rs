@@ -13,6 +13,7 @@
 //! front end calls them from its own threads (FUSE) or through
 //! `spawn_blocking` (async servers), never from a Tokio worker.
 
+mod copy;
 mod holes;
 mod open;
 mod perm;
