@@ -144,7 +144,7 @@ run env RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" cargo doc --workspace --no-
 section "test: cargo test --workspace"
 run cargo test --workspace
 
-section "smoke: scripts/bench-small.sh (tiny N; speed is not checked, every workload must run)"
+section "smoke: scripts/bench-small.sh and bench-copy.sh (tiny N; speed is not checked, every workload must run)"
 bench_smoke() {
     local out
     out=$(RUNS=1 BENCH_TREE=/usr/include/linux SLICEFS_BIN=target/debug/slicefs \
@@ -156,5 +156,6 @@ bench_smoke() {
     fi
 }
 run bench_smoke
+run env SLICEFS_BIN=target/debug/slicefs scripts/bench-copy.sh 8
 
 section "all checks passed"
