@@ -544,3 +544,94 @@ fn fdatasync_appends_keep_every_synced_byte() {
         std::thread::sleep(Duration::from_millis(1500));
     }
 }
+
+/// A punch over uploaded blocks and a clone into an existing file change
+/// only the block map (no bytes reach the log), so `fdatasync` must make
+/// metadata durable too: after a power loss the punched range still reads
+/// zeros and the copy still equals its source.
+#[test]
+fn fdatasync_keeps_a_punch_and_a_clone_of_uploaded_blocks() {
+    use std::os::fd::AsRawFd;
+    let Some(mut r) = Rig::new(&["--upload-delay", "2s"]) else {
+        return;
+    };
+    r.start();
+    r.baseline();
+    let block = 4usize << 20;
+    let data = pattern(77, 2 * block);
+    write_synced(&r.p("img"), &data);
+    write_synced(&r.p("src"), &data);
+    write_synced(&r.p("dst"), b"old");
+    fsync_dir(&r.mnt);
+    let uploaded = wait_for(Duration::from_secs(60), || {
+        r.status()
+            .is_some_and(|s| s["dirty_bytes"].as_u64() == Some(0))
+    });
+    assert!(uploaded, "never uploaded");
+    // A clean restart leaves the uploaded blocks out of the cache: the
+    // punch and the clone below then write nothing to the log.
+    let clean_restart = |r: &mut Rig| {
+        unmount(&r.mnt);
+        let log = r.log_path(r.starts);
+        let done = wait_for(Duration::from_secs(60), || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|t| t.contains("everything is in the object store"))
+        });
+        assert!(done, "no clean stop");
+        r.kill9();
+        r.start();
+    };
+    clean_restart(&mut r);
+    // Bytes waiting for upload keep the mount from compacting its idle
+    // log, whose metadata sync would make the change durable anyway.
+    std::fs::write(r.p("busy"), b"pending").unwrap();
+    let img = OpenOptions::new().write(true).open(r.p("img")).unwrap();
+    // Everything durable before: fdatasync may then take its one-flush
+    // path, which is what must not lose the block map change.
+    fsync_dir(&r.mnt);
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on a descriptor this function owns.
+    let rc = unsafe { libc::fallocate(img.as_raw_fd(), mode, 0, block as libc::off_t) };
+    assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+    img.sync_data().unwrap();
+    drop(img);
+    r.crash(Crash::default());
+    r.start();
+    let mut want = data.clone();
+    want[..block].fill(0);
+    assert_same(
+        &std::fs::read(r.p("img")).unwrap(),
+        &want,
+        "the punched file",
+    );
+    clean_restart(&mut r);
+
+    std::fs::write(r.p("busy"), b"pending").unwrap();
+    let src = File::open(r.p("src")).unwrap();
+    let dst = OpenOptions::new().write(true).open(r.p("dst")).unwrap();
+    fsync_dir(&r.mnt);
+    let (mut off_in, mut off_out) = (0i64, 0i64);
+    // SAFETY: both descriptors are open; the offsets are this function's.
+    let n = unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            &mut off_in,
+            dst.as_raw_fd(),
+            &mut off_out,
+            2 * block,
+            0,
+        )
+    };
+    assert_eq!(
+        n,
+        2 * block as isize,
+        "copy: {}",
+        std::io::Error::last_os_error()
+    );
+    dst.sync_data().unwrap();
+    drop((src, dst));
+    r.crash(Crash::default());
+    r.start();
+    assert_same(&std::fs::read(r.p("dst")).unwrap(), &data, "the clone");
+    r.check_baseline();
+}

@@ -964,9 +964,10 @@ impl Filesystem for FuseFs {
     /// without reading them.
     ///
     /// The kernel sends no write-back of its dirty pages before
-    /// `FUSE_LSEEK`, and under the write-back cache it alone knows the size
-    /// such pages imply. So a query on a file open for writing (where they
-    /// may be) is answered `ENOSYS`: from then on the kernel answers every
+    /// `FUSE_LSEEK` (under the write-back cache, or of a shared writable
+    /// mmap), and it alone knows the size such pages imply. So a query on
+    /// a file open for writing (where they may be) is answered `ENOSYS`:
+    /// from then on the kernel answers every
     /// query of this mount itself, from its own size, with the whole file
     /// as data (what POSIX allows a file system that does not track
     /// holes). Wrong answers there would make `cp --sparse` or
@@ -991,7 +992,7 @@ impl Filesystem for FuseFs {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(Errno::from_i32(libc::ENXIO));
         };
-        if self.writeback_cache && self.vfs.open_for_writing(ino) {
+        if self.vfs.open_for_writing(ino) {
             return reply.error(Errno::from_i32(libc::ENOSYS));
         }
         match self.vfs.seek(ino, offset, whence) {

@@ -668,8 +668,23 @@ impl TransferManager {
             .map(|&f| self.inner.bump_epoch(f, removed))
             .collect();
         let result = {
-            let _guards: Vec<_> = gates.iter().map(|g| lock(g)).collect();
-            change()
+            let mut guards: Vec<_> = gates.iter().map(|g| lock(g)).collect();
+            let r = change();
+            // An upload snapshotted between the bump above and `change`
+            // carries the new epoch, yet may have merged over the block
+            // map from before `change`: bump once more, still under the
+            // gates, so that none of those commits either. (Gate, then
+            // plan: no path holds the plan while it waits for a gate.)
+            let mut plan = lock(&self.inner.plan);
+            for ((f, gate), g) in sorted.iter().zip(&gates).zip(guards.iter_mut()) {
+                if let Some(st) = plan.get_mut(*f)
+                    && Arc::ptr_eq(&st.gate, gate)
+                {
+                    st.epoch += 1;
+                    **g = (**g).max(st.epoch);
+                }
+            }
+            r
         };
         drop(gates);
         {
@@ -1245,9 +1260,11 @@ impl Inner {
             hook(addr.file);
         }
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .upload_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if !hole {
+            self.counters
+                .upload_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         // Not kept in the block cache: the slice cache holds the bytes
         // (clean now), and holding more memory costs fresh pages.
         drop(data);

@@ -82,19 +82,60 @@ impl Vfs {
             return Err(FsError::Invalid("overlapping ranges of one file"));
         }
         let kill = creds.uid != 0;
-        let whole =
-            if !same && off_in.is_multiple_of(BLOCK_SIZE) && off_out.is_multiple_of(BLOCK_SIZE) {
-                len / BLOCK_SIZE
+        let aligned =
+            !same && off_in.is_multiple_of(BLOCK_SIZE) && off_out.is_multiple_of(BLOCK_SIZE);
+        let whole = if aligned { len / BLOCK_SIZE } else { 0 };
+        // Which whole blocks may be clones (checked again under the gate),
+        // and how far this call goes: each block that is not one costs a
+        // byte copy against the budget. Clones past that point would be
+        // done ahead of the count this call returns.
+        let (sf, df) = (src.ino.file(), dst.ino.file());
+        let candidate = |k: u64| {
+            let (s, d) = (off_in + k * BLOCK_SIZE, off_out + k * BLOCK_SIZE);
+            self.cache.pending_ranges(sf, s, BLOCK_SIZE).is_empty()
+                && self.cache.cached_ranges(df, d, BLOCK_SIZE).is_empty()
+        };
+        let mut reach = 0;
+        let mut cost = 0;
+        let mut which = Vec::new();
+        while reach < whole {
+            if candidate(reach) {
+                which.push(reach);
+            } else if cost >= COPY_BUDGET {
+                break;
             } else {
-                0
-            };
-        let cloned = self.clone_whole_blocks(src.ino, off_in, dst.ino, off_out, whole)?;
+                cost += BLOCK_SIZE;
+            }
+            reach += 1;
+        }
+        let cloned =
+            self.clone_blocks_checked(src.ino, off_in, dst.ino, off_out, &which, candidate)?;
+        let is_clone = |k: u64| cloned.binary_search(&k).is_ok();
+        if let Some(&last) = cloned.last() {
+            // Metadata grew the size to cover the clones; so does the
+            // node (its size is what readers see while it is open).
+            let now = Timespec::now();
+            let mut st = lock(&dst.state);
+            st.attr.size = st
+                .attr
+                .size
+                .max(off_out + ((last + 1) * BLOCK_SIZE).min(len));
+            st.attr.mtime = now;
+            st.attr.ctime = now;
+            if kill {
+                st.attr.perm = super::without_suidgid(st.attr.perm);
+            }
+            st.dirty = true;
+            // A metadata change the log does not hold: `fdatasync` must
+            // make metadata durable too.
+            st.meta_seq = self.meta.commit_seq();
+        }
         // The rest, in order, through read and write.
         let mut done = 0u64;
         let mut copied = 0u64;
         while done < len {
             let k = done / BLOCK_SIZE;
-            if done.is_multiple_of(BLOCK_SIZE) && k < whole && cloned[k as usize] {
+            if done.is_multiple_of(BLOCK_SIZE) && k < whole && is_clone(k) {
                 done += BLOCK_SIZE;
                 continue;
             }
@@ -114,49 +155,31 @@ impl Vfs {
                 break;
             }
         }
-        if cloned.iter().any(|&c| c) {
-            // Writes set these for the bytes they copied; clones write
-            // nothing.
-            let now = Timespec::now();
-            let mut st = lock(&dst.state);
-            st.attr.size = st.attr.size.max(off_out + done);
-            st.attr.mtime = now;
-            st.attr.ctime = now;
-            if kill {
-                st.attr.perm = super::without_suidgid(st.attr.perm);
-            }
-            st.dirty = true;
-        }
         Ok(done)
     }
 
-    /// Clones blocks `0..n` of `src` from `src_at` to `dst` from `dst_at`
-    /// where the module doc allows; says per block whether it did.
-    fn clone_whole_blocks(
+    /// Clones the blocks `which` (indexes from `src_at` and `dst_at`) that
+    /// `candidate` still allows under the destination's upload gate;
+    /// returns those cloned, in order. Takes no gate when `which` is
+    /// empty (the gate discards the destination's uploads in flight).
+    fn clone_blocks_checked(
         &self,
         src: super::Ino,
         src_at: u64,
         dst: super::Ino,
         dst_at: u64,
-        n: u64,
-    ) -> Result<Vec<bool>> {
-        if n == 0 {
+        which: &[u64],
+        candidate: impl Fn(u64) -> bool,
+    ) -> Result<Vec<u64>> {
+        if which.is_empty() {
             return Ok(Vec::new());
         }
-        let (sf, df) = (src.file(), dst.file());
-        self.tm.change_blocks(df, false, || {
-            let ok: Vec<bool> = (0..n)
-                .map(|k| {
-                    let (s, d) = (src_at + k * BLOCK_SIZE, dst_at + k * BLOCK_SIZE);
-                    self.cache.pending_ranges(sf, s, BLOCK_SIZE).is_empty()
-                        && self.cache.cached_ranges(df, d, BLOCK_SIZE).is_empty()
-                })
-                .collect();
-            let which: Vec<u64> = (0..n).filter(|&k| ok[k as usize]).collect();
-            let dropped = if which.is_empty() {
+        self.tm.change_blocks(dst.file(), false, || {
+            let ok: Vec<u64> = which.iter().copied().filter(|&k| candidate(k)).collect();
+            let dropped = if ok.is_empty() {
                 Vec::new()
             } else {
-                self.meta.clone_blocks(src, src_at, dst, dst_at, &which)?
+                self.meta.clone_blocks(src, src_at, dst, dst_at, &ok)?
             };
             Ok::<_, FsError>((ok, dropped))
         })

@@ -127,6 +127,9 @@ impl Vfs {
             st.attr.perm = super::without_suidgid(st.attr.perm);
         }
         st.dirty = true;
+        // The dropped blocks are a metadata change the log does not hold:
+        // `fdatasync` must make metadata durable too.
+        st.meta_seq = self.meta.commit_seq();
         Ok(())
     }
 
@@ -156,8 +159,9 @@ impl Vfs {
     /// and the end of the file is one.
     ///
     /// A front end whose kernel may hold written bytes the VFS has not
-    /// seen yet (FUSE's write-back cache: the kernel sends no write-back
-    /// before `FUSE_LSEEK`) must not trust the answer for a file open for
+    /// seen yet (FUSE: the kernel sends no write-back before `FUSE_LSEEK`,
+    /// and dirty pages of the write-back cache or of a shared writable
+    /// mmap may wait) must not trust the answer for a file open for
     /// writing: see [`Vfs::open_for_writing`].
     ///
     /// # Errors
@@ -168,16 +172,17 @@ impl Vfs {
         if offset >= size {
             return Err(FsError::NoSuchOffset);
         }
-        let file = ino.file();
-        let mut data: Vec<std::ops::Range<u64>> = self
-            .meta
-            .block_ranges(ino)?
-            .into_iter()
-            .filter(|r| r.end > offset && r.start < r.end)
-            .collect();
         // Clean cached bytes are in committed blocks already (or were
-        // committed as a hole): only pending ones add data.
-        data.extend(self.cache.pending_ranges(file, offset, size - offset));
+        // committed as a hole): only pending ones add data. Pending bytes
+        // first: an upload commits its block before its bytes turn
+        // clean, so a byte not pending now is in the block map read next.
+        let mut data = self.cache.pending_ranges(ino.file(), offset, size - offset);
+        data.extend(
+            self.meta
+                .block_ranges(ino)?
+                .into_iter()
+                .filter(|r| r.end > offset && r.start < r.end),
+        );
         data.sort_unstable_by_key(|r| r.start);
         match whence {
             Seek::Data => data
@@ -198,8 +203,9 @@ impl Vfs {
         }
     }
 
-    /// Whether some handle has `ino` open for writing (a FUSE kernel with
-    /// the write-back cache may then hold bytes not yet sent).
+    /// Whether some handle has `ino` open for writing (a FUSE kernel may
+    /// then hold bytes not yet sent: the write-back cache, a shared
+    /// writable mmap).
     pub fn open_for_writing(&self, ino: Ino) -> bool {
         lock(&self.nodes)
             .get(&ino)
