@@ -24,8 +24,8 @@ struct State {
     symlinks: HashMap<Ino, Vec<u8>>,
     xattrs: BTreeMap<(Ino, Vec<u8>), Vec<u8>>,
     blocks: BTreeMap<BlockAddr, BlockRef>,
-    /// Blocks per object version (clones share one).
-    version_refs: HashMap<u64, u64>,
+    /// The blocks holding each object version (clones share one).
+    version_refs: HashMap<u64, BTreeSet<BlockAddr>>,
     doomed: BTreeSet<BlockKey>,
     counters: HashMap<&'static str, u64>,
 }
@@ -35,19 +35,19 @@ impl State {
     /// per-version reference counts; returns what was there.
     fn set_block(&mut self, addr: BlockAddr, r: Option<BlockRef>) -> Option<BlockRef> {
         let old = match r {
-            Some(r) => {
-                *self.version_refs.entry(r.version).or_default() += 1;
-                self.blocks.insert(addr, r)
-            }
+            Some(r) => self.blocks.insert(addr, r),
             None => self.blocks.remove(&addr),
         };
         if let Some(o) = old
-            && let Some(n) = self.version_refs.get_mut(&o.version)
+            && let Some(set) = self.version_refs.get_mut(&o.version)
         {
-            *n -= 1;
-            if *n == 0 {
+            set.remove(&addr);
+            if set.is_empty() {
                 self.version_refs.remove(&o.version);
             }
+        }
+        if let Some(r) = r {
+            self.version_refs.entry(r.version).or_default().insert(addr);
         }
         old
     }
@@ -333,7 +333,22 @@ impl Tx for MemTx<'_> {
     }
 
     fn version_refs(&mut self, version: u64) -> Result<u64> {
-        Ok(self.s.version_refs.get(&version).copied().unwrap_or(0))
+        Ok(self
+            .s
+            .version_refs
+            .get(&version)
+            .map_or(0, |s| s.len() as u64))
+    }
+
+    fn version_rows(&mut self, version: u64) -> Result<Vec<(BlockAddr, BlockRef)>> {
+        Ok(self
+            .s
+            .version_refs
+            .get(&version)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| Some((*a, *self.s.blocks.get(a)?)))
+            .collect())
     }
 
     fn doom(&mut self, key: BlockKey) -> Result<()> {

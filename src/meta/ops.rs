@@ -70,6 +70,8 @@ pub(crate) trait Tx {
     /// How many blocks reference object version `version` (clones share
     /// one object).
     fn version_refs(&mut self, version: u64) -> Result<u64>;
+    /// The blocks that reference object version `version`.
+    fn version_rows(&mut self, version: u64) -> Result<Vec<(BlockAddr, BlockRef)>>;
     fn file_blocks(&mut self, ino: Ino) -> Result<Vec<(BlockAddr, BlockRef)>>;
     /// Records that object `key` is no longer referenced and must be
     /// deleted from the store (the doomed list).

@@ -713,6 +713,24 @@ impl Tx for SqlTx<'_, '_> {
         Ok(())
     }
 
+    fn version_rows(&mut self, version: u64) -> Result<Vec<(BlockAddr, BlockRef)>> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT ino, chunk, block, version, len, ofile, ochunk, oblock FROM blocks \
+             WHERE version = ?1",
+        )?;
+        let rows = st.query_map(params![version as i64], |r| {
+            Ok((
+                BlockAddr {
+                    file: FileId(r.get::<_, i64>(0)? as u64),
+                    chunk: ChunkIndex(r.get(1)?),
+                    block: r.get(2)?,
+                },
+                row_block_ref(r, 3)?,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn version_refs(&mut self, version: u64) -> Result<u64> {
         let mut st = self
             .tx

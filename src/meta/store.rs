@@ -845,9 +845,16 @@ impl BlockMap for MetaStore {
     }
 
     fn is_referenced(&self, key: &BlockKey) -> std::result::Result<bool, MetaError> {
-        // A version names one object (versions are never handed out
-        // twice), whichever blocks reference it: its own, or clones.
-        self.read(|tx| Ok(tx.version_refs(key.version)? > 0))
-            .map_err(meta_err("is referenced"))
+        // Its own block or a clone: the rows holding its version (an
+        // index), whose key is this one. (A version is handed out once,
+        // but an object planted in the store under a used version is not
+        // that version's object.)
+        self.read(|tx| {
+            Ok(tx
+                .version_rows(key.version)?
+                .iter()
+                .any(|(a, r)| r.key(*a) == *key))
+        })
+        .map_err(meta_err("is referenced"))
     }
 }
