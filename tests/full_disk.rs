@@ -183,3 +183,82 @@ fn a_full_disk_gives_enospc_keeps_fsynced_data_and_recovers_when_space_is_freed(
     fs.kill9();
     drop(disk);
 }
+
+/// With `--free-space-ratio`, the log does not take the data directory's
+/// disk below the kept fraction: writers wait while uploads (to a store on
+/// another disk) and log compaction make room, and all of their data
+/// arrives. Without it the same writes take the disk down to a few MiB.
+#[test]
+fn a_free_space_ratio_keeps_the_disk_from_filling() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = LoopDisk::new(tmp.path(), 96) else {
+        return;
+    };
+    let free_total = || {
+        let s = nix::sys::statvfs::statvfs(&disk.mountpoint).unwrap();
+        (
+            s.blocks_available() * s.fragment_size(),
+            s.blocks() * s.fragment_size(),
+        )
+    };
+    let (_, total) = free_total();
+    let keep = total / 2;
+    let store = tmp.path().join("store");
+    let mnt = tmp.path().join("mnt");
+    let log = tmp.path().join("slicefs.log");
+    let args = [
+        "--upload-delay",
+        "200ms",
+        "--free-space-ratio",
+        "0.5",
+        "--store",
+        store.to_str().unwrap(),
+    ]
+    .map(String::from);
+    let mut fs = Slicefs::spawn(&mnt, &disk.mountpoint.join("data"), &log, &args);
+    fs.wait_mounted();
+    // The lowest free space seen while the writer runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let dir = disk.mountpoint.clone();
+        std::thread::spawn(move || {
+            let mut low = u64::MAX;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = nix::sys::statvfs::statvfs(&dir).unwrap();
+                low = low.min(s.blocks_available() * s.fragment_size());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            low
+        })
+    };
+    let n = 48u64;
+    for i in 0..n {
+        if let Err(e) = write_synced(&mnt.join(format!("f{i}")), &pattern(i, FILE_BYTES)) {
+            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+            panic!("f{i}: {e}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let low = sampler.join().unwrap();
+    for i in 0..n {
+        let got = std::fs::read(mnt.join(format!("f{i}"))).unwrap();
+        assert!(got == pattern(i, FILE_BYTES), "f{i} differs");
+    }
+    // Slack: the log grows its file in 4 MiB steps, and a compaction
+    // writes the live records before it removes what they replace.
+    let slack = 12 << 20;
+    assert!(
+        low + slack >= keep,
+        "free space fell to {} MiB; the ratio keeps {} MiB",
+        low >> 20,
+        keep >> 20
+    );
+    fs.kill9();
+    drop(disk);
+}

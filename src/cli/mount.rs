@@ -77,6 +77,14 @@ pub struct FsArgs {
     /// fsync also waits for the upload to the object store.
     #[arg(long, env = "SLICEFS_FSYNC_UPLOAD", value_parser = clap::builder::BoolishValueParser::new())]
     pub fsync_upload: bool,
+    /// Keep this fraction of the data directory's disk free for other
+    /// programs (`0.1`: 10%): a write that would take the free space below
+    /// it first compacts the log, then waits up to 60 s for uploads to
+    /// make room, then fails with ENOSPC. Deletes are never held back.
+    /// Default: 0 (the log may fill the disk, less a 16 MiB reserve kept
+    /// for deletes).
+    #[arg(long, env = "SLICEFS_FREE_SPACE_RATIO")]
+    pub free_space_ratio: Option<f64>,
     /// Start even if the log is damaged, missing or not the one the
     /// metadata depends on: keep the log's valid prefix (damaged segment
     /// files are renamed `*.corrupt`, never deleted), say what was
@@ -188,6 +196,7 @@ struct ConfigFile {
     dirty_max: Option<String>,
     upload_delay: Option<String>,
     fsync_upload: Option<bool>,
+    free_space_ratio: Option<f64>,
     writeback_cache: Option<bool>,
     allow_other: Option<bool>,
     drain_timeout: Option<String>,
@@ -338,8 +347,16 @@ pub(super) fn resolve(
     if args.tolerate_corruption {
         o.wal.recovery_mode = slicefs_wal::RecoveryMode::TolerateCorruption;
     }
+    let free_space_ratio = args
+        .free_space_ratio
+        .or(file.free_space_ratio)
+        .unwrap_or(0.0);
+    if !(0.0..0.95).contains(&free_space_ratio) {
+        bail!("--free-space-ratio {free_space_ratio}: give a fraction from 0 to 0.95");
+    }
     o.vfs = VfsConfig {
         fsync_upload: args.fsync_upload || file.fsync_upload.unwrap_or(false),
+        free_space_ratio,
         ..VfsConfig::default()
     };
     let drain_timeout = match args.drain_timeout.clone().or(file.drain_timeout) {

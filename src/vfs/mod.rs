@@ -91,6 +91,12 @@ pub struct VfsConfig {
     pub reserve_path: Option<std::path::PathBuf>,
     /// Size of the reserve file. Default: 16 MiB.
     pub reserve_bytes: u64,
+    /// Fraction of the reserve file's disk (the data directory's) kept
+    /// free for other programs: a write that would take the free space
+    /// below it waits for uploads and log compaction to make room (up to
+    /// the cache's `dirty_wait`), then fails with `ENOSPC`. 0: off (the
+    /// default). Needs `reserve_path`.
+    pub free_space_ratio: f64,
 }
 
 impl Default for VfsConfig {
@@ -100,6 +106,7 @@ impl Default for VfsConfig {
             reap_interval: Duration::from_secs(1),
             reserve_path: None,
             reserve_bytes: 16 << 20,
+            free_space_ratio: 0.0,
         }
     }
 }
@@ -305,6 +312,10 @@ impl Vfs {
         let space = Arc::new(space::Space::new(
             config.reserve_path.clone(),
             config.reserve_bytes,
+            Some(space::Floor {
+                ratio: config.free_space_ratio,
+                wait: cache.config().dirty_wait,
+            }),
             persister.clone(),
         ));
         let parts = reaper::Parts {
@@ -1072,6 +1083,12 @@ impl Vfs {
         }
         if data.is_empty() {
             return Ok(0);
+        }
+        if self.persister.is_enabled() {
+            self.parts
+                .space
+                .room_for_write(data.len() as u64)
+                .map_err(FsError::NoSpace)?;
         }
         let file = node.ino.file();
         let mut st = lock(&node.state);

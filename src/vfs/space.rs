@@ -22,9 +22,20 @@ const RELIEF_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// size free.
 const RESTORE_FACTOR: u64 = 4;
 
+/// How often a writer below the free-space floor looks again.
+const FLOOR_POLL: Duration = Duration::from_millis(50);
+
+/// The free-space floor (`--free-space-ratio`): the fraction of the data
+/// directory's disk kept free, and how long a writer waits for room.
+pub(super) struct Floor {
+    pub ratio: f64,
+    pub wait: Duration,
+}
+
 pub(super) struct Space {
     /// The reserve file, if the VFS keeps one.
     reserve: Option<PathBuf>,
+    floor: Option<Floor>,
     bytes: u64,
     held: AtomicBool,
     last_relief: Mutex<Option<Instant>>,
@@ -34,8 +45,14 @@ pub(super) struct Space {
 impl Space {
     /// Takes `bytes` in `reserve` (best effort: on a disk already full the
     /// reserve is taken later, by [`Space::restore`]).
-    pub fn new(reserve: Option<PathBuf>, bytes: u64, persister: Arc<dyn Persister>) -> Space {
+    pub fn new(
+        reserve: Option<PathBuf>,
+        bytes: u64,
+        floor: Option<Floor>,
+        persister: Arc<dyn Persister>,
+    ) -> Space {
         let s = Space {
+            floor: floor.filter(|f| f.ratio > 0.0 && reserve.is_some()),
             reserve,
             bytes,
             held: AtomicBool::new(false),
@@ -105,6 +122,45 @@ impl Space {
         }
     }
 
+    /// Room for a write of `bytes` to the log above the free-space floor:
+    /// at once if the disk has it; else compacts the log (at most once a
+    /// second) and looks again every 50 ms while uploads make flushed
+    /// records reclaimable, for the floor's wait at most.
+    ///
+    /// # Errors
+    /// The text for `ENOSPC` when the wait ran out.
+    pub fn room_for_write(&self, bytes: u64) -> Result<(), String> {
+        let (Some(floor), Some(path)) = (&self.floor, &self.reserve) else {
+            return Ok(());
+        };
+        let Some(dir) = path.parent() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + floor.wait;
+        loop {
+            // A disk that cannot be asked is not held against the writer.
+            let Ok((free, total)) = disk_space(dir) else {
+                return Ok(());
+            };
+            let keep = (floor.ratio * total as f64) as u64;
+            if free >= keep.saturating_add(bytes) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the data directory's disk has {} free, and --free-space-ratio {} keeps {} free \
+                     (uploads and log compaction did not make room in {:?})",
+                    bytesize::ByteSize(free),
+                    floor.ratio,
+                    bytesize::ByteSize(keep),
+                    floor.wait
+                ));
+            }
+            self.relieve(false);
+            std::thread::sleep(FLOOR_POLL);
+        }
+    }
+
     /// Takes the reserve again if it was given back and the disk has room.
     pub fn restore(&self) {
         let Some(path) = &self.reserve else {
@@ -128,6 +184,12 @@ impl Space {
 
 /// Bytes available to this process on the file system of `dir`.
 fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    disk_space(dir).map(|(free, _)| free)
+}
+
+/// (bytes available to this process, total bytes) of the file system of
+/// `dir`.
+fn disk_space(dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
@@ -139,5 +201,5 @@ fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialised `st`.
     let st = unsafe { st.assume_init() };
-    Ok(st.f_bavail * st.f_frsize)
+    Ok((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
 }
