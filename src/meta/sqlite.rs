@@ -269,6 +269,19 @@ fn kind_of(code: i64) -> rusqlite::Result<FileKind> {
     FileKind::from_code(code as u8).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, code))
 }
 
+/// A block map row from the columns `ino, chunk, block, version, len,
+/// ofile, ochunk, oblock`.
+fn row_block(r: &rusqlite::Row<'_>) -> rusqlite::Result<(BlockAddr, BlockRef)> {
+    Ok((
+        BlockAddr {
+            file: FileId(r.get::<_, i64>(0)? as u64),
+            chunk: ChunkIndex(r.get(1)?),
+            block: r.get(2)?,
+        },
+        row_block_ref(r, 3)?,
+    ))
+}
+
 /// A [`BlockRef`] from the columns `version, len, ofile, ochunk, oblock`
 /// starting at column `at`.
 fn row_block_ref(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<BlockRef> {
@@ -718,16 +731,7 @@ impl Tx for SqlTx<'_, '_> {
             "SELECT ino, chunk, block, version, len, ofile, ochunk, oblock FROM blocks \
              WHERE version = ?1",
         )?;
-        let rows = st.query_map(params![version as i64], |r| {
-            Ok((
-                BlockAddr {
-                    file: FileId(r.get::<_, i64>(0)? as u64),
-                    chunk: ChunkIndex(r.get(1)?),
-                    block: r.get(2)?,
-                },
-                row_block_ref(r, 3)?,
-            ))
-        })?;
+        let rows = st.query_map(params![version as i64], row_block)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -840,16 +844,7 @@ impl Tx for SqlTx<'_, '_> {
         let mut st = self
             .tx
             .prepare("SELECT ino, chunk, block, version, len, ofile, ochunk, oblock FROM blocks")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                BlockAddr {
-                    file: FileId(r.get::<_, i64>(0)? as u64),
-                    chunk: ChunkIndex(r.get(1)?),
-                    block: r.get(2)?,
-                },
-                row_block_ref(r, 3)?,
-            ))
-        })?;
+        let rows = st.query_map([], row_block)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

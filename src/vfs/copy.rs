@@ -21,7 +21,7 @@
 //! durable at the next `fsync` (or metadata sync); a crash before may lose
 //! it, as it may lose unsynced writes.
 
-use super::{FileKind, FsError, Result, Timespec, Vfs, lock, range_end};
+use super::{FileKind, FsError, Result, Vfs, lock, range_end};
 use crate::vfs::Creds;
 use slicefs_cache::BLOCK_SIZE;
 
@@ -114,21 +114,12 @@ impl Vfs {
         if let Some(&last) = cloned.last() {
             // Metadata grew the size to cover the clones; so does the
             // node (its size is what readers see while it is open).
-            let now = Timespec::now();
             let mut st = lock(&dst.state);
             st.attr.size = st
                 .attr
                 .size
                 .max(off_out + ((last + 1) * BLOCK_SIZE).min(len));
-            st.attr.mtime = now;
-            st.attr.ctime = now;
-            if kill {
-                st.attr.perm = super::without_suidgid(st.attr.perm);
-            }
-            st.dirty = true;
-            // A metadata change the log does not hold: `fdatasync` must
-            // make metadata durable too.
-            st.meta_seq = self.meta.commit_seq();
+            self.changed_in_block_map(&mut st, kill);
         }
         // The rest, in order, through read and write.
         let mut done = 0u64;

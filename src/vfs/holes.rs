@@ -21,7 +21,7 @@
 //! Durability is that of a write: a punch or zero-range is durable once
 //! `fsync` returns; a crash before may undo it, or part of it.
 
-use super::{FsError, Ino, Result, SetAttrRequest, Timespec, Vfs, lock, range_end};
+use super::{FsError, Ino, Result, SetAttrRequest, Vfs, lock, range_end};
 use crate::vfs::Creds;
 use slicefs_cache::BLOCK_SIZE;
 
@@ -119,17 +119,7 @@ impl Vfs {
             .punch(file, whole_from, whole_to)
             .map_err(|e| FsError::io("punch a hole in the block map", e))?;
         // The content changed even where no zeros were written.
-        let now = Timespec::now();
-        let mut st = lock(&node.state);
-        st.attr.mtime = now;
-        st.attr.ctime = now;
-        if kill {
-            st.attr.perm = super::without_suidgid(st.attr.perm);
-        }
-        st.dirty = true;
-        // The dropped blocks are a metadata change the log does not hold:
-        // `fdatasync` must make metadata durable too.
-        st.meta_seq = self.meta.commit_seq();
+        self.changed_in_block_map(&mut lock(&node.state), kill);
         Ok(())
     }
 

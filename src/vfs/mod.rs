@@ -974,6 +974,21 @@ impl Vfs {
         Ok(fh)
     }
 
+    /// A file's content changed through its block map alone (a punch, a
+    /// clone): mtime and ctime, set-id bits cleared as a write clears them
+    /// (`kill_suidgid`), and `meta_seq`, since the log does not hold the
+    /// change and `fdatasync` must then sync metadata too.
+    fn changed_in_block_map(&self, st: &mut NodeState, kill_suidgid: bool) {
+        let now = Timespec::now();
+        st.attr.mtime = now;
+        st.attr.ctime = now;
+        if kill_suidgid {
+            st.attr.perm = without_suidgid(st.attr.perm);
+        }
+        st.dirty = true;
+        st.meta_seq = self.meta.commit_seq();
+    }
+
     fn open_node(&self, a: &Inode, flags: OpenFlags) -> Result<u64> {
         let node = {
             let mut nodes = lock(&self.nodes);
