@@ -42,6 +42,12 @@ pub struct FsckArgs {
 /// errors.
 pub fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
     let r = resolve(&args.fs, None, false)?;
+    if matches!(r.options.meta, slicefs::vfs::MetaKind::Postgres(_)) {
+        anyhow::bail!(
+            "slicefs fsck does not run on a shared (PostgreSQL) volume yet: other hosts may be \
+             uploading or holding files"
+        );
+    }
     let (rt, opened) = open_offline(&r.options)?;
     let meta = opened.vfs.meta();
     let check = meta

@@ -36,6 +36,12 @@ pub struct GcArgs {
 /// errors.
 pub fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
     let r = resolve(&args.fs, None, false)?;
+    if matches!(r.options.meta, slicefs::vfs::MetaKind::Postgres(_)) {
+        anyhow::bail!(
+            "slicefs gc does not run on a shared (PostgreSQL) volume yet: other hosts may be \
+             uploading or holding files"
+        );
+    }
     let grace = parse_duration("--grace", &args.grace)?;
     let (rt, opened) = open_offline(&r.options)?;
     let tm = opened.vfs.transfer().clone();

@@ -7,6 +7,7 @@
 //! process with [`EXIT_ERROR`].
 
 pub mod error_line;
+mod format;
 mod fsck;
 mod fuse_mount;
 mod gc;
@@ -56,6 +57,9 @@ pub struct Cli {
 /// The command groups.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Make a shared volume: PostgreSQL metadata and a block store for
+    /// several hosts (see `slicefs format --help`).
+    Format(format::FormatArgs),
     /// Mount a file system with FUSE (see `slicefs mount --help`).
     Mount(mount::MountArgs),
     /// Serve a file system over NFSv3 (see `slicefs serve --help`).
@@ -208,6 +212,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mount(a) => mount::mount(a),
         Command::Serve(a) => mount::serve(a),
         Command::Gc(a) => gc::gc(a),
+        Command::Format(a) => format::format(a),
         Command::Fsck(a) => fsck::fsck(a),
         Command::Stats(a) => stats::stats(a),
         Command::Umount(a) => mount::umount(a),

@@ -48,6 +48,12 @@ pub struct FsArgs {
     /// remembered one is refused.
     #[arg(long, env = "SLICEFS_STORE")]
     pub store: Option<String>,
+    /// Metadata: `sqlite` (the default: `<data dir>/meta.db`, one host)
+    /// or `postgres://user@host:port/db` (a volume made by `slicefs
+    /// format`, shared by every host that mounts it; its store comes
+    /// from the volume).
+    #[arg(long, env = "SLICEFS_META")]
+    pub meta: Option<String>,
     /// Block store option `KEY=VALUE` (`object_store` keys such as
     /// `aws_endpoint`, `aws_allow_http`, `aws_region`); repeatable. AWS_*
     /// environment variables are read too.
@@ -187,6 +193,7 @@ pub enum DurabilityArg {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     data_dir: Option<PathBuf>,
+    meta: Option<String>,
     store: Option<String>,
     #[serde(default)]
     store_options: std::collections::BTreeMap<String, String>,
@@ -202,7 +209,7 @@ struct ConfigFile {
     drain_timeout: Option<String>,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
@@ -246,13 +253,15 @@ pub(super) struct Resolved {
     metrics: Option<std::net::SocketAddr>,
     allow_other: bool,
     writeback_cache: bool,
+    /// `writeback_cache` was asked for (not the default).
+    writeback_cache_asked: bool,
     pub(super) drain_timeout: Duration,
 }
 
 /// A `--store` value as a URL: a path (absolute, or relative to the
 /// current directory) is the `file://` URL of that directory; anything
 /// with a scheme is kept as given.
-fn store_url(s: &str) -> anyhow::Result<String> {
+pub(super) fn store_url(s: &str) -> anyhow::Result<String> {
     if s.contains("://") {
         return Ok(s.to_string());
     }
@@ -267,6 +276,23 @@ fn store_url(s: &str) -> anyhow::Result<String> {
     url::Url::from_directory_path(&abs)
         .map(|u| u.to_string())
         .map_err(|()| anyhow::anyhow!("--store: {s:?} is neither a URL nor a usable path"))
+}
+
+/// The metadata store a `--meta` value names.
+///
+/// # Errors
+/// One line for a value that is neither `sqlite` nor a PostgreSQL URL.
+pub(super) fn meta_kind(meta: Option<&str>) -> anyhow::Result<MetaKind> {
+    match meta {
+        None | Some("sqlite") => Ok(MetaKind::Sqlite),
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            Ok(MetaKind::Postgres(u.to_string()))
+        }
+        Some(u) => bail!(
+            "--meta {u:?}: give `sqlite` (the data directory's database, the default) or a \
+             postgres://user@host:port/db URL"
+        ),
+    }
 }
 
 /// Resolves the file system options, and the mount-only ones given on the
@@ -310,7 +336,7 @@ pub(super) fn resolve(
         PersisterArg::Mmap => PersisterKind::Mmap,
         PersisterArg::Null => PersisterKind::Null,
     };
-    o.meta = MetaKind::Sqlite;
+    o.meta = meta_kind(args.meta.clone().or(file.meta).as_deref())?;
     o.wal = WalConfig {
         durability: match args
             .durability
@@ -368,6 +394,7 @@ pub(super) fn resolve(
         metrics: args.metrics,
         allow_other: allow_other || file.allow_other.unwrap_or(false),
         writeback_cache: writeback_cache.or(file.writeback_cache).unwrap_or(true),
+        writeback_cache_asked: writeback_cache.or(file.writeback_cache) == Some(true),
         drain_timeout,
     })
 }
@@ -737,9 +764,18 @@ fn mount_fuse(
     mp: &Path,
     nfs_too: bool,
 ) -> anyhow::Result<FuseMount> {
+    // Other hosts (a shared volume) change the namespace behind the
+    // kernel too; `close` then uploads (FuseFs::flush), which the kernel's
+    // write-back cache would defer.
+    let others = nfs_too || vfs.is_shared();
+    if vfs.is_shared() && r.writeback_cache && r.writeback_cache_asked {
+        tracing::warn!(
+            "a shared volume is mounted without the write-back cache (close-to-open consistency)"
+        );
+    }
     let fs = FuseFs::new(vfs.clone())
-        .with_writeback_cache(r.writeback_cache && !nfs_too)
-        .with_other_writers(nfs_too);
+        .with_writeback_cache(r.writeback_cache && !others)
+        .with_other_writers(others);
     let mount = fuse_mount::mount(
         fs,
         mp,

@@ -702,15 +702,22 @@ impl Filesystem for FuseFs {
     /// pages here and reports their errors before `close` returns; the
     /// size and times reach metadata at the last `RELEASE` (and recovery
     /// takes sizes from the log); no POSIX locks are held here.
+    ///
+    /// In a shared namespace ([`Vfs::is_shared`]) `close` waits here
+    /// until the file's data is uploaded and its size committed
+    /// ([`Vfs::flush`]): close-to-open consistency across hosts.
     fn flush(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let _t = OpTimer::start("flush");
+        if self.vfs.is_shared() {
+            return empty(reply, self.vfs.flush(fh.0));
+        }
         reply.error(Errno::from_i32(libc::ENOSYS));
     }
 

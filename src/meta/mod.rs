@@ -11,6 +11,7 @@
 mod fsck;
 mod memstore;
 pub mod ops;
+mod postgres;
 mod sqlite;
 mod store;
 pub mod types;
@@ -21,6 +22,7 @@ use crate::blockstore::BlockKey;
 
 pub use fsck::{LOST_AND_FOUND, NamespaceCheck, Problem};
 pub use ops::{Check, LINK_MAX, NAME_MAX, Policy, XattrFlags};
+pub use postgres::{MAX_ATTEMPTS, PG_SCHEMA_VERSION, RECONNECT_WAIT};
 pub use sqlite::SCHEMA_VERSION;
 pub use store::MetaStore;
 pub use types::{

@@ -9,7 +9,8 @@ use slicefs_wal::{FileId, Persister};
 use super::ops::{self, Policy, Tx, XattrFlags};
 use super::types::{DirEntry, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage};
 use super::{
-    BlockAddr, BlockMap, BlockRef, MetaError, memstore::MemBackend, sqlite::SqliteBackend,
+    BlockAddr, BlockMap, BlockRef, MetaError, memstore::MemBackend, postgres::PgBackend,
+    sqlite::SqliteBackend,
 };
 use crate::blockstore::{BlockKey, KeyLayout};
 use crate::error::FsError;
@@ -53,6 +54,17 @@ pub(crate) trait Backend: Send + Sync {
     /// commit (which then has less to wait for under it).
     fn presync(&self) -> Result<()> {
         Ok(())
+    }
+    /// Whether every write transaction is durable once it returns (a
+    /// database server that makes each commit durable): write
+    /// transactions then run the barrier as durable ones do.
+    fn commits_durable(&self) -> bool {
+        false
+    }
+    /// The description of a shared volume recorded in the database by
+    /// `format` (JSON), if this backend keeps one.
+    fn volume(&self) -> Result<Option<String>> {
+        Ok(None)
     }
 }
 
@@ -111,6 +123,48 @@ impl MetaStore {
         };
         s.init(uid, gid)?;
         Ok(s)
+    }
+
+    /// The PostgreSQL store at `url` (`postgres://user@host:port/db`),
+    /// shared with other hosts, as host `host`: a number unique among the
+    /// hosts of the volume and stable across this host's restarts (its
+    /// log's counters and its unlinked open files are kept under it; see
+    /// the backend's notes in `meta/postgres.rs`). The database must have
+    /// been made by [`MetaStore::format_postgres`].
+    ///
+    /// # Errors
+    /// [`FsError::Io`] with one line: a bad URL, no server, no volume or
+    /// another schema version there.
+    pub fn open_postgres(url: &str, host: u64, uid: u32, gid: u32) -> Result<MetaStore> {
+        let s = MetaStore {
+            backend: Arc::new(PgBackend::open(url, host)?),
+            log: Arc::default(),
+            seqs: Arc::default(),
+            versions: Arc::default(),
+        };
+        s.init(uid, gid)?;
+        Ok(s)
+    }
+
+    /// Creates slicefs's schema in the PostgreSQL database at `url`
+    /// unless it is there already, and records `volume` (a description,
+    /// JSON) unless a volume is recorded. Returns the recorded
+    /// description and whether it was made now. Safe to run from two
+    /// hosts at once (one volume results).
+    ///
+    /// # Errors
+    /// [`FsError::Io`] with one line.
+    pub fn format_postgres(url: &str, volume: &str) -> Result<(String, bool)> {
+        PgBackend::format(url, volume)
+    }
+
+    /// The description of the shared volume this database holds (what
+    /// [`MetaStore::format_postgres`] recorded), if any.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn shared_volume(&self) -> Result<Option<String>> {
+        self.backend.volume()
     }
 
     /// A store in memory (ephemeral runs, tests).
@@ -189,7 +243,7 @@ impl MetaStore {
                 Ok(())
             },
         )?;
-        if mode == TxMode::Durable {
+        if mode == TxMode::Durable || mode == TxMode::Write && self.backend.commits_durable() {
             self.seqs.durable.fetch_max(seq.get(), Ordering::AcqRel);
         }
         Ok(out.expect("set on success"))

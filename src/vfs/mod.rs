@@ -97,6 +97,13 @@ pub struct VfsConfig {
     /// the cache's `dirty_wait`), then fails with `ENOSPC`. 0: off (the
     /// default). Needs `reserve_path`.
     pub free_space_ratio: f64,
+    /// Other hosts change the same metadata (a shared namespace,
+    /// PostgreSQL): close-to-open consistency. [`Vfs::flush`] (each
+    /// `close`) uploads the file's data and commits its blocks before it
+    /// writes the size, and the first open on this host reads the
+    /// attributes from metadata and drops the bytes this host cached of
+    /// the file (another host may have rewritten them). Default: false.
+    pub shared: bool,
 }
 
 impl Default for VfsConfig {
@@ -107,6 +114,7 @@ impl Default for VfsConfig {
             reserve_path: None,
             reserve_bytes: 16 << 20,
             free_space_ratio: 0.0,
+            shared: false,
         }
     }
 }
@@ -327,7 +335,8 @@ impl Vfs {
             nodes: nodes.clone(),
         };
         let interval = config.reap_interval.max(Duration::from_millis(1));
-        let xattrs_exist = AtomicBool::new(meta.any_xattr()?);
+        // Another host may set the first extended attribute at any time.
+        let xattrs_exist = AtomicBool::new(config.shared || meta.any_xattr()?);
         let vfs = Vfs {
             reaper: reaper::Reaper::start(parts.clone(), interval)?,
             parts,
@@ -526,6 +535,11 @@ impl Vfs {
     /// The transfer manager.
     pub fn transfer(&self) -> &TransferManager {
         &self.tm
+    }
+
+    /// Whether other hosts share this namespace ([`VfsConfig::shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.config.shared
     }
 
     /// The slice cache.
@@ -993,6 +1007,12 @@ impl Vfs {
         let node = {
             let mut nodes = lock(&self.nodes);
             let n = nodes.entry(a.ino).or_insert_with(|| {
+                // The first open here: another host may have rewritten the
+                // bytes this host still caches (close-to-open). Bytes not
+                // yet uploaded stay (they are this host's newest).
+                if self.config.shared && self.cache.oldest_pending_lsn(a.ino.file()).is_none() {
+                    self.cache.remove(a.ino.file());
+                }
                 Arc::new(Node {
                     ino: a.ino,
                     state: Mutex::new(NodeState {
@@ -1169,12 +1189,21 @@ impl Vfs {
     }
 
     /// `flush` (each `close` of a descriptor): writes the size and times
-    /// to metadata, so other clients see them.
+    /// to metadata, so other clients see them. In a shared namespace
+    /// ([`VfsConfig::shared`]) a descriptor open for writing first
+    /// uploads the file's data and commits its blocks, so that an `open`
+    /// on another host after this `close` reads the data, not only the
+    /// size (close-to-open consistency).
     ///
     /// # Errors
-    /// `EBADF`, `EIO`.
+    /// `EBADF`, `EIO` (also: the upload failed past its retries).
     pub fn flush(&self, fh: u64) -> Result<()> {
-        let (node, _) = self.handle(fh)?;
+        let (node, flags) = self.handle(fh)?;
+        if self.config.shared && flags.write {
+            self.rt
+                .block_on(self.tm.flush_file(node.ino.file()))
+                .map_err(|e| FsError::io("upload at close", e))?;
+        }
         self.persist(&node, false)
     }
 

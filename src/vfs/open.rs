@@ -25,12 +25,18 @@ pub enum PersisterKind {
 }
 
 /// Which metadata store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetaKind {
     /// SQLite in `<data dir>/meta.db`.
     Sqlite,
     /// In memory: nothing survives the process.
     Memory,
+    /// A PostgreSQL database (`postgres://...`) made by `slicefs format`
+    /// and shared with other hosts: the volume's store comes from it, the
+    /// VFS runs shared ([`VfsConfig::shared`](super::VfsConfig::shared)),
+    /// and this data directory keeps only this host's log, cache and
+    /// host id (`<data dir>/host-id`).
+    Postgres(String),
 }
 
 /// Everything a file system is opened with.
@@ -120,9 +126,22 @@ pub async fn open_fs_with_progress(
 ) -> Result<OpenedFs, FsError> {
     create_dir_durably(&options.data_dir)
         .map_err(|e| FsError::io("create the data directory", e))?;
+    // A shared volume: its metadata names its store (and is opened first).
+    let shared = match &options.meta {
+        MetaKind::Postgres(url) => {
+            let host = volume::host_id(&options.data_dir)?;
+            let meta = MetaStore::open_postgres(url, host, options.root_uid, options.root_gid)?;
+            let vol = volume::shared(&options.data_dir, &meta)?;
+            Some((meta, vol))
+        }
+        _ => None,
+    };
     // The store the data directory remembers, unless one was given (and
     // then it must be that one).
-    let vol = volume::load(&options.data_dir)?;
+    let vol = match &shared {
+        Some((_, v)) => Some(v.clone()),
+        None => volume::load(&options.data_dir)?,
+    };
     let chosen = volume::choose_store(&options.data_dir, options.store.as_ref(), vol.as_ref())?;
     let store_config = match &chosen {
         Some(s) => s.clone(),
@@ -150,13 +169,14 @@ pub async fn open_fs_with_progress(
         slicefs_cache::BLOCK_SIZE,
     )
     .await?;
-    let meta = match options.meta {
-        MetaKind::Sqlite => MetaStore::open_sqlite(
+    let meta = match (&options.meta, shared) {
+        (_, Some((meta, _))) => meta,
+        (MetaKind::Sqlite, None) => MetaStore::open_sqlite(
             &options.data_dir.join("meta.db"),
             options.root_uid,
             options.root_gid,
         )?,
-        MetaKind::Memory => MetaStore::memory(options.root_uid, options.root_gid),
+        (_, None) => MetaStore::memory(options.root_uid, options.root_gid),
     };
     let store = store.with_layout(meta.store_layout()?);
     // The database file and its WAL were just created, or exist: their
@@ -203,6 +223,7 @@ pub async fn open_fs_with_progress(
     };
     let lost_after = check_log_identity(&meta, persister.as_ref(), options.wal.recovery_mode)?;
     let mut vfs_config = options.vfs.clone();
+    vfs_config.shared |= matches!(options.meta, MetaKind::Postgres(_));
     if vfs_config.reserve_path.is_none()
         && (options.meta == MetaKind::Sqlite || options.persister == PersisterKind::Mmap)
     {

@@ -45,6 +45,9 @@ pub struct Volume {
     pub store_options: BTreeMap<String, String>,
     /// Block size in bytes.
     pub block_size: u64,
+    /// The name given to `slicefs format` (shared volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Reads `volume.json` of `data_dir`, if there is one.
@@ -171,6 +174,7 @@ pub async fn bind(
                     })
                     .unwrap_or_default(),
                 block_size,
+                name: None,
             };
             write(data_dir, &v)?;
             v
@@ -207,6 +211,103 @@ pub async fn bind(
     Ok(vol)
 }
 
+/// The file in the data directory that holds this host's id in a shared
+/// volume.
+pub const HOST_ID_FILE: &str = "host-id";
+
+/// This data directory's host id for a shared volume: a random number
+/// (1 to 2^63-1) made the first time and kept in `<data dir>/host-id`
+/// (written atomically and durably). The metadata keeps this host's log
+/// counters and unlinked open files under it, so it must stay with the
+/// log: a data directory copied to a second host needs a new `host-id`
+/// (delete the file in the copy).
+///
+/// # Errors
+/// One line naming the file, if it cannot be read, parsed or written.
+pub fn host_id(data_dir: &Path) -> Result<u64, FsError> {
+    let path = data_dir.join(HOST_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&h| h != 0 && h < 1 << 63)
+            .ok_or_else(|| {
+                FsError::io(
+                    "read the host id",
+                    format!(
+                        "{} does not hold a host id ({:?})",
+                        path.display(),
+                        s.trim()
+                    ),
+                )
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = (rand::random::<u64>() >> 1).max(1);
+            write_durably(data_dir, HOST_ID_FILE, format!("{id}\n").as_bytes())
+                .map_err(|e| FsError::io("write the host id", e))?;
+            Ok(id)
+        }
+        Err(e) => Err(FsError::io("read the host id", e)),
+    }
+}
+
+/// The volume a shared metadata database describes, with the data
+/// directory bound to it: a data directory of another volume is refused;
+/// a new one records the volume in `volume.json`.
+///
+/// # Errors
+/// One line: no volume in the database (not formatted), a damaged
+/// record, or a data directory of another volume.
+pub fn shared(data_dir: &Path, meta: &crate::meta::MetaStore) -> Result<Volume, FsError> {
+    let Some(json) = meta.shared_volume()? else {
+        return Err(FsError::io(
+            "read the shared volume",
+            "the metadata database holds no volume: run `slicefs format --meta URL --store URL NAME` first",
+        ));
+    };
+    let v: Volume = serde_json::from_str(&json).map_err(|e| {
+        FsError::io(
+            "read the shared volume",
+            format!("the volume record in the metadata database is damaged: {e}"),
+        )
+    })?;
+    match load(data_dir)? {
+        Some(local) if local.uuid != v.uuid => Err(FsError::io(
+            "bind the data directory to its volume",
+            format!(
+                "data directory {} belongs to volume {}, but the metadata database holds volume {}; \
+                 use another data directory for this volume",
+                data_dir.display(),
+                local.uuid,
+                v.uuid
+            ),
+        )),
+        Some(_) => Ok(v),
+        None => {
+            write(data_dir, &v)?;
+            Ok(v)
+        }
+    }
+}
+
+/// A new volume's description for `slicefs format`: a new UUID, the
+/// store and its non-secret options.
+pub fn describe_new(name: &str, store: &StoreConfig, block_size: u64) -> Volume {
+    Volume {
+        uuid: new_uuid(),
+        store: Some(store.url.clone()),
+        store_options: store
+            .options
+            .iter()
+            .filter(|(k, _)| !secret(k))
+            .cloned()
+            .collect(),
+        block_size,
+        name: Some(name.to_string()),
+    }
+}
+
 /// A random (version 4) UUID.
 fn new_uuid() -> String {
     let b: [u8; 16] = rand::random();
@@ -228,14 +329,20 @@ fn new_uuid() -> String {
 /// rename, fsync of the directory).
 fn write(data_dir: &Path, v: &Volume) -> Result<(), FsError> {
     let err = |e: std::io::Error| FsError::io("write the volume record", e);
-    let tmp = data_dir.join(format!("{VOLUME_FILE}.tmp"));
     let body = serde_json::to_vec_pretty(v).map_err(|e| err(std::io::Error::other(e)))?;
+    write_durably(data_dir, VOLUME_FILE, &body).map_err(err)
+}
+
+/// Writes `<dir>/<name>` atomically and durably (temporary file, fsync,
+/// rename, fsync of the directory).
+fn write_durably(dir: &Path, name: &str, body: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&body).map_err(err)?;
-        f.sync_all().map_err(err)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
     }
-    std::fs::rename(&tmp, data_dir.join(VOLUME_FILE)).map_err(err)?;
-    super::open::sync_dir(data_dir).map_err(err)
+    std::fs::rename(&tmp, dir.join(name))?;
+    super::open::sync_dir(dir)
 }

@@ -4,5 +4,6 @@
 
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod postgres;
 pub mod powerloss;
 pub mod seaweed;
