@@ -326,7 +326,11 @@ pub(super) fn resolve(
         s.options.extend(args.store_options.iter().cloned());
         o.store = Some(s);
     } else if !args.store_options.is_empty() || !file.store_options.is_empty() {
-        bail!("--store-option needs --store");
+        if args.meta.is_none() && file.meta.is_none() {
+            bail!("--store-option needs --store (or --meta, whose volume names the store)");
+        }
+        o.store_options = file.store_options.clone().into_iter().collect();
+        o.store_options.extend(args.store_options.iter().cloned());
     }
     o.persister = match args
         .persister
@@ -492,6 +496,12 @@ struct NfsFront {
 /// NFS until a signal (or, for FUSE, an unmount) ends it, then uploads
 /// what is dirty (bounded by the drain timeout) and closes the log.
 fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow::Result<ExitCode> {
+    if nfs.is_some() && matches!(r.options.meta, MetaKind::Postgres(_)) {
+        bail!(
+            "serving a shared (PostgreSQL) volume over NFS is not supported yet: an NFS WRITE \
+             publishes the size before the data reaches the store other hosts read"
+        );
+    }
     let data_dir = r.options.data_dir.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)))

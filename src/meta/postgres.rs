@@ -45,9 +45,10 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use postgres::error::SqlState;
-use postgres::{Client, IsolationLevel, NoTls, Statement, Transaction};
+use futures::executor::block_on;
 use slicefs_wal::{ChunkIndex, FileId};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, IsolationLevel, NoTls, Statement, Transaction};
 
 use super::ops::Tx;
 use super::store::{Backend, Barrier, TxMode};
@@ -124,7 +125,7 @@ enum Fault {
     Lost,
 }
 
-fn classify(e: &postgres::Error) -> Option<Fault> {
+fn classify(e: &tokio_postgres::Error) -> Option<Fault> {
     let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
     if e.is_closed() || io {
         return Some(Fault::Lost);
@@ -148,7 +149,7 @@ fn classify(e: &postgres::Error) -> Option<Fault> {
     }
 }
 
-fn pg_error(e: postgres::Error) -> FsError {
+fn pg_error(e: tokio_postgres::Error) -> FsError {
     if e.code() == Some(&SqlState::DISK_FULL) {
         return FsError::NoSpace(format!("metadata database: {e}"));
     }
@@ -156,7 +157,7 @@ fn pg_error(e: postgres::Error) -> FsError {
 }
 
 /// The error with its server detail, on one line.
-fn one_line(e: &postgres::Error) -> String {
+fn one_line(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!(
             "{}: {} (SQLSTATE {})",
@@ -186,15 +187,16 @@ struct Conn {
 /// The backend: one connection per host (requests of one host take turns
 /// on it, as on SQLite's; hosts run in parallel).
 pub(crate) struct PgBackend {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     host: i64,
     conn: Mutex<Conn>,
+    driver: Driver,
 }
 
 /// Connection settings from `url` (`postgres://user@host:port/db?...`),
 /// with a 10 s connect timeout unless the URL sets one.
-fn config_of(url: &str) -> Result<postgres::Config> {
-    let mut c = postgres::Config::from_str(url)
+fn config_of(url: &str) -> Result<tokio_postgres::Config> {
+    let mut c = tokio_postgres::Config::from_str(url)
         .map_err(|e| FsError::io("metadata URL", format!("not a PostgreSQL URL: {e}")))?;
     if c.get_connect_timeout().is_none() {
         c.connect_timeout(Duration::from_secs(10));
@@ -205,20 +207,71 @@ fn config_of(url: &str) -> Result<postgres::Config> {
     Ok(c)
 }
 
-fn connect(config: &postgres::Config) -> Result<Client> {
-    config.connect(NoTls).map_err(|e| {
-        FsError::io(
+/// Connects on `rt`, whose task then drives the connection; the
+/// returned client's requests are futures that need no runtime (they
+/// talk to that task over channels), so callers wait for them with a
+/// plain `block_on` from any thread, in a Tokio runtime or not.
+fn connect(config: &tokio_postgres::Config, rt: &tokio::runtime::Handle) -> Result<Client> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let config = config.clone();
+    rt.spawn(async move {
+        match config.connect(NoTls).await {
+            Ok((client, connection)) => {
+                let _ = tx.send(Ok(client));
+                // Ends when the client is dropped or the server goes.
+                let _ = connection.await;
+            }
+            Err(e) => {
+                let _ = tx.send(Err((one_line(&e), describe(&config))));
+            }
+        }
+    });
+    match block_on(rx) {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err((e, db))) => Err(FsError::io(
             "connect to the metadata database",
-            format!("{}: {}", describe(config), one_line(&e)),
-        )
-    })
+            format!("{db}: {e}"),
+        )),
+        Err(_) => Err(FsError::io(
+            "connect to the metadata database",
+            "the connection task stopped",
+        )),
+    }
+}
+
+/// The runtime that drives a backend's connection (one thread), shut
+/// down without waiting when the backend is dropped (from any context).
+struct Driver(Option<tokio::runtime::Runtime>);
+
+impl Driver {
+    fn start() -> Result<Driver> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("slicefs-pg")
+            .enable_all()
+            .build()
+            .map(|rt| Driver(Some(rt)))
+            .map_err(|e| FsError::io("start the metadata connection thread", e))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("set until dropped").handle()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// `host:port/dbname` of a config, without the password.
-fn describe(c: &postgres::Config) -> String {
+fn describe(c: &tokio_postgres::Config) -> String {
     let host = match c.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
     };
     let port = c.get_ports().first().copied().unwrap_or(5432);
@@ -229,17 +282,16 @@ fn describe(c: &postgres::Config) -> String {
 }
 
 /// Whether the schema exists, and its version.
-fn schema_version(client: &mut Client) -> Result<Option<i64>> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('info') IS NOT NULL", &[])
+fn schema_version(client: &Client) -> Result<Option<i64>> {
+    let exists: bool = block_on(client.query_one("SELECT to_regclass('info') IS NOT NULL", &[]))
         .map_err(pg_error)?
         .get(0);
     if !exists {
         return Ok(None);
     }
-    let row = client
-        .query_opt("SELECT value FROM info WHERE key = 'schema_version'", &[])
-        .map_err(pg_error)?;
+    let row =
+        block_on(client.query_opt("SELECT value FROM info WHERE key = 'schema_version'", &[]))
+            .map_err(pg_error)?;
     Ok(Some(row.map_or(0, |r| r.get(0))))
 }
 
@@ -251,8 +303,9 @@ impl PgBackend {
     /// `slicefs format`), or another schema version.
     pub(crate) fn open(url: &str, host: u64) -> Result<PgBackend> {
         let config = config_of(url)?;
-        let mut client = connect(&config)?;
-        match schema_version(&mut client)? {
+        let driver = Driver::start()?;
+        let client = connect(&config, driver.handle())?;
+        match schema_version(&client)? {
             Some(PG_SCHEMA_VERSION) => {}
             None => {
                 return Err(FsError::io(
@@ -280,6 +333,7 @@ impl PgBackend {
                 client: Some(client),
                 statements: HashMap::new(),
             }),
+            driver,
         })
     }
 
@@ -293,49 +347,58 @@ impl PgBackend {
     /// One line: a bad URL, no server, another schema version.
     pub(crate) fn format(url: &str, volume: &str) -> Result<(String, bool)> {
         let config = config_of(url)?;
-        let mut client = connect(&config)?;
-        let mut tx = client.transaction().map_err(pg_error)?;
-        tx.execute("SELECT pg_advisory_xact_lock(7215113)", &[])
-            .map_err(pg_error)?;
-        let exists: bool = tx
-            .query_one("SELECT to_regclass('info') IS NOT NULL", &[])
-            .map_err(pg_error)?
-            .get(0);
-        if exists {
-            let v: Option<i64> = tx
-                .query_opt("SELECT value FROM info WHERE key = 'schema_version'", &[])
+        let driver = Driver::start()?;
+        let mut client = connect(&config, driver.handle())?;
+        block_on(async {
+            let tx = client.transaction().await.map_err(pg_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock(7215113)", &[])
+                .await
+                .map_err(pg_error)?;
+            let exists: bool = tx
+                .query_one("SELECT to_regclass('info') IS NOT NULL", &[])
+                .await
                 .map_err(pg_error)?
-                .map(|r| r.get(0));
-            if v != Some(PG_SCHEMA_VERSION) {
-                return Err(FsError::io(
-                    "format the metadata database",
-                    format!(
-                        "{}: schema version {v:?}, this build knows {PG_SCHEMA_VERSION}",
-                        describe(&config)
-                    ),
-                ));
+                .get(0);
+            if exists {
+                let v: Option<i64> = tx
+                    .query_opt("SELECT value FROM info WHERE key = 'schema_version'", &[])
+                    .await
+                    .map_err(pg_error)?
+                    .map(|r| r.get(0));
+                if v != Some(PG_SCHEMA_VERSION) {
+                    return Err(FsError::io(
+                        "format the metadata database",
+                        format!(
+                            "{}: schema version {v:?}, this build knows {PG_SCHEMA_VERSION}",
+                            describe(&config)
+                        ),
+                    ));
+                }
+            } else {
+                tx.batch_execute(SCHEMA).await.map_err(pg_error)?;
+                tx.execute(
+                    "INSERT INTO info(key, value) VALUES ('schema_version', $1)",
+                    &[&PG_SCHEMA_VERSION],
+                )
+                .await
+                .map_err(pg_error)?;
             }
-        } else {
-            tx.batch_execute(SCHEMA).map_err(pg_error)?;
-            tx.execute(
-                "INSERT INTO info(key, value) VALUES ('schema_version', $1)",
-                &[&PG_SCHEMA_VERSION],
-            )
-            .map_err(pg_error)?;
-        }
-        let made = tx
-            .execute(
-                "INSERT INTO volume(key, value) VALUES ('volume', $1) ON CONFLICT DO NOTHING",
-                &[&volume],
-            )
-            .map_err(pg_error)?
-            == 1;
-        let stored: String = tx
-            .query_one("SELECT value FROM volume WHERE key = 'volume'", &[])
-            .map_err(pg_error)?
-            .get(0);
-        tx.commit().map_err(pg_error)?;
-        Ok((stored, made))
+            let made = tx
+                .execute(
+                    "INSERT INTO volume(key, value) VALUES ('volume', $1) ON CONFLICT DO NOTHING",
+                    &[&volume],
+                )
+                .await
+                .map_err(pg_error)?
+                == 1;
+            let stored: String = tx
+                .query_one("SELECT value FROM volume WHERE key = 'volume'", &[])
+                .await
+                .map_err(pg_error)?
+                .get(0);
+            tx.commit().await.map_err(pg_error)?;
+            Ok((stored, made))
+        })
     }
 
     /// The volume's description recorded by [`PgBackend::format`].
@@ -343,13 +406,14 @@ impl PgBackend {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         if conn.client.as_ref().is_none_or(|c| c.is_closed()) {
             conn.statements.clear();
-            conn.client = Some(connect(&self.config)?);
+            conn.client = Some(connect(&self.config, self.driver.handle())?);
         }
-        let client = conn.client.as_mut().expect("connected above");
-        Ok(client
-            .query_opt("SELECT value FROM volume WHERE key = 'volume'", &[])
-            .map_err(pg_error)?
-            .map(|r| r.get(0)))
+        let client = conn.client.as_ref().expect("connected above");
+        Ok(
+            block_on(client.query_opt("SELECT value FROM volume WHERE key = 'volume'", &[]))
+                .map_err(pg_error)?
+                .map(|r| r.get(0)),
+        )
     }
 
     /// Runs one attempt of `f` on a live connection.
@@ -361,16 +425,18 @@ impl PgBackend {
     ) -> std::result::Result<(), (Option<Fault>, FsError)> {
         let Conn { client, statements } = conn;
         let client = client.as_mut().expect("connected by the caller");
-        let tx = client
-            .build_transaction()
-            .isolation_level(if mode == TxMode::Read {
-                IsolationLevel::RepeatableRead
-            } else {
-                IsolationLevel::Serializable
-            })
-            .read_only(mode == TxMode::Read)
-            .start()
-            .map_err(|e| (classify(&e), pg_error(e)))?;
+        let tx = block_on(
+            client
+                .build_transaction()
+                .isolation_level(if mode == TxMode::Read {
+                    IsolationLevel::RepeatableRead
+                } else {
+                    IsolationLevel::Serializable
+                })
+                .read_only(mode == TxMode::Read)
+                .start(),
+        )
+        .map_err(|e| (classify(&e), pg_error(e)))?;
         let mut ptx = PgTx {
             tx,
             statements,
@@ -379,13 +445,13 @@ impl PgBackend {
         };
         if let Err(e) = f(&mut ptx) {
             let fault = ptx.fault.take();
-            let _ = ptx.tx.rollback();
+            let _ = block_on(ptx.tx.rollback());
             return Err((fault, e));
         }
         if mode == TxMode::Read {
-            return ptx.tx.rollback().map_err(|e| (classify(&e), pg_error(e)));
+            return block_on(ptx.tx.rollback()).map_err(|e| (classify(&e), pg_error(e)));
         }
-        ptx.tx.commit().map_err(|e| (classify(&e), pg_error(e)))
+        block_on(ptx.tx.commit()).map_err(|e| (classify(&e), pg_error(e)))
     }
 }
 
@@ -404,7 +470,7 @@ impl Backend for PgBackend {
             if conn.client.as_ref().is_none_or(|c| c.is_closed()) {
                 conn.statements.clear();
                 conn.client = None;
-                match connect(&self.config) {
+                match connect(&self.config, self.driver.handle()) {
                     Ok(c) => conn.client = Some(c),
                     Err(e) if Instant::now() < deadline => {
                         tracing::warn!("{e}; retrying");
@@ -461,10 +527,10 @@ struct PgTx<'a> {
     fault: Option<Fault>,
 }
 
-type Param<'p> = &'p (dyn postgres::types::ToSql + Sync);
+type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
 
 impl PgTx<'_> {
-    fn fail(&mut self, e: postgres::Error) -> FsError {
+    fn fail(&mut self, e: tokio_postgres::Error) -> FsError {
         if let Some(f) = classify(&e) {
             self.fault = Some(f);
         }
@@ -475,7 +541,7 @@ impl PgTx<'_> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        match self.tx.prepare(sql) {
+        match block_on(self.tx.prepare(sql)) {
             Ok(s) => {
                 self.statements.insert(sql, s.clone());
                 Ok(s)
@@ -484,23 +550,27 @@ impl PgTx<'_> {
         }
     }
 
-    fn query(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<Vec<postgres::Row>> {
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<tokio_postgres::Row>> {
         let st = self.statement(sql)?;
-        self.tx.query(&st, params).map_err(|e| self.fail(e))
+        block_on(self.tx.query(&st, params)).map_err(|e| self.fail(e))
     }
 
     fn query_opt(
         &mut self,
         sql: &'static str,
         params: &[Param<'_>],
-    ) -> Result<Option<postgres::Row>> {
+    ) -> Result<Option<tokio_postgres::Row>> {
         let st = self.statement(sql)?;
-        self.tx.query_opt(&st, params).map_err(|e| self.fail(e))
+        block_on(self.tx.query_opt(&st, params)).map_err(|e| self.fail(e))
     }
 
     fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64> {
         let st = self.statement(sql)?;
-        self.tx.execute(&st, params).map_err(|e| self.fail(e))
+        block_on(self.tx.execute(&st, params)).map_err(|e| self.fail(e))
     }
 
     fn key_statement(&mut self, sql: &'static str, k: BlockKey) -> Result<()> {
@@ -530,7 +600,7 @@ fn kind_of(code: i64) -> Result<FileKind> {
         .ok_or_else(|| FsError::io("metadata database", format!("unknown file kind {code}")))
 }
 
-fn row_inode(r: &postgres::Row) -> Result<Inode> {
+fn row_inode(r: &tokio_postgres::Row) -> Result<Inode> {
     let g = |k: usize| r.get::<_, i64>(k);
     Ok(Inode {
         ino: Ino(g(0) as u64),
@@ -563,7 +633,7 @@ fn row_inode(r: &postgres::Row) -> Result<Inode> {
 
 /// A [`BlockRef`] from the columns `version, len, ofile, ochunk, oblock`
 /// starting at column `at`.
-fn row_block_ref(r: &postgres::Row, at: usize) -> BlockRef {
+fn row_block_ref(r: &tokio_postgres::Row, at: usize) -> BlockRef {
     let origin = r.get::<_, Option<i64>>(at + 2).map(|file| BlockAddr {
         file: FileId(file as u64),
         chunk: ChunkIndex(r.get::<_, i64>(at + 3) as u32),
@@ -578,7 +648,7 @@ fn row_block_ref(r: &postgres::Row, at: usize) -> BlockRef {
 
 /// A block map row from the columns `ino, chunk, block, version, len,
 /// ofile, ochunk, oblock`.
-fn row_block(r: &postgres::Row) -> (BlockAddr, BlockRef) {
+fn row_block(r: &tokio_postgres::Row) -> (BlockAddr, BlockRef) {
     (
         BlockAddr {
             file: FileId(r.get::<_, i64>(0) as u64),
@@ -589,7 +659,7 @@ fn row_block(r: &postgres::Row) -> (BlockAddr, BlockRef) {
     )
 }
 
-fn row_key(r: &postgres::Row) -> BlockKey {
+fn row_key(r: &tokio_postgres::Row) -> BlockKey {
     BlockKey {
         file: FileId(r.get::<_, i64>(0) as u64),
         chunk: ChunkIndex(r.get::<_, i64>(1) as u32),
@@ -598,7 +668,7 @@ fn row_key(r: &postgres::Row) -> BlockKey {
     }
 }
 
-fn entry(r: &postgres::Row, name: usize) -> Result<DirEntry> {
+fn entry(r: &tokio_postgres::Row, name: usize) -> Result<DirEntry> {
     Ok(DirEntry {
         name: r.get(name),
         ino: Ino(r.get::<_, i64>(name + 1) as u64),

@@ -366,7 +366,17 @@ impl Vfs {
         let mut rec = VfsRecovery::default();
         // The log's end as recovered, before this function appends.
         let log_end = self.persister.next_lsn().0.saturating_sub(1);
-        for &(file, lsn, size) in &report.truncates {
+        // A shared volume's metadata commits are durable when they return,
+        // each after the log (PostgreSQL): a truncate in the log is in
+        // metadata already, or its call never returned. And sizes grow
+        // only with committed blocks there (other hosts read the store):
+        // `open_fs` uploads what the log held before serving.
+        let truncates: &[_] = if self.config.shared {
+            &[]
+        } else {
+            &report.truncates
+        };
+        for &(file, lsn, size) in truncates {
             let ino = Ino(file.0);
             match self.meta.getattr(ino) {
                 Ok(a) if a.truncate_lsn < lsn.0 => {
@@ -392,7 +402,7 @@ impl Vfs {
             match self.meta.getattr(ino) {
                 Ok(a) => {
                     let end = self.cache.cached_end(*file);
-                    if end > a.size {
+                    if end > a.size && !self.config.shared {
                         self.meta.setattr(
                             ino,
                             &SetAttr {
@@ -1211,7 +1221,9 @@ impl Vfs {
     /// returned before is durable in the log, and its size and times (and
     /// the names leading to it, as far as this store has them) are durable
     /// in metadata. With `fsync_upload`, also once the data is in the
-    /// object store.
+    /// object store; in a shared namespace ([`VfsConfig::shared`]) the
+    /// data is uploaded and committed first, then the size written (what
+    /// another host reads after this `fsync` is there).
     ///
     /// `fdatasync` of a file whose inode is durable in metadata and has no
     /// change since but what writes imply (size, times) syncs the log
@@ -1224,6 +1236,15 @@ impl Vfs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let (node, _) = self.handle(fh)?;
         self.persister.sync().map_err(wal_err)?;
+        if self.config.shared {
+            // Other hosts read the store, not this log: the data goes
+            // there before the size that makes it visible.
+            self.rt
+                .block_on(self.tm.flush_file(node.ino.file()))
+                .map_err(|e| FsError::io("upload for fsync", e))?;
+            self.persist(&node, true)?;
+            return self.meta.sync();
+        }
         if datasync
             && self.persister.is_enabled()
             && !self.config.fsync_upload
@@ -1318,6 +1339,12 @@ impl Vfs {
     /// writes), `ENOSPC`.
     pub fn syncfs(&self) -> Result<()> {
         for n in lock(&self.nodes).values().cloned().collect::<Vec<_>>() {
+            if self.config.shared {
+                // As `fsync`: the data first, then the size.
+                self.rt
+                    .block_on(self.tm.flush_file(n.ino.file()))
+                    .map_err(|e| FsError::io("upload for syncfs", e))?;
+            }
             self.persist(&n, false)?;
         }
         self.meta.sync()?;

@@ -50,6 +50,10 @@ pub struct FsOptions {
     /// `file://<data dir>/blocks`. Another store than the remembered one
     /// is refused.
     pub store: Option<StoreConfig>,
+    /// Options for the store the volume names when `store` is not given
+    /// (a shared volume's store: its secrets are not recorded, each host
+    /// gives them). Ignored when `store` is set.
+    pub store_options: Vec<(String, String)>,
     /// The persister. Default: mmap.
     pub persister: PersisterKind,
     /// The metadata store. Default: SQLite.
@@ -74,6 +78,7 @@ impl FsOptions {
         FsOptions {
             data_dir: data_dir.into(),
             store: None,
+            store_options: Vec::new(),
             persister: PersisterKind::Mmap,
             meta: MetaKind::Sqlite,
             wal: WalConfig::default(),
@@ -144,7 +149,16 @@ pub async fn open_fs_with_progress(
     };
     let chosen = volume::choose_store(&options.data_dir, options.store.as_ref(), vol.as_ref())?;
     let store_config = match &chosen {
-        Some(s) => s.clone(),
+        Some(s) => {
+            let mut s = s.clone();
+            if options.store.is_none() {
+                for (k, v) in &options.store_options {
+                    s.options.retain(|(have, _)| have != k);
+                    s.options.push((k.clone(), v.clone()));
+                }
+            }
+            s
+        }
         None => {
             let dir = options.data_dir.join("blocks");
             create_dir_durably(&dir).map_err(|e| FsError::io("create the block directory", e))?;
@@ -257,6 +271,21 @@ pub async fn open_fs_with_progress(
     )?;
     if let Some(lsn) = lost_after {
         vfs.list_files_that_lost_data(lsn)?;
+    }
+    if vfs.is_shared() && !replay.files_with_pending.is_empty() {
+        // Other hosts read the store: what this host's log held goes
+        // there (and its sizes with the block commits) before this host
+        // serves anything.
+        tracing::info!(
+            files = replay.files_with_pending.len(),
+            "uploading what the log held before serving the shared volume"
+        );
+        for file in &replay.files_with_pending {
+            vfs.transfer()
+                .flush_file(*file)
+                .await
+                .map_err(|e| FsError::io("upload what the log held", e))?;
+        }
     }
     Ok(OpenedFs {
         vfs: Arc::new(vfs),

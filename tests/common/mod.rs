@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod mount;
 pub mod postgres;
 pub mod powerloss;
 pub mod seaweed;

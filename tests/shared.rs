@@ -1,0 +1,386 @@
+//! A shared volume: PostgreSQL metadata (a throwaway server), SeaweedFS
+//! blocks, and two or three `slicefs mount` processes ("hosts"), each
+//! with its own data directory and mountpoint, on one machine. Checks
+//! close-to-open visibility, concurrent creates and renames from several
+//! hosts, a kill -9 of one host while the other goes on, and a
+//! PostgreSQL restart during writes.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::mount::{BIN, Mount, run};
+use common::postgres::Postgres;
+use common::seaweed::Seaweed;
+
+/// How long another host's attributes and names may be cached by the
+/// kernel (`SHARED_TTL`), plus a margin.
+const TTL: Duration = Duration::from_millis(1500);
+
+struct Volume {
+    pg: Postgres,
+    sw: Seaweed,
+    url: String,
+    tmp: tempfile::TempDir,
+}
+
+impl Volume {
+    /// A formatted volume on a new PostgreSQL and SeaweedFS.
+    fn new() -> Volume {
+        let pg = Postgres::start().expect("start PostgreSQL");
+        let sw = Seaweed::start().expect("start SeaweedFS");
+        sw.create_bucket("shared").expect("bucket");
+        let url = pg.database();
+        let out = run(Command::new(BIN)
+            .args(["format", "--meta", &url, "--store", "s3://shared/vol"])
+            .args(sw.mount_args())
+            .arg("vol"));
+        assert!(out.contains("formatted volume vol"), "{out}");
+        Volume {
+            pg,
+            sw,
+            url,
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Host `name`'s mountpoint and data directory.
+    fn paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.tmp.path().join(format!("mp-{name}")),
+            self.tmp.path().join(format!("data-{name}")),
+        )
+    }
+
+    /// Mounts host `name` (its store comes from the volume; the secrets
+    /// are given on the command line).
+    fn mount(&self, name: &str) -> Mount {
+        let (mp, data) = self.paths(name);
+        let mut extra = vec!["--meta".to_string(), self.url.clone()];
+        extra.extend(self.sw.mount_args());
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Mount::start(&mp, &data, &extra)
+    }
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Retries `f` for up to `TTL` (another host's name or size may be
+/// cached that long), then asserts its last result.
+fn eventually<T: PartialEq + std::fmt::Debug>(want: T, mut f: impl FnMut() -> T) {
+    let deadline = Instant::now() + TTL;
+    loop {
+        let got = f();
+        if got == want {
+            return;
+        }
+        if Instant::now() >= deadline {
+            assert_eq!(got, want);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn two_hosts_see_each_others_files_after_close() {
+    let v = Volume::new();
+    let a = v.mount("a");
+    let b = v.mount("b");
+    let (ma, mb) = (a.mountpoint.clone(), b.mountpoint.clone());
+
+    // A small file and a 9 MiB one (three blocks, one partial), written
+    // on a and read on b right after close.
+    std::fs::write(ma.join("hello"), b"hi from a").unwrap();
+    assert_eq!(read(&mb.join("hello")), b"hi from a");
+    let big = random_bytes(9 << 20 | 12345, 7);
+    std::fs::write(ma.join("big"), &big).unwrap();
+    assert!(read(&mb.join("big")) == big, "b reads a's 9 MiB file");
+
+    // b rewrites in place and appends; a sees the new bytes and size at
+    // its next open (after the attribute TTL).
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mb.join("big"))
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"REWRITTEN-BY-B", 5 << 20).unwrap();
+        f.write_all_at(b"TAIL", big.len() as u64).unwrap();
+    }
+    let mut want = big.clone();
+    want[5 << 20..(5 << 20) + 14].copy_from_slice(b"REWRITTEN-BY-B");
+    want.extend_from_slice(b"TAIL");
+    eventually(true, || read(&ma.join("big")) == want);
+
+    // Directories, symlinks, xattrs-free metadata: made on b, seen on a.
+    std::fs::create_dir_all(mb.join("d/e")).unwrap();
+    std::os::unix::fs::symlink("../hello", mb.join("d/link")).unwrap();
+    std::fs::write(mb.join("d/e/f"), b"deep").unwrap();
+    eventually(true, || ma.join("d/e/f").exists());
+    assert_eq!(read(&ma.join("d/e/f")), b"deep");
+    assert_eq!(
+        std::fs::read_link(ma.join("d/link")).unwrap(),
+        Path::new("../hello")
+    );
+    assert_eq!(read(&ma.join("d/link")), b"hi from a");
+
+    // An fsync on a (no close) is enough too.
+    let mut f = std::fs::File::create(ma.join("synced")).unwrap();
+    f.write_all(b"fsynced on a").unwrap();
+    f.sync_all().unwrap();
+    eventually(b"fsynced on a".to_vec(), || {
+        std::fs::read(mb.join("synced")).unwrap_or_default()
+    });
+    drop(f);
+
+    // Removal on a shows on b.
+    std::fs::remove_file(ma.join("hello")).unwrap();
+    eventually(false, || mb.join("hello").exists());
+
+    // Inode numbers agree on both hosts.
+    assert_eq!(
+        std::fs::metadata(ma.join("big")).unwrap().ino(),
+        std::fs::metadata(mb.join("big")).unwrap().ino()
+    );
+    b.stop();
+    a.stop();
+}
+
+#[test]
+fn three_hosts_create_and_rename_in_one_tree_at_once() {
+    let v = Volume::new();
+    let hosts: Vec<Mount> = ["a", "b", "c"].iter().map(|h| v.mount(h)).collect();
+    let mps: Vec<PathBuf> = hosts.iter().map(|m| m.mountpoint.clone()).collect();
+    std::fs::create_dir(mps[0].join("dir")).unwrap();
+    eventually(true, || mps[2].join("dir").is_dir());
+
+    // Every host creates its own 60 names and races for 30 shared ones
+    // with O_EXCL: each shared name is made by exactly one host.
+    let made: Vec<(Vec<String>, usize)> = std::thread::scope(|s| {
+        let runs: Vec<_> = mps
+            .iter()
+            .enumerate()
+            .map(|(h, mp)| {
+                s.spawn(move || {
+                    let mut own = Vec::new();
+                    let mut won = 0;
+                    for i in 0..60 {
+                        let name = format!("h{h}-{i}");
+                        std::fs::write(mp.join("dir").join(&name), name.as_bytes()).unwrap();
+                        own.push(name);
+                        if i % 2 == 0 {
+                            let shared = mp.join("dir").join(format!("shared-{i}"));
+                            match std::fs::OpenOptions::new()
+                                .write(true)
+                                .create_new(true)
+                                .open(&shared)
+                            {
+                                Ok(mut f) => {
+                                    f.write_all(format!("{h}").as_bytes()).unwrap();
+                                    won += 1;
+                                }
+                                Err(e) => assert_eq!(
+                                    e.kind(),
+                                    std::io::ErrorKind::AlreadyExists,
+                                    "{}",
+                                    shared.display()
+                                ),
+                            }
+                        }
+                    }
+                    (own, won)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(made.iter().map(|(_, w)| w).sum::<usize>(), 30);
+    let mut want: Vec<String> = made.iter().flat_map(|(o, _)| o.clone()).collect();
+    want.extend((0..60).step_by(2).map(|i| format!("shared-{i}")));
+    want.sort();
+    for mp in &mps {
+        let mut names: Vec<String> = std::fs::read_dir(mp.join("dir"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, want, "listing on {}", mp.display());
+    }
+    let mut inos: Vec<u64> = want
+        .iter()
+        .map(|n| std::fs::metadata(mps[1].join("dir").join(n)).unwrap().ino())
+        .collect();
+    inos.sort();
+    inos.dedup();
+    assert_eq!(inos.len(), want.len(), "inode numbers are unique");
+
+    // Two hosts move two directories into each other at once, 10 rounds:
+    // never a cycle, never a lost tree.
+    for round in 0..10 {
+        let (x, y) = (format!("x{round}"), format!("y{round}"));
+        std::fs::create_dir(mps[0].join(&x)).unwrap();
+        std::fs::create_dir(mps[0].join(&y)).unwrap();
+        std::fs::write(mps[0].join(&x).join("in-x"), b"x").unwrap();
+        std::fs::write(mps[0].join(&y).join("in-y"), b"y").unwrap();
+        for mp in &mps[1..] {
+            eventually(true, || mp.join(&x).is_dir() && mp.join(&y).is_dir());
+        }
+        let (ra, rb) = std::thread::scope(|s| {
+            let a = s.spawn(|| std::fs::rename(mps[1].join(&x), mps[1].join(&y).join("x")));
+            let b = s.spawn(|| std::fs::rename(mps[2].join(&y), mps[2].join(&x).join("y")));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert!(
+            ra.is_err() || rb.is_err(),
+            "round {round}: both renames succeeded (a cycle)"
+        );
+        // Both files are still reachable from the root, on every host.
+        std::thread::sleep(TTL);
+        for mp in &mps {
+            let found = run(Command::new("find").arg(mp).args(["-name", "in-*"]));
+            let count = found
+                .lines()
+                .filter(|l| l.contains(&format!("{round}/")))
+                .count();
+            assert_eq!(count, 2, "round {round} on {}: {found}", mp.display());
+        }
+    }
+    for h in hosts {
+        h.stop();
+    }
+}
+
+#[test]
+fn a_host_killed_mid_write_loses_nothing_fsynced_and_postgres_restarts_are_waited_out() {
+    let v = Volume::new();
+    let a = v.mount("a");
+    let b = v.mount("b");
+    let (ma, mb) = (a.mountpoint.clone(), b.mountpoint.clone());
+    // a writes and fsyncs; then dies with kill -9.
+    let data = random_bytes(5 << 20, 3);
+    {
+        let mut f = std::fs::File::create(ma.join("fsynced")).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        // Written, never synced nor closed before the kill.
+        let mut g = std::fs::File::create(ma.join("unsynced")).unwrap();
+        g.write_all(b"maybe").unwrap();
+        a.kill9();
+        drop(g);
+        drop(f);
+    }
+    // b goes on: it reads what a fsynced, and writes on.
+    eventually(true, || {
+        std::fs::read(mb.join("fsynced")).is_ok_and(|d| d == data)
+    });
+    std::fs::write(mb.join("from-b"), b"b carries on").unwrap();
+
+    // a comes back (replays its log) and sees b's file.
+    let a = v.mount("a");
+    eventually(b"b carries on".to_vec(), || {
+        std::fs::read(ma.join("from-b")).unwrap_or_default()
+    });
+    assert!(read(&ma.join("fsynced")) == data);
+    // a's log held "unsynced" (a kill -9 keeps the page cache): a's start
+    // uploaded it before serving, so both hosts read it, never zeros.
+    assert_eq!(read(&ma.join("unsynced")), b"maybe");
+    assert_eq!(read(&mb.join("unsynced")), b"maybe");
+
+    // PostgreSQL restarts while b writes: the writes wait and go on.
+    let writer = std::thread::spawn({
+        let mb = mb.clone();
+        move || {
+            for i in 0..40 {
+                std::fs::write(mb.join(format!("w{i}")), format!("write {i}")).unwrap();
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    v.pg.restart()
+        .unwrap_or_else(|e| panic!("{e}\n{}", v.pg.log()));
+    writer.join().expect("writes during the restart");
+    for i in 0..40 {
+        assert_eq!(
+            read(&ma.join(format!("w{i}"))),
+            format!("write {i}").as_bytes(),
+            "w{i} on a"
+        );
+    }
+    b.stop();
+    a.stop();
+}
+
+#[test]
+fn a_data_directory_of_another_volume_and_an_unformatted_database_are_refused() {
+    let v = Volume::new();
+    // A mount on a database that holds no volume.
+    let empty = v.pg.database();
+    let (mp, data) = v.paths("lonely");
+    std::fs::create_dir_all(&mp).unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&mp)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--meta", &empty])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("slicefs format"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A second format of the same database and store is a no-op; another
+    // store is refused.
+    let again = run(Command::new(BIN)
+        .args(["format", "--meta", &v.url, "--store", "s3://shared/vol"])
+        .args(v.sw.mount_args())
+        .arg("vol"));
+    assert!(again.contains("already formatted"), "{again}");
+    let other = Command::new(BIN)
+        .args(["format", "--meta", &v.url, "--store", "s3://shared/other"])
+        .args(v.sw.mount_args())
+        .arg("vol2")
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("holds volume vol"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    // A single-host data directory cannot join the shared volume.
+    let (mp1, data1) = v.paths("single");
+    drop(Mount::start(&mp1, &data1, &[]));
+    let _ = nix::mount::umount2(&mp1, nix::mount::MntFlags::MNT_DETACH);
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&mp1)
+        .arg("--data-dir")
+        .arg(&data1)
+        .args(["--meta", &v.url])
+        .args(v.sw.mount_args())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("belongs to volume"), "{err}");
+}
