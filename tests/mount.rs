@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mount::{BIN, Mount, run};
+use common::mount::{BIN, Mount, SQL_CHECK, WRITE_BACK_CHECK, run};
 use common::powerloss::mounted;
 use common::seaweed::Seaweed;
 
@@ -28,21 +28,6 @@ fn source_tree() -> PathBuf {
     assert!(p.is_dir(), "/usr/include is missing");
     p
 }
-
-const SQL_CHECK: &str = "
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
-if sys.argv[2] == 'create':
-    db.execute('create table t(k integer primary key, v text)')
-    for i in range(2000):
-        db.execute('insert into t(v) values (?)', ('value %d' % i * 10,))
-    db.commit()
-    db.execute('delete from t where k % 3 = 0')
-    db.commit()
-r = db.execute('pragma integrity_check').fetchone()[0]
-n = db.execute('select count(*) from t').fetchone()[0]
-print(r, n)
-";
 
 fn main_job(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
@@ -448,41 +433,6 @@ fn scopeguard(mp: &Path) -> impl Drop + '_ {
     }
     G(mp)
 }
-
-/// POSIX behaviour the kernel's write-back cache (on by default) must not
-/// change: partial-page writes through a write-only handle (the kernel
-/// reads the page through it first), `O_APPEND`, set-id bits cleared by a
-/// write of an unprivileged user and kept by root's, sizes and times after
-/// a remount; and the same with the cache off.
-const WRITE_BACK_CHECK: &str = r##"
-import os, stat, sys, time
-d = sys.argv[1]
-p = os.path.join(d, "f")
-with open(p, "wb") as f:
-    f.write(b"a" * 10000)
-fd = os.open(p, os.O_WRONLY)
-os.pwrite(fd, b"XY", 4095)
-os.close(fd)
-fd = os.open(p, os.O_WRONLY | os.O_APPEND)
-os.write(fd, b"tail")
-os.close(fd)
-want = b"a" * 4095 + b"XY" + b"a" * 5903 + b"tail"
-assert open(p, "rb").read() == want, "content"
-os.utime(p, (1_000_000_000, 1_000_000_000))
-assert os.stat(p).st_mtime == 1_000_000_000, "utime"
-s = os.path.join(d, "suid")
-with open(s, "wb") as f:
-    f.write(b"#!/bin/sh\n")
-os.chmod(s, 0o6755)
-with open(s, "ab") as f:
-    f.write(b"true\n")
-assert stat.S_IMODE(os.stat(s).st_mode) == 0o755, oct(os.stat(s).st_mode)
-os.chmod(s, 0o2745)
-with open(s, "ab") as f:
-    f.write(b"true\n")
-assert stat.S_IMODE(os.stat(s).st_mode) == 0o2745, oct(os.stat(s).st_mode)
-print("ok")
-"##;
 
 /// Field `n` (0 source, 2 type, 3 options) of the topmost mount at
 /// `mp` in `/proc/self/mounts`.

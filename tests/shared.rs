@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mount::{BIN, Mount, run};
+use common::mount::{BIN, Mount, SQL_CHECK, WRITE_BACK_CHECK, run};
 use common::postgres::Postgres;
 use common::seaweed::Seaweed;
 
@@ -383,4 +383,74 @@ fn a_data_directory_of_another_volume_and_an_unformatted_database_are_refused() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("belongs to volume"), "{err}");
+}
+
+/// The main job on a shared volume, across two hosts: a real tree copied
+/// in on one host and compared on the other, a git repository committed
+/// on the second and checked on the first, an SQLite database made on one
+/// and checked on the other; then the POSIX checks of the single-host
+/// mount (partial-page writes, O_APPEND, set-id bits, times) as an
+/// unprivileged user on an `--allow-other` mount.
+#[test]
+fn the_main_job_and_the_posix_checks_run_on_a_shared_volume() {
+    let v = Volume::new();
+    let a = v.mount("a");
+    let (mp_b, data_b) = v.paths("b");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(v.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut extra = vec!["--meta".to_string(), v.url.clone(), "--allow-other".into()];
+    extra.extend(v.sw.mount_args());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let b = Mount::start(&mp_b, &data_b, &extra);
+    let (ma, mb) = (a.mountpoint.clone(), b.mountpoint.clone());
+
+    run(Command::new("cp")
+        .args(["-a", "/usr/include/linux"])
+        .arg(ma.join("tree")));
+    std::thread::sleep(TTL);
+    run(Command::new("diff")
+        .args(["-r", "--no-dereference", "/usr/include/linux"])
+        .arg(mb.join("tree")));
+
+    let git = |dir: &Path, args: &[&str]| {
+        run(Command::new("git")
+            .args(["-c", "user.email=t@t", "-c", "user.name=t", "-C"])
+            .arg(dir)
+            .args(args))
+    };
+    git(&mb.join("tree"), &["init", "-q"]);
+    git(&mb.join("tree"), &["add", "."]);
+    git(&mb.join("tree"), &["commit", "-qm", "tree"]);
+    std::thread::sleep(TTL);
+    let log = git(&ma.join("tree"), &["log", "--oneline"]);
+    assert!(log.contains("tree"), "{log}");
+    let status = git(&ma.join("tree"), &["status", "--porcelain"]);
+    assert_eq!(status.trim(), "", "a sees b's commit and a clean tree");
+    git(&ma.join("tree"), &["fsck", "--no-progress"]);
+
+    let out = run(Command::new("python3")
+        .args(["-c", SQL_CHECK])
+        .arg(ma.join("db.sqlite"))
+        .arg("create"));
+    assert_eq!(out.trim(), "ok 1334");
+    std::thread::sleep(TTL);
+    let out = run(Command::new("python3")
+        .args(["-c", SQL_CHECK])
+        .arg(mb.join("db.sqlite"))
+        .arg("check"));
+    assert_eq!(out.trim(), "ok 1334");
+
+    let dir = mb.join("nobody");
+    std::fs::create_dir(&dir).unwrap();
+    run(Command::new("chown").arg("65534:65534").arg(&dir));
+    let out = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", WRITE_BACK_CHECK])
+        .arg(&dir));
+    assert_eq!(out.trim(), "ok");
+    std::thread::sleep(TTL);
+    let f = std::fs::metadata(ma.join("nobody/f")).unwrap();
+    assert_eq!((f.len(), f.mtime()), (10004, 1_000_000_000));
+    b.stop();
+    a.stop();
 }

@@ -118,3 +118,55 @@ pub fn run(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A python script that makes (`create`) or checks (`check`) an SQLite
+/// database at `argv[1]` with 2,000 rows, a third deleted.
+pub const SQL_CHECK: &str = "
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+if sys.argv[2] == 'create':
+    db.execute('create table t(k integer primary key, v text)')
+    for i in range(2000):
+        db.execute('insert into t(v) values (?)', ('value %d' % i * 10,))
+    db.commit()
+    db.execute('delete from t where k % 3 = 0')
+    db.commit()
+r = db.execute('pragma integrity_check').fetchone()[0]
+n = db.execute('select count(*) from t').fetchone()[0]
+print(r, n)
+";
+
+/// POSIX behaviour the kernel's write-back cache (on by default) must not
+/// change: partial-page writes through a write-only handle (the kernel
+/// reads the page through it first), `O_APPEND`, set-id bits cleared by a
+/// write of an unprivileged user and kept by root's, sizes and times after
+/// a remount; and the same with the cache off.
+pub const WRITE_BACK_CHECK: &str = r##"
+import os, stat, sys, time
+d = sys.argv[1]
+p = os.path.join(d, "f")
+with open(p, "wb") as f:
+    f.write(b"a" * 10000)
+fd = os.open(p, os.O_WRONLY)
+os.pwrite(fd, b"XY", 4095)
+os.close(fd)
+fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+os.write(fd, b"tail")
+os.close(fd)
+want = b"a" * 4095 + b"XY" + b"a" * 5903 + b"tail"
+assert open(p, "rb").read() == want, "content"
+os.utime(p, (1_000_000_000, 1_000_000_000))
+assert os.stat(p).st_mtime == 1_000_000_000, "utime"
+s = os.path.join(d, "suid")
+with open(s, "wb") as f:
+    f.write(b"#!/bin/sh\n")
+os.chmod(s, 0o6755)
+with open(s, "ab") as f:
+    f.write(b"true\n")
+assert stat.S_IMODE(os.stat(s).st_mode) == 0o755, oct(os.stat(s).st_mode)
+os.chmod(s, 0o2745)
+with open(s, "ab") as f:
+    f.write(b"true\n")
+assert stat.S_IMODE(os.stat(s).st_mode) == 0o2745, oct(os.stat(s).st_mode)
+print("ok")
+"##;
