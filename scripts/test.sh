@@ -131,6 +131,16 @@ if ! command -v nfs-cp >/dev/null 2>&1; then
     fi
 fi
 echo "nfs-cp: $(command -v nfs-cp)"
+# PostgreSQL (Debian's package): the shared-volume tests (tests/shared.rs,
+# tests/meta.rs, the VFS suite's second run) start throwaway servers with
+# its initdb and pg_ctl (as the postgres user), and runuser (util-linux).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${SLICEFS_PG_BIN:-}" ]; then
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }; then
+        echo "error: PostgreSQL is missing and 'apt-get install postgresql' failed" >&2
+        exit 1
+    fi
+fi
+echo "postgresql: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n 1)"
 
 section "format: cargo fmt --check"
 run cargo fmt --all -- --check
@@ -143,6 +153,9 @@ run env RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" cargo doc --workspace --no-
 
 section "test: cargo test --workspace"
 run cargo test --workspace
+
+section "test: the VFS suite again, on a shared volume (PostgreSQL metadata)"
+run env SLICEFS_TEST_META=postgres cargo test --test vfs
 
 section "smoke: scripts/bench-small.sh and bench-copy.sh (tiny N; speed is not checked, every workload must run)"
 bench_smoke() {

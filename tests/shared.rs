@@ -59,11 +59,41 @@ impl Volume {
     /// Mounts host `name` (its store comes from the volume; the secrets
     /// are given on the command line).
     fn mount(&self, name: &str) -> Mount {
+        self.mount_with(name, &[])
+    }
+
+    fn mount_with(&self, name: &str, more: &[&str]) -> Mount {
         let (mp, data) = self.paths(name);
         let mut extra = vec!["--meta".to_string(), self.url.clone()];
         extra.extend(self.sw.mount_args());
+        extra.extend(more.iter().map(|s| s.to_string()));
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         Mount::start(&mp, &data, &extra)
+    }
+
+    /// Whether inode `ino` is still in the volume's metadata.
+    fn inode_exists(&self, ino: u64) -> bool {
+        let mut c = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM inodes WHERE ino = $1",
+                &[&(ino as i64)],
+            )
+            .unwrap()
+            .get(0);
+        n == 1
+    }
+
+    /// Waits up to `limit` for inode `ino` to be freed.
+    fn wait_freed(&self, ino: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if !self.inode_exists(ino) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
     }
 }
 
@@ -453,4 +483,51 @@ fn the_main_job_and_the_posix_checks_run_on_a_shared_volume() {
     assert_eq!((f.len(), f.mtime()), (10004, 1_000_000_000));
     b.stop();
     a.stop();
+}
+
+/// An unlinked file that another host holds open keeps its data until
+/// that host closes it, or until that host dies and its session times
+/// out; then it is freed.
+#[test]
+fn a_file_open_on_one_host_outlives_an_unlink_on_another() {
+    let v = Volume::new();
+    let fast = ["--session-timeout", "3s"];
+    let a = v.mount_with("a", &fast);
+    let b = v.mount_with("b", &fast);
+    let (ma, mb) = (a.mountpoint.clone(), b.mountpoint.clone());
+    let data = random_bytes(6 << 20, 11);
+    std::fs::write(ma.join("kept"), &data).unwrap();
+    std::fs::write(ma.join("orphaned"), &data).unwrap();
+    let kept = std::fs::File::open(ma.join("kept")).unwrap();
+    let orphaned = std::fs::File::open(ma.join("orphaned")).unwrap();
+    let (ino_kept, ino_orphaned) = (
+        kept.metadata().unwrap().ino(),
+        orphaned.metadata().unwrap().ino(),
+    );
+    std::thread::sleep(TTL);
+    std::fs::remove_file(mb.join("kept")).unwrap();
+    std::fs::remove_file(mb.join("orphaned")).unwrap();
+    // b's reaper runs every second and its heartbeat every 0.5 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut got = Vec::new();
+    use std::io::Read;
+    (&kept).read_to_end(&mut got).unwrap();
+    assert!(got == data, "a reads the whole file after b's unlink");
+    assert!(v.inode_exists(ino_kept));
+    // a's last close frees it.
+    drop(kept);
+    assert!(
+        v.wait_freed(ino_kept, Duration::from_secs(15)),
+        "freed after a's close"
+    );
+    // a dies holding "orphaned": once its session times out, b frees it.
+    assert!(v.inode_exists(ino_orphaned));
+    a.kill9();
+    drop(orphaned);
+    assert!(
+        v.wait_freed(ino_orphaned, Duration::from_secs(20)),
+        "freed after a's session timed out"
+    );
+    let log = b.stop();
+    assert!(log.contains("cleaned up after hosts silent"), "{log}");
 }

@@ -54,6 +54,12 @@ pub struct FsArgs {
     /// from the volume).
     #[arg(long, env = "SLICEFS_META")]
     pub meta: Option<String>,
+    /// Shared volumes: how long another host may be silent (it sends a
+    /// heartbeat every sixth of this) before this host takes it for dead,
+    /// stops keeping the files it held open, and frees its unlinked
+    /// files (`60s`). Default: 60s.
+    #[arg(long, env = "SLICEFS_SESSION_TIMEOUT")]
+    pub session_timeout: Option<String>,
     /// Block store option `KEY=VALUE` (`object_store` keys such as
     /// `aws_endpoint`, `aws_allow_http`, `aws_region`); repeatable. AWS_*
     /// environment variables are read too.
@@ -194,6 +200,7 @@ pub enum DurabilityArg {
 struct ConfigFile {
     data_dir: Option<PathBuf>,
     meta: Option<String>,
+    session_timeout: Option<String>,
     store: Option<String>,
     #[serde(default)]
     store_options: std::collections::BTreeMap<String, String>,
@@ -389,6 +396,12 @@ pub(super) fn resolve(
         free_space_ratio,
         ..VfsConfig::default()
     };
+    if let Some(t) = args.session_timeout.clone().or(file.session_timeout) {
+        o.vfs.session_timeout = parse_duration("--session-timeout", &t)?;
+        if o.vfs.session_timeout < Duration::from_secs(1) {
+            bail!("--session-timeout {t}: give at least 1s");
+        }
+    }
     let drain_timeout = match args.drain_timeout.clone().or(file.drain_timeout) {
         Some(d) => parse_duration("--drain-timeout", &d)?,
         None => Duration::from_secs(600),
@@ -739,6 +752,9 @@ fn run(r: &Resolved, mountpoint: Option<&Path>, nfs: Option<NfsFront>) -> anyhow
         .persister
         .close()
         .context("close the write-ahead log")?;
+    if let Err(e) = vfs.meta().end_session() {
+        tracing::warn!(error = %e, "could not end this host's session (others clean it up once it times out)");
+    }
     match drained {
         Ok(()) => {
             let _ = std::fs::remove_file(data_dir.join("status.json"));

@@ -93,6 +93,31 @@ pub(crate) trait Tx {
     /// The largest `size_lsn` or `truncate_lsn` of any inode (0: none).
     fn max_inode_lsn(&mut self) -> Result<u64>;
     fn usage(&mut self) -> Result<Usage>;
+    /// Whether another host's session holds `ino` open (a shared volume;
+    /// see `meta/postgres.rs`): its data must stay until that host
+    /// closes it or its session is cleaned up.
+    fn held_elsewhere(&mut self, _ino: Ino) -> Result<bool> {
+        Ok(false)
+    }
+    /// Records (`on`) or drops that this host holds `ino` open.
+    fn hold(&mut self, _ino: Ino, _on: bool) -> Result<()> {
+        Ok(())
+    }
+    /// Starts this host's session: registered with a heartbeat, and the
+    /// holds of an earlier run of this host (which crashed) dropped.
+    fn session_begin(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Refreshes this host's heartbeat and cleans up after every other
+    /// session silent for `timeout`: its holds are dropped and its
+    /// orphans become this host's to free. Returns the sessions cleaned.
+    fn session_tick(&mut self, _timeout: std::time::Duration) -> Result<u64> {
+        Ok(0)
+    }
+    /// Ends this host's session (a clean stop): its row and holds go.
+    fn session_end(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a namespace operation asks of the caller's permission policy,
@@ -776,6 +801,11 @@ pub(crate) fn purge(tx: &mut dyn Tx, ino: Ino) -> Result<Vec<BlockKey>> {
     };
     if f.nlink > 0 {
         return Err(FsError::Invalid("purge of a linked inode"));
+    }
+    // Open on another host: that host frees it at its last close (or
+    // whoever cleans up after its session).
+    if tx.held_elsewhere(ino)? {
+        return Ok(Vec::new());
     }
     let blocks = tx.file_blocks(ino)?;
     tx.delete_inode(ino)?;

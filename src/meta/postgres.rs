@@ -106,6 +106,10 @@ CREATE TABLE blocks(ino BIGINT NOT NULL, chunk BIGINT NOT NULL, block BIGINT NOT
 CREATE INDEX blocks_version ON blocks(version);
 CREATE TABLE doomed(ino BIGINT NOT NULL, chunk BIGINT NOT NULL, block BIGINT NOT NULL,
     version BIGINT NOT NULL, PRIMARY KEY(ino, chunk, block, version));
+CREATE TABLE sessions(host BIGINT PRIMARY KEY, started TIMESTAMPTZ NOT NULL,
+    heartbeat TIMESTAMPTZ NOT NULL);
+CREATE TABLE opens(host BIGINT NOT NULL, ino BIGINT NOT NULL, PRIMARY KEY(host, ino));
+CREATE INDEX opens_ino ON opens(ino);
 ";
 
 /// The inode columns, in [`row_inode`]'s order.
@@ -1128,6 +1132,76 @@ impl Tx for PgTx<'_> {
                 &[&self.host.clone()],
             )?
             .map_or(0, |r| r.get::<_, i64>(0)) as u64)
+    }
+
+    fn held_elsewhere(&mut self, ino: Ino) -> Result<bool> {
+        Ok(self
+            .query_opt(
+                "SELECT 1 FROM opens WHERE ino = $1 AND host <> $2 LIMIT 1",
+                &[&(ino.0 as i64), &self.host.clone()],
+            )?
+            .is_some())
+    }
+
+    fn hold(&mut self, ino: Ino, on: bool) -> Result<()> {
+        let (ino, host) = (ino.0 as i64, self.host);
+        if on {
+            self.execute(
+                "INSERT INTO opens(host, ino) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&host, &ino],
+            )?;
+        } else {
+            self.execute(
+                "DELETE FROM opens WHERE host = $1 AND ino = $2",
+                &[&host, &ino],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn session_begin(&mut self) -> Result<()> {
+        let host = self.host;
+        self.execute(
+            "INSERT INTO sessions(host, started, heartbeat) VALUES ($1, now(), now()) \
+             ON CONFLICT (host) DO UPDATE SET started = now(), heartbeat = now()",
+            &[&host],
+        )?;
+        self.execute("DELETE FROM opens WHERE host = $1", &[&host])?;
+        Ok(())
+    }
+
+    fn session_tick(&mut self, timeout: Duration) -> Result<u64> {
+        let host = self.host;
+        self.execute(
+            "INSERT INTO sessions(host, started, heartbeat) VALUES ($1, now(), now()) \
+             ON CONFLICT (host) DO UPDATE SET heartbeat = now()",
+            &[&host],
+        )?;
+        let dead: Vec<i64> = self
+            .query(
+                "SELECT host FROM sessions WHERE host <> $1 \
+                 AND heartbeat < now() - make_interval(secs => $2)",
+                &[&host, &timeout.as_secs_f64()],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for d in &dead {
+            self.execute("DELETE FROM opens WHERE host = $1", &[d])?;
+            self.execute(
+                "UPDATE inodes SET orphan_host = $1 WHERE nlink = 0 AND orphan_host = $2",
+                &[&host, d],
+            )?;
+            self.execute("DELETE FROM sessions WHERE host = $1", &[d])?;
+        }
+        Ok(dead.len() as u64)
+    }
+
+    fn session_end(&mut self) -> Result<()> {
+        let host = self.host;
+        self.execute("DELETE FROM opens WHERE host = $1", &[&host])?;
+        self.execute("DELETE FROM sessions WHERE host = $1", &[&host])?;
+        Ok(())
     }
 
     fn usage(&mut self) -> Result<Usage> {

@@ -158,6 +158,47 @@ impl MetaStore {
         PgBackend::format(url, volume)
     }
 
+    /// Starts this host's session on a shared volume (a no-op on a
+    /// single-host store): registered with a heartbeat; holds left by an
+    /// earlier run of this host are dropped.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn begin_session(&self) -> Result<()> {
+        self.write(TxMode::Write, |tx| tx.session_begin())
+    }
+
+    /// Refreshes this host's heartbeat and cleans up after every session
+    /// of another host silent for `timeout` (a host that died): its open
+    /// files are no longer held, and its unlinked files become this
+    /// host's to free. Returns the sessions cleaned up. A no-op on a
+    /// single-host store.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn session_heartbeat(&self, timeout: std::time::Duration) -> Result<u64> {
+        self.write(TxMode::Write, |tx| tx.session_tick(timeout))
+    }
+
+    /// Ends this host's session (a clean stop): nothing is held open by
+    /// it any more.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn end_session(&self) -> Result<()> {
+        self.write(TxMode::Write, |tx| tx.session_end())
+    }
+
+    /// Records (`open`) or drops that this host holds `ino` open, so that
+    /// an unlink on another host keeps its data until this host closes
+    /// it. A no-op on a single-host store.
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn hold_open(&self, ino: Ino, open: bool) -> Result<()> {
+        self.write(TxMode::Write, |tx| tx.hold(ino, open))
+    }
+
     /// The description of the shared volume this database holds (what
     /// [`MetaStore::format_postgres`] recorded), if any.
     ///

@@ -104,6 +104,11 @@ pub struct VfsConfig {
     /// attributes from metadata and drops the bytes this host cached of
     /// the file (another host may have rewritten them). Default: false.
     pub shared: bool,
+    /// In a shared namespace: how long another host may stay silent (no
+    /// heartbeat) before this host takes it for dead, drops what it
+    /// held open and frees its unlinked files. Heartbeats go every sixth
+    /// of it. Default: 60 s.
+    pub session_timeout: Duration,
 }
 
 impl Default for VfsConfig {
@@ -115,6 +120,7 @@ impl Default for VfsConfig {
             reserve_bytes: 16 << 20,
             free_space_ratio: 0.0,
             shared: false,
+            session_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -333,6 +339,7 @@ impl Vfs {
             persister: persister.clone(),
             tm: tm.clone(),
             nodes: nodes.clone(),
+            session_timeout: config.shared.then_some(config.session_timeout),
         };
         let interval = config.reap_interval.max(Duration::from_millis(1));
         // Another host may set the first extended attribute at any time.
@@ -1016,6 +1023,12 @@ impl Vfs {
     fn open_node(&self, a: &Inode, flags: OpenFlags) -> Result<u64> {
         let node = {
             let mut nodes = lock(&self.nodes);
+            if self.config.shared && !nodes.contains_key(&a.ino) {
+                // Held from now until the last release (under the nodes
+                // lock, which orders it with that release's drop): an
+                // unlink on another host keeps the data meanwhile.
+                self.meta.hold_open(a.ino, true)?;
+            }
             let n = nodes.entry(a.ino).or_insert_with(|| {
                 // The first open here: another host may have rewritten the
                 // bytes this host still caches (close-to-open). Bytes not
@@ -1297,9 +1310,21 @@ impl Vfs {
             return Ok(());
         }
         nodes.remove(&node.ino);
-        drop(nodes);
-        // The node's link count follows unlink, rmdir, rename and link.
-        if lock(&node.state).attr.nlink == 0 {
+        let nlink = if self.config.shared {
+            self.meta.hold_open(node.ino, false)?;
+            drop(nodes);
+            // Another host may have dropped the last link meanwhile.
+            match self.meta.getattr(node.ino) {
+                Ok(a) => a.nlink,
+                Err(FsError::NotFound) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        } else {
+            drop(nodes);
+            // The node's link count follows unlink, rmdir, rename and link.
+            lock(&node.state).attr.nlink
+        };
+        if nlink == 0 {
             self.orphaned(node.ino)?;
         }
         Ok(())

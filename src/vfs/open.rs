@@ -136,6 +136,7 @@ pub async fn open_fs_with_progress(
         MetaKind::Postgres(url) => {
             let host = volume::host_id(&options.data_dir)?;
             let meta = MetaStore::open_postgres(url, host, options.root_uid, options.root_gid)?;
+            meta.begin_session()?;
             let vol = volume::shared(&options.data_dir, &meta)?;
             Some((meta, vol))
         }

@@ -51,6 +51,9 @@ pub(super) struct Parts {
     pub tm: TransferManager,
     pub nodes: Arc<Mutex<HashMap<Ino, Arc<Node>>>>,
     pub space: Arc<Space>,
+    /// A shared volume's session timeout (`VfsConfig::session_timeout`):
+    /// this thread also sends the heartbeats.
+    pub session_timeout: Option<Duration>,
 }
 
 impl Parts {
@@ -103,6 +106,43 @@ impl Parts {
         self.tm.change_blocks_of_many(&files, true, || {
             self.meta.purge_many(&doomed).map(|k| ((), k))
         })
+    }
+}
+
+/// The heartbeats of a shared volume's session, from the reaper thread.
+#[derive(Default)]
+struct Heartbeat {
+    last: Option<Instant>,
+    failing: bool,
+}
+
+impl Heartbeat {
+    /// Every sixth of `timeout`: refreshes this host's session, cleans up
+    /// after dead ones, and queues this host's orphans.
+    fn tick(&mut self, s: &Shared, timeout: Duration) {
+        let every = (timeout / 6).max(Duration::from_millis(100));
+        if self.last.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let r = s.parts.meta.session_heartbeat(timeout).and_then(|dead| {
+            if dead > 0 {
+                tracing::warn!(
+                    sessions = dead,
+                    "cleaned up after hosts silent for {timeout:?}: their open files are no longer held"
+                );
+            }
+            s.queue_own_orphans()
+        });
+        match r {
+            Ok(()) => self.failing = false,
+            Err(e) => {
+                if !self.failing {
+                    tracing::error!(error = %e, "session heartbeat failed; will retry");
+                }
+                self.failing = true;
+            }
+        }
     }
 }
 
@@ -190,7 +230,11 @@ impl Shared {
     fn run(&self) {
         let mut failing = false;
         let mut compacted_at = self.parts.persister.next_lsn();
+        let mut beat = Heartbeat::default();
         loop {
+            if let Some(timeout) = self.parts.session_timeout {
+                beat.tick(self, timeout);
+            }
             let deadline = Instant::now() + self.interval;
             {
                 let mut st = lock(&self.state);
@@ -259,6 +303,22 @@ impl Shared {
             }
             Err(e) => tracing::debug!(error = %e, "log compaction when clean failed"),
         }
+    }
+
+    /// Queues this host's orphans that no handle here holds (another
+    /// host may have held them at the unlink, or they came from a dead
+    /// host's session): freed at the next reap unless still held
+    /// elsewhere.
+    fn queue_own_orphans(&self) -> Result<(), FsError> {
+        let orphans = self.parts.meta.orphans()?;
+        let nodes = lock(&self.parts.nodes);
+        let free: Vec<Ino> = orphans
+            .into_iter()
+            .filter(|i| !nodes.contains_key(i))
+            .collect();
+        drop(nodes);
+        lock(&self.state).pending.extend(free);
+        Ok(())
     }
 
     fn reap(&self) -> Result<(), FsError> {
