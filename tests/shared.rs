@@ -531,3 +531,45 @@ fn a_file_open_on_one_host_outlives_an_unlink_on_another() {
     let log = b.stop();
     assert!(log.contains("cleaned up after hosts silent"), "{log}");
 }
+
+/// Two hosts write different bytes of one 4 MiB block at once and close:
+/// each upload merges its bytes over the block it read and commits only
+/// if the block is still that one (compare-and-set), else merges again,
+/// so both hosts' bytes are in the file. Overlapping bytes go to the
+/// host whose upload committed last.
+#[test]
+fn writers_on_two_hosts_to_one_block_keep_both_hosts_bytes() {
+    let v = Volume::new();
+    let a = v.mount("a");
+    let b = v.mount("b");
+    let (ma, mb) = (a.mountpoint.clone(), b.mountpoint.clone());
+    use std::os::unix::fs::FileExt;
+    for round in 0..5 {
+        let name = format!("f{round}");
+        std::fs::write(ma.join(&name), vec![b'.'; 8192]).unwrap();
+        eventually(true, || mb.join(&name).exists());
+        let fa = std::fs::OpenOptions::new()
+            .write(true)
+            .open(ma.join(&name))
+            .unwrap();
+        let fb = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mb.join(&name))
+            .unwrap();
+        fa.write_all_at(&[b'a'; 1000], 0).unwrap();
+        fb.write_all_at(&[b'b'; 1000], 4000).unwrap();
+        // Both closes (each an upload and a commit) at once.
+        std::thread::scope(|s| {
+            s.spawn(move || drop(fa));
+            s.spawn(move || drop(fb));
+        });
+        let mut want = vec![b'.'; 8192];
+        want[..1000].fill(b'a');
+        want[4000..5000].fill(b'b');
+        for mp in [&ma, &mb] {
+            eventually(true, || read(&mp.join(&name)) == want);
+        }
+    }
+    b.stop();
+    a.stop();
+}

@@ -111,6 +111,14 @@ pub enum MetaError {
         /// The file.
         file: FileId,
     },
+    /// The block is no longer the one the upload merged its bytes over
+    /// (another host committed or cut it meanwhile): nothing was
+    /// committed; merge again over the new block.
+    #[error("block {addr:?} changed since the upload read it")]
+    Conflict {
+        /// The block.
+        addr: BlockAddr,
+    },
     /// The backend failed; nothing was committed by the failed call.
     #[error("metadata {op} failed: {source}")]
     Backend {
@@ -150,6 +158,21 @@ pub trait BlockMap: Send + Sync {
     /// zeros: it becomes a hole (no object; reads give zeros) and the
     /// version it replaces is returned as garbage. Same durability.
     fn commit_hole(&self, addr: BlockAddr, len: u32) -> Result<Option<BlockRef>, MetaError>;
+
+    /// [`BlockMap::commit_block`] of `new` (or, for `None`,
+    /// [`BlockMap::commit_hole`] of `len` bytes) only if the block is
+    /// still `base`, the reference the upload merged its bytes over (a
+    /// compare-and-set: with several hosts on one volume, a block another
+    /// host committed or cut since is never overwritten with a merge of
+    /// older bytes). [`MetaError::Conflict`] otherwise, with nothing
+    /// committed. Same durability.
+    fn commit_over(
+        &self,
+        addr: BlockAddr,
+        base: Option<BlockRef>,
+        new: Option<BlockRef>,
+        len: u32,
+    ) -> Result<Option<BlockRef>, MetaError>;
 
     /// The sequence number of the newest committed change (0: none); a
     /// change committed before this call has at most this number.

@@ -882,6 +882,32 @@ impl BlockMap for MetaStore {
         }
     }
 
+    fn commit_over(
+        &self,
+        addr: BlockAddr,
+        base: Option<BlockRef>,
+        new: Option<BlockRef>,
+        len: u32,
+    ) -> std::result::Result<Option<BlockRef>, MetaError> {
+        let mut changed = false;
+        let r = self.write(TxMode::Write, |tx| {
+            changed = tx.block(addr)? != base;
+            if changed {
+                return Ok(None);
+            }
+            match new {
+                Some(n) => ops::commit_block(tx, addr, n),
+                None => ops::commit_hole(tx, addr, len),
+            }
+        });
+        match r {
+            Ok(_) if changed => Err(MetaError::Conflict { addr }),
+            Ok(old) => Ok(old),
+            Err(FsError::NotFound) => Err(MetaError::FileGone { file: addr.file }),
+            Err(e) => Err(meta_err("commit block")(e)),
+        }
+    }
+
     fn commit_seq(&self) -> u64 {
         MetaStore::commit_seq(self)
     }

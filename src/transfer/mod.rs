@@ -1190,15 +1190,21 @@ impl Inner {
                         let g = lock(gate);
                         if *g != stamp.epoch {
                             None
-                        } else if hole {
-                            Some(self.meta.commit_hole(addr, data.len() as u32))
                         } else {
-                            let new = BlockRef::own(version, data.len() as u32);
-                            Some(self.meta.commit_block(addr, new))
+                            // Only over the block the merge read: another
+                            // host may have committed or cut it since.
+                            let new = (!hole).then(|| BlockRef::own(version, data.len() as u32));
+                            Some(self.meta.commit_over(addr, base, new, data.len() as u32))
                         }
                     };
                     match attempt {
-                        None | Some(Err(MetaError::FileGone { .. })) => break None,
+                        Some(Err(MetaError::FileGone { .. })) => {
+                            self.forget_gone_file(addr.file);
+                            break None;
+                        }
+                        // Merged again, over the new block, when the
+                        // discarded upload is planned again.
+                        None | Some(Err(MetaError::Conflict { .. })) => break None,
                         Some(Ok(old)) => break Some(old),
                         Some(Err(e)) => {
                             self.note_failure("commit block", &e);
@@ -1310,6 +1316,12 @@ impl Inner {
                             return Err(Outcome::Discarded);
                         }
                         if matches!(*e, BlockStoreError::NotFound { .. }) {
+                            // Replaced meanwhile (another host committed
+                            // a newer version and deleted this one):
+                            // merge again over the new block.
+                            if self.meta.block(addr).is_ok_and(|now| now != base) {
+                                return Err(Outcome::Discarded);
+                            }
                             missing += 1;
                             if missing == 5 {
                                 // The committed object is gone from the
@@ -1569,6 +1581,21 @@ impl Inner {
 
     fn collect_later(&self, key: BlockKey) {
         self.enqueue_gc(Instant::now() + self.config.gc_grace, key);
+    }
+
+    /// A file whose inode is gone from metadata (purged: by this host's
+    /// reaper, or by another host of a shared volume) has bytes nobody
+    /// will read: they leave the cache, and a Remove record keeps a
+    /// replay from bringing them back. Without this an upload of such
+    /// bytes would fail and be planned again forever.
+    fn forget_gone_file(&self, file: FileId) {
+        if self.persister.is_enabled()
+            && let Err(e) = self.persister.append_remove(file)
+        {
+            tracing::debug!(error = %e, ?file, "remove record for a gone file");
+            return;
+        }
+        self.cache.remove(file);
     }
 
     fn collect_now(&self, key: BlockKey) {
