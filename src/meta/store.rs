@@ -24,6 +24,10 @@ pub(crate) enum TxMode {
     Read,
     /// Atomic; survives a process crash once it returns.
     Write,
+    /// As [`TxMode::Write`], for rows no log record depends on (a
+    /// shared volume's session and holds): a backend may skip the log
+    /// barrier, and a database server may lose it in its own crash.
+    Loose,
     /// Atomic and durable against power loss once it returns.
     Durable,
 }
@@ -55,12 +59,6 @@ pub(crate) trait Backend: Send + Sync {
     fn presync(&self) -> Result<()> {
         Ok(())
     }
-    /// Whether every write transaction is durable once it returns (a
-    /// database server that makes each commit durable): write
-    /// transactions then run the barrier as durable ones do.
-    fn commits_durable(&self) -> bool {
-        false
-    }
     /// The description of a shared volume recorded in the database by
     /// `format` (JSON), if this backend keeps one.
     fn volume(&self) -> Result<Option<String>> {
@@ -91,6 +89,12 @@ pub struct MetaStore {
     /// Object versions reserved durably and not yet handed out:
     /// `(next, end)`, `next..end`.
     versions: Arc<Mutex<(u64, u64)>>,
+    /// The `(log id, LSN)` a commit recorded last (see `write`).
+    recorded: Arc<Mutex<Option<(u64, u64)>>>,
+}
+
+fn lock_dep(m: &Mutex<Option<(u64, u64)>>) -> std::sync::MutexGuard<'_, Option<(u64, u64)>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Object versions reserved per durable transaction: one metadata commit
@@ -120,6 +124,7 @@ impl MetaStore {
             log: Arc::default(),
             seqs: Arc::default(),
             versions: Arc::default(),
+            recorded: Arc::default(),
         };
         s.init(uid, gid)?;
         Ok(s)
@@ -141,6 +146,7 @@ impl MetaStore {
             log: Arc::default(),
             seqs: Arc::default(),
             versions: Arc::default(),
+            recorded: Arc::default(),
         };
         s.init(uid, gid)?;
         Ok(s)
@@ -165,7 +171,7 @@ impl MetaStore {
     /// # Errors
     /// [`FsError::Io`].
     pub fn begin_session(&self) -> Result<()> {
-        self.write(TxMode::Write, |tx| tx.session_begin())
+        self.write(TxMode::Loose, |tx| tx.session_begin())
     }
 
     /// Refreshes this host's heartbeat and cleans up after every session
@@ -177,7 +183,7 @@ impl MetaStore {
     /// # Errors
     /// [`FsError::Io`].
     pub fn session_heartbeat(&self, timeout: std::time::Duration) -> Result<u64> {
-        self.write(TxMode::Write, |tx| tx.session_tick(timeout))
+        self.write(TxMode::Loose, |tx| tx.session_tick(timeout))
     }
 
     /// Ends this host's session (a clean stop): nothing is held open by
@@ -186,7 +192,7 @@ impl MetaStore {
     /// # Errors
     /// [`FsError::Io`].
     pub fn end_session(&self) -> Result<()> {
-        self.write(TxMode::Write, |tx| tx.session_end())
+        self.write(TxMode::Loose, |tx| tx.session_end())
     }
 
     /// Records (`open`) or drops that this host holds `ino` open, so that
@@ -196,7 +202,7 @@ impl MetaStore {
     /// # Errors
     /// [`FsError::Io`].
     pub fn hold_open(&self, ino: Ino, open: bool) -> Result<()> {
-        self.write(TxMode::Write, |tx| tx.hold(ino, open))
+        self.write(TxMode::Loose, |tx| tx.hold(ino, open))
     }
 
     /// The description of the shared volume this database holds (what
@@ -215,6 +221,7 @@ impl MetaStore {
             log: Arc::default(),
             seqs: Arc::default(),
             versions: Arc::default(),
+            recorded: Arc::default(),
         };
         s.init(uid, gid).expect("the memory backend cannot fail");
         s
@@ -272,9 +279,11 @@ impl MetaStore {
                 Ok(())
             },
             &mut |tx| {
-                if let Some((id, lsn)) = dep.get() {
-                    tx.set_counter("log_id", id)?;
-                    tx.set_counter("log_lsn", lsn)?;
+                // Recorded once per change: a durable commit makes every
+                // commit before it durable too (also one that recorded it).
+                if let Some(d) = dep.get().filter(|&d| *lock_dep(&self.recorded) != Some(d)) {
+                    tx.set_counter("log_id", d.0)?;
+                    tx.set_counter("log_lsn", d.1)?;
                 }
                 out = Some(f(tx)?);
                 if mode != TxMode::Read {
@@ -284,7 +293,10 @@ impl MetaStore {
                 Ok(())
             },
         )?;
-        if mode == TxMode::Durable || mode == TxMode::Write && self.backend.commits_durable() {
+        if let Some(d) = dep.get() {
+            *lock_dep(&self.recorded) = Some(d);
+        }
+        if mode == TxMode::Durable {
             self.seqs.durable.fetch_max(seq.get(), Ordering::AcqRel);
         }
         Ok(out.expect("set on success"))

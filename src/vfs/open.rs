@@ -136,7 +136,6 @@ pub async fn open_fs_with_progress(
         MetaKind::Postgres(url) => {
             let host = volume::host_id(&options.data_dir)?;
             let meta = MetaStore::open_postgres(url, host, options.root_uid, options.root_gid)?;
-            meta.begin_session()?;
             let vol = volume::shared(&options.data_dir, &meta)?;
             Some((meta, vol))
         }
@@ -236,6 +235,9 @@ pub async fn open_fs_with_progress(
         }
         PersisterKind::Null => Arc::new(NullPersister::new()),
     };
+    // After the log's lock: a second process on this data directory stops
+    // there, before it could drop the holds of the first.
+    meta.begin_session()?;
     let lost_after = check_log_identity(&meta, persister.as_ref(), options.wal.recovery_mode)?;
     let mut vfs_config = options.vfs.clone();
     vfs_config.shared |= matches!(options.meta, MetaKind::Postgres(_));
