@@ -249,9 +249,9 @@ fn connect(config: &tokio_postgres::Config, driver: &Driver) -> Result<Client> {
 /// for a request drives the connection too (no hand-off to another thread
 /// per round trip: a metadata read cost 0.97 ms through a connection
 /// thread of its own, most of it two thread wake-ups per round trip).
-/// Called from a thread that runs a Tokio runtime already (an async
-/// task, where blocking on another runtime is refused), a request waits
-/// on a scoped thread instead.
+/// Called from a task of a multi-threaded Tokio runtime (where blocking
+/// on another runtime is refused), a request waits in `block_in_place`;
+/// from a current-thread runtime, on a scoped thread.
 struct Driver(Option<tokio::runtime::Runtime>);
 
 impl Driver {
@@ -272,14 +272,17 @@ impl Driver {
         F: std::future::Future + Send,
         F::Output: Send,
     {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => self.rt().block_on(f),
+            // A worker (or blocking) thread of a multi-threaded runtime:
+            // its other tasks move to another worker meanwhile.
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.rt().block_on(f)),
+            Ok(_) => std::thread::scope(|s| {
                 s.spawn(|| self.rt().block_on(f))
                     .join()
                     .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            })
-        } else {
-            self.rt().block_on(f)
+            }),
         }
     }
 

@@ -101,6 +101,11 @@ pub struct TransferConfig {
     /// How often the flusher looks for aged or pressing dirty data.
     /// Default: 100 ms.
     pub tick: Duration,
+    /// How long the metadata syncer gathers block commits before one
+    /// sync makes them durable (fewer syncs, at this much upload latency;
+    /// a sync under way gathers the next ones anyway). Default: 5 ms; a
+    /// shared volume, whose `close` waits for its uploads, uses 0.
+    pub meta_sync_window: Duration,
     /// Testing only: stop dead at this step of the first upload that
     /// reaches it, as if the process were killed there.
     #[doc(hidden)]
@@ -123,6 +128,7 @@ impl Default for TransferConfig {
             read_retry_for: Duration::from_secs(60),
             gc_grace: Duration::from_secs(30),
             tick: Duration::from_millis(100),
+            meta_sync_window: META_SYNC_WINDOW,
             crash_at: None,
         }
     }
@@ -1640,7 +1646,7 @@ impl Inner {
     }
 
     /// Makes block commits durable in groups: after a request, waits
-    /// [`META_SYNC_WINDOW`] for more, then one metadata sync (one log sync
+    /// [`TransferConfig::meta_sync_window`] for more, then one metadata sync (one log sync
     /// and one fsync of the metadata) covers every commit so far.
     /// Failures are retried with backoff (uploads wait meanwhile).
     async fn meta_syncer(self: Arc<Self>) {
@@ -1651,7 +1657,7 @@ impl Inner {
                 _ = self.cancel.cancelled() => return,
             }
             tokio::select! {
-                _ = tokio::time::sleep(META_SYNC_WINDOW) => {}
+                _ = tokio::time::sleep(self.config.meta_sync_window) => {}
                 _ = self.cancel.cancelled() => return,
             }
             loop {

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use slicefs_cache::{CacheConfig, RecoveryReport, SliceCache, recover_with_progress};
 use slicefs_wal::{MmapPersister, NullPersister, Persister, RecoveryMode, WalConfig};
@@ -256,12 +257,17 @@ pub async fn open_fs_with_progress(
             .map_err(|e| FsError::io("replay the write-ahead log", e))?
             .map_err(|e| FsError::io("replay the write-ahead log", e))?;
     // Held until Vfs::new has settled recovery against metadata.
+    let mut transfer = options.transfer.clone();
+    if vfs_config.shared {
+        // `close` waits for the upload and its durable commit.
+        transfer.meta_sync_window = Duration::ZERO;
+    }
     let tm = TransferManager::start_paused(
         cache.clone(),
         persister.clone(),
         Arc::new(meta.clone()),
         store,
-        options.transfer.clone(),
+        transfer,
     );
     let (vfs, recovery) = Vfs::new(
         meta,
