@@ -145,7 +145,12 @@ fn two_hosts_see_each_others_files_after_close() {
     assert!(read(&mb.join("big")) == big, "b reads a's 9 MiB file");
 
     // b rewrites in place and appends; a sees the new bytes and size at
-    // its next open (after the attribute TTL).
+    // its next open (which drops the kernel's cached attributes), though
+    // a read the file's attributes just before.
+    assert_eq!(
+        std::fs::metadata(ma.join("big")).unwrap().len(),
+        big.len() as u64
+    );
     {
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -158,7 +163,10 @@ fn two_hosts_see_each_others_files_after_close() {
     let mut want = big.clone();
     want[5 << 20..(5 << 20) + 14].copy_from_slice(b"REWRITTEN-BY-B");
     want.extend_from_slice(b"TAIL");
-    eventually(true, || read(&ma.join("big")) == want);
+    assert!(
+        read(&ma.join("big")) == want,
+        "a's next open sees b's bytes and size"
+    );
 
     // Directories, symlinks, xattrs-free metadata: made on b, seen on a.
     std::fs::create_dir_all(mb.join("d/e")).unwrap();

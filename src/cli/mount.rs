@@ -802,6 +802,7 @@ fn mount_fuse(
     let fs = FuseFs::new(vfs.clone())
         .with_writeback_cache(r.writeback_cache && !others)
         .with_other_writers(others);
+    let notifier_slot = fs.notifier_slot();
     let mount = fuse_mount::mount(
         fs,
         mp,
@@ -814,6 +815,7 @@ fn mount_fuse(
     // the kernel's cached attributes (60 s TTL) are stale. Offset -1
     // invalidates the attributes only, not the page cache.
     let notifier = mount.notifier();
+    let _ = notifier_slot.set(notifier.clone());
     vfs.transfer().on_commit(move |file| {
         let _ = notifier.inval_inode(fuser::INodeNo(file.0), -1, 0);
     });

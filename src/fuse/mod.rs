@@ -111,6 +111,9 @@ pub struct FuseFs {
     entry_ttl: Duration,
     /// Opens keep the kernel's page cache (`FOPEN_KEEP_CACHE`).
     keep_cache: bool,
+    /// Set once mounted ([`FuseFs::notifier_slot`]): with other writers,
+    /// an `open` drops the kernel's cached attributes of the file.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 /// Background requests (write-back and read-ahead) the kernel keeps in
@@ -128,7 +131,17 @@ impl FuseFs {
             ttl: TTL,
             entry_ttl: ENTRY_TTL,
             keep_cache: true,
+            notifier: Arc::default(),
         }
+    }
+
+    /// Where the mount's notifier goes once mounted (the notifier exists
+    /// only then): with other writers ([`FuseFs::with_other_writers`])
+    /// each `open` uses it to drop the kernel's cached attributes of the
+    /// file, so a size another writer changed within the attribute time
+    /// to live is read again (close-to-open: `open` revalidates).
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     /// Declares that another front end in this process (the NFS server)
@@ -617,10 +630,20 @@ impl Filesystem for FuseFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
         let _t = OpTimer::start("open");
-        match self
+        let opened = self
             .vfs
-            .open(&self.creds(req), Ino(ino.0), self.open_flags(flags.0))
+            .open(&self.creds(req), Ino(ino.0), self.open_flags(flags.0));
+        if opened.is_ok()
+            && !self.keep_cache
+            && let Some(n) = self.notifier.get()
         {
+            // Attributes only (offset -1): the kernel asks again before
+            // it trusts the size; its page cache goes at this open anyway
+            // (no FOPEN_KEEP_CACHE). No lock of the kernel's is taken for
+            // this, so it is safe before the reply.
+            let _ = n.inval_inode(ino, -1, 0);
+        }
+        match opened {
             // A read-only handle has nothing to flush at close (the kernel
             // skips the FLUSH request unless its write-back cache is on).
             Ok(fh) if flags.0 & libc::O_ACCMODE == libc::O_RDONLY => reply.opened(

@@ -8,8 +8,8 @@
 //! renaming two directories into each other, cannot both succeed. A
 //! transaction that PostgreSQL aborts for a serialization failure
 //! (SQLSTATE 40001) or a deadlock (40P01) runs again from the start, up
-//! to [`MAX_ATTEMPTS`] times. Reads run `REPEATABLE READ READ ONLY`: one
-//! snapshot, never aborted.
+//! to [`MAX_ATTEMPTS`] times. Reads run without a transaction: each
+//! statement reads its own snapshot (read committed), never aborted.
 //!
 //! Durability, as SQLite's `synchronous=NORMAL`/`FULL` in the single-host
 //! backend: a write transaction commits asynchronously
