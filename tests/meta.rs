@@ -858,3 +858,64 @@ fn postgres_hosts_create_in_one_directory_at_once() {
     }
     assert_eq!(hosts[0].getattr(d.ino).unwrap().nlink, 2);
 }
+
+/// `commit_over` commits only over the block the upload merged over
+/// (compare-and-set), and a commit run again after its answer was lost
+/// (a dropped connection) finds its own block and succeeds, dropping
+/// nothing twice.
+#[test]
+fn commit_over_sets_only_over_the_block_it_read() {
+    for (name, m, _d) in stores() {
+        let f = m
+            .create(Ino::ROOT, b"f", &node(FileKind::Regular), t(1))
+            .unwrap();
+        let addr = BlockAddr {
+            file: FileId(f.ino.0),
+            chunk: ChunkIndex(0),
+            block: 0,
+        };
+        let (v1, v2) = (m.allocate_version().unwrap(), m.allocate_version().unwrap());
+        let r1 = BlockRef::own(v1, 100);
+        assert_eq!(m.commit_over(addr, None, Some(r1), 100).unwrap(), None);
+        // Run again (its answer lost): its own block is there, no conflict.
+        assert_eq!(
+            m.commit_over(addr, None, Some(r1), 100).unwrap(),
+            None,
+            "{name}"
+        );
+        // An upload that merged over "no block" meanwhile conflicts.
+        let r2 = BlockRef::own(v2, 200);
+        assert!(
+            matches!(
+                m.commit_over(addr, None, Some(r2), 200),
+                Err(MetaError::Conflict { .. })
+            ),
+            "{name}"
+        );
+        assert_eq!(
+            m.block(addr).unwrap(),
+            Some(r1),
+            "{name}: nothing committed"
+        );
+        // Over the block it read: committed, and the old one is returned.
+        assert_eq!(
+            m.commit_over(addr, Some(r1), Some(r2), 200).unwrap(),
+            Some(r1),
+            "{name}"
+        );
+        // A hole over a block another host cut meanwhile (its length
+        // changed): conflict.
+        m.truncate(
+            f.ino,
+            &SetAttr {
+                size: Some(50),
+                ..SetAttr::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            m.commit_over(addr, Some(r2), None, 200),
+            Err(MetaError::Conflict { .. })
+        ));
+    }
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mount::{BIN, Mount, SQL_CHECK, WRITE_BACK_CHECK, run};
+use common::mount::{BIN, Mount, SQL_CHECK, posix_check_as_nobody, run};
 use common::powerloss::mounted;
 use common::seaweed::Seaweed;
 
@@ -468,13 +468,7 @@ fn write_back_semantics(extra: &[&str]) {
     assert_eq!(mount_field(&mp, 2), "fuse.slicefs");
     assert_eq!(Path::new(&mount_field(&mp, 0)), dd.canonicalize().unwrap());
     let dir = mp.join("nobody");
-    std::fs::create_dir(&dir).unwrap();
-    run(Command::new("chown").arg("65534:65534").arg(&dir));
-    let out = run(Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["/usr/bin/python3", "-c", WRITE_BACK_CHECK])
-        .arg(&dir));
-    assert_eq!(out.trim(), "ok");
+    posix_check_as_nobody(&dir);
     // Root's write keeps setuid.
     let r = mp.join("rootsuid");
     std::fs::write(&r, b"x").unwrap();

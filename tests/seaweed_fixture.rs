@@ -7,20 +7,8 @@ mod common;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::payload;
 use common::seaweed::Seaweed;
-
-/// Bytes that differ from offset to offset, so a misplaced range shows.
-fn payload(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 fn get(sw: &Seaweed, path: &str) -> Vec<u8> {
     let (status, body) = sw.s3_request("GET", path, None).expect("GET");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mount::{BIN, Mount, SQL_CHECK, WRITE_BACK_CHECK, run};
+use common::mount::{BIN, Mount, SQL_CHECK, posix_check_as_nobody, run};
 use common::postgres::Postgres;
 use common::seaweed::Seaweed;
 
@@ -97,18 +97,6 @@ impl Volume {
     }
 }
 
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Retries `f` for up to `TTL` (another host's name or size may be
 /// cached that long), then asserts its last result.
 fn eventually<T: PartialEq + std::fmt::Debug>(want: T, mut f: impl FnMut() -> T) {
@@ -140,7 +128,7 @@ fn two_hosts_see_each_others_files_after_close() {
     // on a and read on b right after close.
     std::fs::write(ma.join("hello"), b"hi from a").unwrap();
     assert_eq!(read(&mb.join("hello")), b"hi from a");
-    let big = random_bytes(9 << 20 | 12345, 7);
+    let big = common::payload(9 << 20 | 12345, 7);
     std::fs::write(ma.join("big"), &big).unwrap();
     assert!(read(&mb.join("big")) == big, "b reads a's 9 MiB file");
 
@@ -313,7 +301,7 @@ fn a_host_killed_mid_write_loses_nothing_fsynced_and_postgres_restarts_are_waite
     let b = v.mount("b");
     let (ma, mb) = (a.mountpoint.clone(), b.mountpoint.clone());
     // a writes and fsyncs; then dies with kill -9.
-    let data = random_bytes(5 << 20, 3);
+    let data = common::payload(5 << 20, 3);
     {
         let mut f = std::fs::File::create(ma.join("fsynced")).unwrap();
         f.write_all(&data).unwrap();
@@ -479,13 +467,7 @@ fn the_main_job_and_the_posix_checks_run_on_a_shared_volume() {
     assert_eq!(out.trim(), "ok 1334");
 
     let dir = mb.join("nobody");
-    std::fs::create_dir(&dir).unwrap();
-    run(Command::new("chown").arg("65534:65534").arg(&dir));
-    let out = run(Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["/usr/bin/python3", "-c", WRITE_BACK_CHECK])
-        .arg(&dir));
-    assert_eq!(out.trim(), "ok");
+    posix_check_as_nobody(&dir);
     std::thread::sleep(TTL);
     let f = std::fs::metadata(ma.join("nobody/f")).unwrap();
     assert_eq!((f.len(), f.mtime()), (10004, 1_000_000_000));
@@ -503,7 +485,7 @@ fn a_file_open_on_one_host_outlives_an_unlink_on_another() {
     let a = v.mount_with("a", &fast);
     let b = v.mount_with("b", &fast);
     let (ma, mb) = (a.mountpoint.clone(), b.mountpoint.clone());
-    let data = random_bytes(6 << 20, 11);
+    let data = common::payload(6 << 20, 11);
     std::fs::write(ma.join("kept"), &data).unwrap();
     std::fs::write(ma.join("orphaned"), &data).unwrap();
     let kept = std::fs::File::open(ma.join("kept")).unwrap();

@@ -108,11 +108,13 @@ pub(crate) trait Tx {
     fn session_begin(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Refreshes this host's heartbeat and cleans up after every other
-    /// session silent for `timeout`: its holds are dropped and its
-    /// orphans become this host's to free. Returns the sessions cleaned.
-    fn session_tick(&mut self, _timeout: std::time::Duration) -> Result<u64> {
-        Ok(0)
+    /// Refreshes this host's heartbeat and, with `clean`, cleans up after
+    /// every other session silent for `timeout`: its holds are dropped
+    /// and its orphans become this host's to free. Returns the sessions
+    /// cleaned, and whether this host's own session was gone (another
+    /// host took it for dead: its holds must be made again).
+    fn session_tick(&mut self, _timeout: std::time::Duration, _clean: bool) -> Result<(u64, bool)> {
+        Ok((0, false))
     }
     /// Ends this host's session (a clean stop): its row and holds go.
     fn session_end(&mut self) -> Result<()> {

@@ -1230,13 +1230,21 @@ impl<C: GenericClient + Sync> Tx for PgTx<'_, C> {
         Ok(())
     }
 
-    fn session_tick(&mut self, timeout: Duration) -> Result<u64> {
+    fn session_tick(&mut self, timeout: Duration, clean: bool) -> Result<(u64, bool)> {
         let host = self.host;
-        self.execute(
-            "INSERT INTO sessions(host, started, heartbeat) VALUES ($1, now(), now()) \
-             ON CONFLICT (host) DO UPDATE SET heartbeat = now()",
+        let lost = self.execute(
+            "UPDATE sessions SET heartbeat = now() WHERE host = $1",
             &[&host],
-        )?;
+        )? == 0;
+        if lost {
+            self.execute(
+                "INSERT INTO sessions(host, started, heartbeat) VALUES ($1, now(), now())",
+                &[&host],
+            )?;
+        }
+        if !clean {
+            return Ok((0, lost));
+        }
         let dead: Vec<i64> = self
             .query(
                 "SELECT host FROM sessions WHERE host <> $1 \
@@ -1248,13 +1256,17 @@ impl<C: GenericClient + Sync> Tx for PgTx<'_, C> {
             .collect();
         for d in &dead {
             self.execute("DELETE FROM opens WHERE host = $1", &[d])?;
-            self.execute(
-                "UPDATE inodes SET orphan_host = $1 WHERE nlink = 0 AND orphan_host = $2",
-                &[&host, d],
-            )?;
             self.execute("DELETE FROM sessions WHERE host = $1", &[d])?;
         }
-        Ok(dead.len() as u64)
+        // Orphans of hosts with no session (dead ones just now, and hosts
+        // that stopped cleanly while another host held their orphan open)
+        // become this host's to free.
+        self.execute(
+            "UPDATE inodes SET orphan_host = $1 WHERE nlink = 0 AND orphan_host <> $1 \
+             AND orphan_host NOT IN (SELECT host FROM sessions)",
+            &[&host],
+        )?;
+        Ok((dead.len() as u64, lost))
     }
 
     fn session_end(&mut self) -> Result<()> {

@@ -174,16 +174,22 @@ impl MetaStore {
         self.write(TxMode::Loose, |tx| tx.session_begin())
     }
 
-    /// Refreshes this host's heartbeat and cleans up after every session
-    /// of another host silent for `timeout` (a host that died): its open
-    /// files are no longer held, and its unlinked files become this
-    /// host's to free. Returns the sessions cleaned up. A no-op on a
-    /// single-host store.
+    /// Refreshes this host's heartbeat and, with `clean`, cleans up after
+    /// every session of another host silent for `timeout` (a host that
+    /// died): its open files are no longer held, and its unlinked files
+    /// (and those of hosts that stopped) become this host's to free.
+    /// Returns the sessions cleaned up, and whether this host's own
+    /// session had been taken for dead (then its holds are gone: make
+    /// them again). A no-op on a single-host store.
     ///
     /// # Errors
     /// [`FsError::Io`].
-    pub fn session_heartbeat(&self, timeout: std::time::Duration) -> Result<u64> {
-        self.write(TxMode::Loose, |tx| tx.session_tick(timeout))
+    pub fn session_heartbeat(
+        &self,
+        timeout: std::time::Duration,
+        clean: bool,
+    ) -> Result<(u64, bool)> {
+        self.write(TxMode::Loose, |tx| tx.session_tick(timeout, clean))
     }
 
     /// Ends this host's session (a clean stop): nothing is held open by
@@ -392,6 +398,7 @@ impl MetaStore {
     /// # Errors
     /// [`FsError::Io`].
     pub fn forget_log(&self) -> Result<()> {
+        *lock_dep(&self.recorded) = None;
         self.backend.run(TxMode::Durable, &|| Ok(()), &mut |tx| {
             tx.set_counter("log_id", 0)?;
             tx.set_counter("log_lsn", 0)
@@ -903,7 +910,14 @@ impl BlockMap for MetaStore {
     ) -> std::result::Result<Option<BlockRef>, MetaError> {
         let mut changed = false;
         let r = self.write(TxMode::Write, |tx| {
-            changed = tx.block(addr)? != base;
+            let now = tx.block(addr)?;
+            // This very commit, made by an attempt whose answer was lost
+            // with its connection (versions are never reused): done, and
+            // what it dropped is on the doomed list already.
+            if now != base && new.is_some() && now == new {
+                return Ok(None);
+            }
+            changed = now != base;
             if changed {
                 return Ok(None);
             }

@@ -227,6 +227,10 @@ struct NodeState {
     meta_seq: u64,
 }
 
+/// How long a `close`, `fsync` or `syncfs` on a shared volume waits for
+/// its upload before it fails with `EIO` (the bytes stay in the log).
+pub const SHARED_UPLOAD_WAIT: Duration = Duration::from_secs(60);
+
 /// Permission bits without setuid, and without setgid if the group may
 /// execute (a setgid bit without group execute means mandatory locking,
 /// and stays): what a write, truncate or chown leaves (Linux
@@ -456,7 +460,11 @@ impl Vfs {
     /// metadata depends on (LSNs of another log mean nothing here).
     /// Returns the number of files settled.
     fn settle_sizes_past_the_log(&self, last: u64) -> Result<u64> {
-        if !self.persister.is_enabled() {
+        // A shared volume syncs the log before every metadata commit, so
+        // no size or truncate of this host's is past its durable log; and
+        // an inode's other LSN field may be another host's (meaningless
+        // against this log).
+        if !self.persister.is_enabled() || self.config.shared {
             return Ok(0);
         }
         match self.meta.log_dependency()? {
@@ -1029,6 +1037,7 @@ impl Vfs {
                 // unlink on another host keeps the data meanwhile.
                 self.meta.hold_open(a.ino, true)?;
             }
+            let existed = nodes.contains_key(&a.ino);
             let n = nodes.entry(a.ino).or_insert_with(|| {
                 // The first open here: another host may have rewritten the
                 // bytes this host still caches (close-to-open). Bytes not
@@ -1052,11 +1061,35 @@ impl Vfs {
             st.opens += 1;
             st.writers += u32::from(flags.write);
             drop(st);
-            n.clone()
+            let n = n.clone();
+            drop(nodes);
+            if self.config.shared && existed {
+                // Best effort: the open counted already, and the node's
+                // own attributes are still valid ones.
+                if let Err(e) = self.revalidate(&n) {
+                    tracing::debug!(ino = n.ino.0, error = %e, "revalidate at open");
+                }
+            }
+            n
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Handle { node, flags });
         Ok(fh)
+    }
+
+    /// In a shared namespace, another open of a file already open here
+    /// reads it again (close-to-open): the attributes from metadata and,
+    /// unless this host has bytes of it still to upload, the bytes from
+    /// the store. A node with changes of its own keeps them.
+    fn revalidate(&self, n: &Node) -> Result<()> {
+        let fresh = self.meta.getattr(n.ino)?;
+        let mut st = lock(&n.state);
+        if st.dirty || self.cache.oldest_pending_lsn(n.ino.file()).is_some() {
+            return Ok(());
+        }
+        st.attr = fresh;
+        self.cache.remove(n.ino.file());
+        Ok(())
     }
 
     fn handle(&self, fh: u64) -> Result<(Arc<Node>, OpenFlags)> {
@@ -1223,11 +1256,31 @@ impl Vfs {
     pub fn flush(&self, fh: u64) -> Result<()> {
         let (node, flags) = self.handle(fh)?;
         if self.config.shared && flags.write {
-            self.rt
-                .block_on(self.tm.flush_file(node.ino.file()))
-                .map_err(|e| FsError::io("upload at close", e))?;
+            self.publish(&node)?;
         }
         self.persist(&node, false)
+    }
+
+    /// In a shared namespace: uploads the file's pending bytes and
+    /// commits their blocks (what other hosts read), waiting at most
+    /// [`SHARED_UPLOAD_WAIT`]; then `EIO` (the bytes stay in the log and
+    /// are uploaded later).
+    fn publish(&self, node: &Node) -> Result<()> {
+        let file = node.ino.file();
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(SHARED_UPLOAD_WAIT, self.tm.flush_file(file)).await
+            })
+            .map_err(|_| {
+                FsError::io(
+                    "upload for other hosts",
+                    format!(
+                        "not done after {SHARED_UPLOAD_WAIT:?} (is the object store reachable?); \
+                         the bytes stay in the log and are uploaded later"
+                    ),
+                )
+            })?
+            .map_err(|e| FsError::io("upload for other hosts", e))
     }
 
     /// `fsync`/`fdatasync`: returns once every write to the file that
@@ -1252,9 +1305,7 @@ impl Vfs {
         if self.config.shared {
             // Other hosts read the store, not this log: the data goes
             // there before the size that makes it visible.
-            self.rt
-                .block_on(self.tm.flush_file(node.ino.file()))
-                .map_err(|e| FsError::io("upload for fsync", e))?;
+            self.publish(&node)?;
             self.persist(&node, true)?;
             return self.meta.sync();
         }
@@ -1303,6 +1354,11 @@ impl Vfs {
         };
         if !last {
             return Ok(());
+        }
+        if self.config.shared && lock(&node.state).dirty {
+            // Writes that came after the last FLUSH (a shared writable
+            // mmap's write-back): their bytes before their size.
+            self.publish(&node)?;
         }
         self.persist(&node, false)?;
         let mut nodes = lock(&self.nodes);
@@ -1366,9 +1422,7 @@ impl Vfs {
         for n in lock(&self.nodes).values().cloned().collect::<Vec<_>>() {
             if self.config.shared {
                 // As `fsync`: the data first, then the size.
-                self.rt
-                    .block_on(self.tm.flush_file(n.ino.file()))
-                    .map_err(|e| FsError::io("upload for syncfs", e))?;
+                self.publish(&n)?;
             }
             self.persist(&n, false)?;
         }

@@ -113,6 +113,8 @@ impl Parts {
 #[derive(Default)]
 struct Heartbeat {
     last: Option<Instant>,
+    /// When a heartbeat last went through.
+    last_ok: Option<Instant>,
     failing: bool,
 }
 
@@ -125,17 +127,34 @@ impl Heartbeat {
             return;
         }
         self.last = Some(Instant::now());
-        let r = s.parts.meta.session_heartbeat(timeout).and_then(|dead| {
-            if dead > 0 {
-                tracing::warn!(
-                    sessions = dead,
-                    "cleaned up after hosts silent for {timeout:?}: their open files are no longer held"
-                );
-            }
-            s.queue_own_orphans()
-        });
+        // After a stretch without heartbeats (the database was away, or
+        // this thread stalled) other hosts may look dead only because
+        // they could not beat either: no cleanup this time.
+        let clean = self.last_ok.is_some_and(|t| t.elapsed() < timeout / 2);
+        let r = s
+            .parts
+            .meta
+            .session_heartbeat(timeout, clean)
+            .and_then(|(dead, lost)| {
+                if dead > 0 {
+                    tracing::warn!(
+                        sessions = dead,
+                        "cleaned up after hosts silent for {timeout:?}: their open files are no longer held"
+                    );
+                }
+                if lost {
+                    tracing::warn!(
+                        "another host took this one for dead (no heartbeat for {timeout:?}); holding its open files again"
+                    );
+                    s.hold_open_files()?;
+                }
+                s.queue_own_orphans()
+            });
         match r {
-            Ok(()) => self.failing = false,
+            Ok(()) => {
+                self.failing = false;
+                self.last_ok = Some(Instant::now());
+            }
             Err(e) => {
                 if !self.failing {
                     tracing::error!(error = %e, "session heartbeat failed; will retry");
@@ -303,6 +322,16 @@ impl Shared {
             }
             Err(e) => tracing::debug!(error = %e, "log compaction when clean failed"),
         }
+    }
+
+    /// Holds every file open here again (after this host's session was
+    /// taken for dead and its holds dropped).
+    fn hold_open_files(&self) -> Result<(), FsError> {
+        let nodes = lock(&self.parts.nodes);
+        for ino in nodes.keys() {
+            self.parts.meta.hold_open(*ino, true)?;
+        }
+        Ok(())
     }
 
     /// Queues this host's orphans that no handle here holds (another

@@ -170,3 +170,16 @@ with open(s, "ab") as f:
 assert stat.S_IMODE(os.stat(s).st_mode) == 0o2745, oct(os.stat(s).st_mode)
 print("ok")
 "##;
+
+/// Runs [`WRITE_BACK_CHECK`] as user nobody (65534) in a new directory
+/// `dir` of a mount (made by root and given to nobody): the mount must
+/// let other users in (`--allow-other`).
+pub fn posix_check_as_nobody(dir: &Path) {
+    std::fs::create_dir(dir).unwrap();
+    run(Command::new("chown").arg("65534:65534").arg(dir));
+    let out = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", WRITE_BACK_CHECK])
+        .arg(dir));
+    assert_eq!(out.trim(), "ok");
+}
