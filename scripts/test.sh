@@ -157,7 +157,7 @@ run cargo test --workspace
 section "test: the VFS suite again, on a shared volume (PostgreSQL metadata)"
 run env SLICEFS_TEST_META=postgres cargo test --test vfs
 
-section "smoke: scripts/bench-small.sh and bench-copy.sh (tiny N; speed is not checked, every workload must run)"
+section "smoke: scripts/bench-small.sh, bench-copy.sh and bench-shared.sh (tiny N; speed is not checked, every workload must run)"
 bench_smoke() {
     local out
     out=$(RUNS=1 BENCH_TREE=/usr/include/linux SLICEFS_BIN=target/debug/slicefs \
@@ -170,5 +170,7 @@ bench_smoke() {
 }
 run bench_smoke
 run env SLICEFS_BIN=target/debug/slicefs scripts/bench-copy.sh 8
+run env SLICEFS_BIN=target/debug/slicefs RUNS=1 BENCH_TREE=/usr/include/linux/netfilter \
+    scripts/bench-shared.sh 20
 
 section "all checks passed"
