@@ -119,15 +119,7 @@ impl MetaStore {
     /// [`FsError::Io`] if the database cannot be opened or has a schema
     /// version this build does not know.
     pub fn open_sqlite(path: &Path, uid: u32, gid: u32) -> Result<MetaStore> {
-        let s = MetaStore {
-            backend: Arc::new(SqliteBackend::open(path)?),
-            log: Arc::default(),
-            seqs: Arc::default(),
-            versions: Arc::default(),
-            recorded: Arc::default(),
-        };
-        s.init(uid, gid)?;
-        Ok(s)
+        MetaStore::over(Arc::new(SqliteBackend::open(path)?), uid, gid)
     }
 
     /// The PostgreSQL store at `url` (`postgres://user@host:port/db`),
@@ -141,15 +133,7 @@ impl MetaStore {
     /// [`FsError::Io`] with one line: a bad URL, no server, no volume or
     /// another schema version there.
     pub fn open_postgres(url: &str, host: u64, uid: u32, gid: u32) -> Result<MetaStore> {
-        let s = MetaStore {
-            backend: Arc::new(PgBackend::open(url, host)?),
-            log: Arc::default(),
-            seqs: Arc::default(),
-            versions: Arc::default(),
-            recorded: Arc::default(),
-        };
-        s.init(uid, gid)?;
-        Ok(s)
+        MetaStore::over(Arc::new(PgBackend::open(url, host)?), uid, gid)
     }
 
     /// Creates slicefs's schema in the PostgreSQL database at `url`
@@ -222,15 +206,21 @@ impl MetaStore {
 
     /// A store in memory (ephemeral runs, tests).
     pub fn memory(uid: u32, gid: u32) -> MetaStore {
+        MetaStore::over(Arc::new(MemBackend::default()), uid, gid)
+            .expect("the memory backend cannot fail")
+    }
+
+    /// A store over `backend`, with a root directory made if missing.
+    fn over(backend: Arc<dyn Backend>, uid: u32, gid: u32) -> Result<MetaStore> {
         let s = MetaStore {
-            backend: Arc::new(MemBackend::default()),
+            backend,
             log: Arc::default(),
             seqs: Arc::default(),
             versions: Arc::default(),
             recorded: Arc::default(),
         };
-        s.init(uid, gid).expect("the memory backend cannot fail");
-        s
+        s.init(uid, gid)?;
+        Ok(s)
     }
 
     fn init(&self, uid: u32, gid: u32) -> Result<()> {
