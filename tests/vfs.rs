@@ -1002,6 +1002,48 @@ fn a_missing_log_is_refused_unless_tolerated() {
     opened.persister.close().unwrap();
 }
 
+#[test]
+fn a_sqlite_database_outside_the_data_dir_keeps_the_namespace_and_refuses_another_log() {
+    if single_host_only(
+        "a_sqlite_database_outside_the_data_dir_keeps_the_namespace_and_refuses_another_log",
+    ) {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    let (data, other) = (top.path().join("data"), top.path().join("other"));
+    let db = top.path().join("fast-disk/meta.db");
+    std::fs::create_dir(db.parent().unwrap()).unwrap();
+    let at = |o: &mut FsOptions| o.meta = MetaKind::SqliteAt(db.clone());
+    let root = Creds::root();
+    let f = {
+        let fs = open_fs_tuned(Some(&data), at);
+        let f = write_file(&fs, &root, Ino::ROOT, "f", b"metadata elsewhere");
+        fs.vfs.fsyncdir(Ino::ROOT).unwrap();
+        fs.crash();
+        f
+    };
+    assert!(db.exists() && !data.join("meta.db").exists());
+    {
+        let fs = open_fs_tuned(Some(&data), at);
+        assert_eq!(fs.vfs.lookup(&root, Ino::ROOT, b"f").unwrap().ino, f);
+        assert_eq!(read_all(&fs, f), b"metadata elsewhere");
+        fs.unmount();
+    }
+    // The database depends on the first data directory's log: with
+    // another one it is refused, and left as it was.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut o = FsOptions::new(&other);
+    at(&mut o);
+    let err = match rt.block_on(slicefs::vfs::open_fs(&o, rt.handle())) {
+        Ok(_) => panic!("a database bound to another log must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("missing, replaced or recreated"), "{err}");
+    let fs = open_fs_tuned(Some(&data), at);
+    assert_eq!(read_all(&fs, f), b"metadata elsewhere");
+    fs.unmount();
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -48,8 +48,10 @@ pub struct FsArgs {
     /// remembered one is refused.
     #[arg(long, env = "SLICEFS_STORE")]
     pub store: Option<String>,
-    /// Metadata: `sqlite` (the default: `<data dir>/meta.db`, one host)
-    /// or `postgres://user@host:port/db` (a volume made by `slicefs
+    /// Metadata: `sqlite` (the default: `<data dir>/meta.db`, one host),
+    /// `sqlite:///path/meta.db` (a database file elsewhere, e.g. on a
+    /// faster disk; still one host, and bound to this data directory's
+    /// log), or `postgres://user@host:port/db` (a volume made by `slicefs
     /// format`, shared by every host that mounts it; its store comes
     /// from the volume).
     #[arg(long, env = "SLICEFS_META")]
@@ -285,20 +287,42 @@ pub(super) fn store_url(s: &str) -> anyhow::Result<String> {
         .map_err(|()| anyhow::anyhow!("--store: {s:?} is neither a URL nor a usable path"))
 }
 
-/// The metadata store a `--meta` value names.
+/// The metadata store a `--meta` value names: `sqlite` or `sqlite://`
+/// (the data directory's `meta.db`), `sqlite:///abs/path` (a database
+/// file elsewhere, percent-decoded), or a `postgres://` URL.
 ///
 /// # Errors
-/// One line for a value that is neither `sqlite` nor a PostgreSQL URL.
+/// One line for any other value, a relative SQLite path, or a SQLite URL
+/// with a host or query.
 pub(super) fn meta_kind(meta: Option<&str>) -> anyhow::Result<MetaKind> {
+    const HELP: &str = "give `sqlite` (the data directory's database, the default), \
+                        sqlite:///absolute/path/meta.db, or a postgres://user@host:port/db URL";
     match meta {
-        None | Some("sqlite") => Ok(MetaKind::Sqlite),
+        None | Some("sqlite" | "sqlite://") => Ok(MetaKind::Sqlite),
         Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
             Ok(MetaKind::Postgres(u.to_string()))
         }
-        Some(u) => bail!(
-            "--meta {u:?}: give `sqlite` (the data directory's database, the default) or a \
-             postgres://user@host:port/db URL"
-        ),
+        Some(u) if u.starts_with("sqlite:") => {
+            let url =
+                url::Url::parse(u).map_err(|e| anyhow::anyhow!("--meta {u:?}: {e}; {HELP}"))?;
+            if url.host_str().is_some_and(|h| !h.is_empty())
+                || url.query().is_some()
+                || url.fragment().is_some()
+                || !u.starts_with("sqlite:///")
+            {
+                bail!(
+                    "--meta {u:?}: a SQLite URL is sqlite:///absolute/path (no host, no query); {HELP}"
+                );
+            }
+            let path = url
+                .to_file_path()
+                .map_err(|()| anyhow::anyhow!("--meta {u:?}: not a usable path; {HELP}"))?;
+            if path.as_os_str().is_empty() || u.ends_with('/') {
+                bail!("--meta {u:?}: name the database file, not a directory; {HELP}");
+            }
+            Ok(MetaKind::SqliteAt(path))
+        }
+        Some(u) => bail!("--meta {u:?}: {HELP}"),
     }
 }
 
@@ -979,6 +1003,30 @@ mod tests {
     struct T {
         #[command(flatten)]
         m: MountArgs,
+    }
+
+    #[test]
+    fn meta_urls_name_sqlite_files_and_postgres() {
+        assert_eq!(meta_kind(None).unwrap(), MetaKind::Sqlite);
+        assert_eq!(meta_kind(Some("sqlite")).unwrap(), MetaKind::Sqlite);
+        assert_eq!(
+            meta_kind(Some("sqlite:///var/lib/slicefs%20db/m.db")).unwrap(),
+            MetaKind::SqliteAt(PathBuf::from("/var/lib/slicefs db/m.db"))
+        );
+        assert_eq!(
+            meta_kind(Some("postgres://u@127.0.0.1:5432/v")).unwrap(),
+            MetaKind::Postgres("postgres://u@127.0.0.1:5432/v".into())
+        );
+        for bad in [
+            "sqlite://host/m.db",
+            "sqlite:relative.db",
+            "sqlite:///dir/",
+            "sqlite:///m.db?mode=ro",
+            "mysql://x",
+        ] {
+            let e = format!("{:#}", meta_kind(Some(bad)).unwrap_err());
+            assert!(e.contains(bad) && !e.contains('\n'), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub enum PersisterKind {
 pub enum MetaKind {
     /// SQLite in `<data dir>/meta.db`.
     Sqlite,
+    /// SQLite in this file (`--meta sqlite:///path`), for a database on
+    /// another disk than the log. One host, as [`MetaKind::Sqlite`]; the
+    /// database records the log it depends on, so opening it with another
+    /// data directory's log is refused at start.
+    SqliteAt(PathBuf),
     /// In memory: nothing survives the process.
     Memory,
     /// A PostgreSQL database (`postgres://...`) made by `slicefs format`
@@ -184,21 +189,28 @@ pub async fn open_fs_with_progress(
         slicefs_cache::BLOCK_SIZE,
     )
     .await?;
+    let sqlite_path = match &options.meta {
+        MetaKind::SqliteAt(p) => p.clone(),
+        _ => options.data_dir.join("meta.db"),
+    };
+    let is_sqlite = matches!(options.meta, MetaKind::Sqlite | MetaKind::SqliteAt(_));
     let meta = match (&options.meta, shared) {
         (_, Some((meta, _))) => meta,
-        (MetaKind::Sqlite, None) => MetaStore::open_sqlite(
-            &options.data_dir.join("meta.db"),
-            options.root_uid,
-            options.root_gid,
-        )?,
+        (MetaKind::Sqlite | MetaKind::SqliteAt(_), None) => {
+            MetaStore::open_sqlite(&sqlite_path, options.root_uid, options.root_gid)?
+        }
         (_, None) => MetaStore::memory(options.root_uid, options.root_gid),
     };
     let store = store.with_layout(meta.store_layout()?);
     // The database file and its WAL were just created, or exist: their
-    // entries in the data directory are made durable (SQLite syncs the
+    // entries in the directory are made durable (SQLite syncs the
     // directory for a new WAL, not for the database file).
-    if options.meta == MetaKind::Sqlite {
-        sync_dir(&options.data_dir).map_err(|e| FsError::io("fsync the data directory", e))?;
+    if is_sqlite {
+        let dir = match sqlite_path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        sync_dir(dir).map_err(|e| FsError::io("fsync the metadata database's directory", e))?;
     }
     let persister: Arc<dyn Persister> = match options.persister {
         PersisterKind::Mmap => {
@@ -242,8 +254,7 @@ pub async fn open_fs_with_progress(
     let lost_after = check_log_identity(&meta, persister.as_ref(), options.wal.recovery_mode)?;
     let mut vfs_config = options.vfs.clone();
     vfs_config.shared |= matches!(options.meta, MetaKind::Postgres(_));
-    if vfs_config.reserve_path.is_none()
-        && (options.meta == MetaKind::Sqlite || options.persister == PersisterKind::Mmap)
+    if vfs_config.reserve_path.is_none() && (is_sqlite || options.persister == PersisterKind::Mmap)
     {
         vfs_config.reserve_path = Some(options.data_dir.join("reserve"));
     }
