@@ -1003,7 +1003,7 @@ fn a_missing_log_is_refused_unless_tolerated() {
 }
 
 #[test]
-fn a_sqlite_database_outside_the_data_dir_keeps_the_namespace_and_refuses_another_log() {
+fn a_sqlite_database_outside_the_data_dir_keeps_the_namespace_and_refuses_another_volume() {
     if single_host_only(
         "a_sqlite_database_outside_the_data_dir_keeps_the_namespace_and_refuses_another_log",
     ) {
@@ -1029,16 +1029,26 @@ fn a_sqlite_database_outside_the_data_dir_keeps_the_namespace_and_refuses_anothe
         assert_eq!(read_all(&fs, f), b"metadata elsewhere");
         fs.unmount();
     }
-    // The database depends on the first data directory's log: with
-    // another one it is refused, and left as it was.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut o = FsOptions::new(&other);
-    at(&mut o);
-    let err = match rt.block_on(slicefs::vfs::open_fs(&o, rt.handle())) {
-        Ok(_) => panic!("a database bound to another log must be refused"),
-        Err(e) => e.to_string(),
+    // The database belongs to the first data directory's volume (and
+    // depends on its log): with another data directory it is refused,
+    // and left as it was.
+    let refused = |what: &str| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mut o = FsOptions::new(&other);
+        at(&mut o);
+        match rt.block_on(slicefs::vfs::open_fs(&o, rt.handle())) {
+            Ok(_) => panic!("a database of another data directory must be refused"),
+            Err(e) => assert!(e.to_string().contains(what), "{e}"),
+        }
     };
-    assert!(err.contains("missing, replaced or recreated"), "{err}");
+    refused("they do not belong together");
+    // Also after a clean stop, when no log is needed (as `slicefs
+    // umount` leaves it): the first data directory's store holds the
+    // blocks the database names.
+    let fs = open_fs_tuned(Some(&data), at);
+    fs.vfs.meta().forget_log().unwrap();
+    fs.unmount();
+    refused("they do not belong together");
     let fs = open_fs_tuned(Some(&data), at);
     assert_eq!(read_all(&fs, f), b"metadata elsewhere");
     fs.unmount();

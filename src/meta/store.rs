@@ -352,6 +352,32 @@ impl MetaStore {
         }
     }
 
+    /// The volume (its UUID as a number) this single-host database was
+    /// bound to by [`MetaStore::set_volume_id`], if any (a database made
+    /// before the record existed has none).
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn volume_id(&self) -> Result<Option<u128>> {
+        self.read(|tx| {
+            let (hi, lo) = (tx.counter("volume_hi")?, tx.counter("volume_lo")?);
+            Ok((hi | lo != 0).then_some(u128::from(hi) << 64 | u128::from(lo)))
+        })
+    }
+
+    /// Records, durably, the volume this database describes (counters
+    /// `volume_hi` and `volume_lo`), so that it is never used with another
+    /// volume's data directory and store (see `vfs::volume::bind_meta`).
+    ///
+    /// # Errors
+    /// [`FsError::Io`].
+    pub fn set_volume_id(&self, id: u128) -> Result<()> {
+        self.write(TxMode::Durable, |tx| {
+            tx.set_counter("volume_hi", (id >> 64) as u64)?;
+            tx.set_counter("volume_lo", id as u64)
+        })
+    }
+
     /// Makes sure inode numbers up to `ino` are never handed out again (a
     /// log after a power loss may still hold data of files whose creation
     /// metadata lost).

@@ -181,7 +181,7 @@ pub async fn open_fs_with_progress(
         .check()
         .await
         .map_err(|e| FsError::io("block store", e))?;
-    volume::bind(
+    let vol = volume::bind(
         &options.data_dir,
         vol,
         chosen.as_ref(),
@@ -201,6 +201,9 @@ pub async fn open_fs_with_progress(
         }
         (_, None) => MetaStore::memory(options.root_uid, options.root_gid),
     };
+    if is_sqlite {
+        volume::bind_meta(&meta, &vol, &sqlite_path)?;
+    }
     let store = store.with_layout(meta.store_layout()?);
     // The database file and its WAL were just created, or exist: their
     // entries in the directory are made durable (SQLite syncs the

@@ -211,6 +211,60 @@ pub async fn bind(
     Ok(vol)
 }
 
+/// Binds a single-host metadata database (`db`, for messages) to the
+/// data directory's volume: the first start records the volume's UUID in
+/// it, and a database of another volume is refused. Why: with
+/// `--meta sqlite:///path` the database lives apart from the data
+/// directory, and after a clean stop (no log needed) nothing else tells
+/// that a new data directory, with an empty store, is not the one whose
+/// blocks the database names: every read would fail.
+///
+/// # Errors
+/// One line: the database belongs to another volume, or `volume.json`
+/// holds a UUID that is not one.
+pub fn bind_meta(meta: &crate::meta::MetaStore, vol: &Volume, db: &Path) -> Result<(), FsError> {
+    let hex: String = vol.uuid.chars().filter(|c| *c != '-').collect();
+    let id = u128::from_str_radix(&hex, 16)
+        .ok()
+        .filter(|_| hex.len() == 32)
+        .ok_or_else(|| {
+            FsError::io(
+                "bind the metadata database to its volume",
+                format!(
+                    "volume.json names volume {:?}, which is not a UUID",
+                    vol.uuid
+                ),
+            )
+        })?;
+    match meta.volume_id()? {
+        None => meta.set_volume_id(id),
+        Some(have) if have == id => Ok(()),
+        Some(have) => Err(FsError::io(
+            "bind the metadata database to its volume",
+            format!(
+                "metadata database {} belongs to volume {}, but the data directory is volume {}: \
+                 they do not belong together (use the data directory this database was made with)",
+                db.display(),
+                uuid_text(have),
+                vol.uuid
+            ),
+        )),
+    }
+}
+
+/// A UUID number in the usual 8-4-4-4-12 hex form.
+fn uuid_text(id: u128) -> String {
+    let h = format!("{id:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// The file in the data directory that holds this host's id in a shared
 /// volume.
 pub const HOST_ID_FILE: &str = "host-id";
@@ -310,19 +364,10 @@ pub fn describe_new(name: &str, store: &StoreConfig, block_size: u64) -> Volume 
 
 /// A random (version 4) UUID.
 fn new_uuid() -> String {
-    let b: [u8; 16] = rand::random();
-    let mut b = b;
+    let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid_text(u128::from_be_bytes(b))
 }
 
 /// Writes `volume.json` atomically and durably (temporary file, fsync,
