@@ -5,9 +5,12 @@
 # cp -r of a tree + sync -f (seconds, lower is better), for
 #   sqlite  one mount with the embedded default (SQLite metadata);
 #   pg-1    one mount of a shared volume (PostgreSQL metadata);
-#   pg-2    two mounts of one shared volume at once ("two hosts"), each
-#           on its own half of the files and its own copy of the tree:
-#           the rates are the two hosts' sums, the time the longer one.
+#   pg-1x2  one mount of a shared volume, two clients (processes) at
+#           once, each on its own half of the files and its own copy of
+#           the tree: the rates are the two clients' sums, the time the
+#           longer one;
+#   pg-2    two mounts of one shared volume at once ("two hosts"), one
+#           client on each, summed as pg-1x2.
 # Blocks go to a file:// store under the work directory in every case
 # (the two mounts share it), so the figures are the metadata's and the
 # close-to-open uploads', not a network's. PostgreSQL is a throwaway
@@ -142,6 +145,23 @@ print(json.dumps(out))
 PY
 }
 
+# pair TARGET MP_A MP_B: two workloads of N/2 files at once; records the
+# sums of their rates and the longer cp.
+pair() {
+    workload "$2" $((n / 2)) >"$work/pa.json" &
+    local wa=$!
+    workload "$3" $((n / 2)) >"$work/pb.json" &
+    local wb=$!
+    wait "$wa" && wait "$wb"
+    python3 - "$1" "$work/pa.json" "$work/pb.json" <<'PY' >>"$results"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[2:4])
+r = {k: a[k] + b[k] for k in ("create", "stat", "read", "unlink")}
+r["cp"] = max(a["cp"], b["cp"])
+print(json.dumps({"target": sys.argv[1], "r": r}))
+PY
+}
+
 results=$work/results.jsonl
 for run in $(seq 1 "$runs"); do
     # sqlite: the embedded default, one mount.
@@ -151,21 +171,14 @@ for run in $(seq 1 "$runs"); do
     new_volume
     mount_one p1 --meta "$url" && workload "$work/mp-p1" "$n" | sed 's/^/{"target":"pg-1","r":/; s/$/}/' >>"$results"
     unmount_all
+    # pg-1x2: one mount of a shared volume, two clients at once.
+    new_volume
+    mount_one p1 --meta "$url" && pair pg-1x2 "$work/mp-p1" "$work/mp-p1"
+    unmount_all
     # pg-2: two mounts of one shared volume, at once.
     new_volume
     mount_one pa --meta "$url" && mount_one pb --meta "$url"
-    workload "$work/mp-pa" $((n / 2)) >"$work/pa.json" &
-    wa=$!
-    workload "$work/mp-pb" $((n / 2)) >"$work/pb.json" &
-    wb=$!
-    wait "$wa" && wait "$wb"
-    python3 - "$work/pa.json" "$work/pb.json" <<'PY' >>"$results"
-import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
-r = {k: a[k] + b[k] for k in ("create", "stat", "read", "unlink")}
-r["cp"] = max(a["cp"], b["cp"])
-print(json.dumps({"target": "pg-2", "r": r}))
-PY
+    pair pg-2 "$work/mp-pa" "$work/mp-pb"
     unmount_all
     echo "run $run of $runs done" >&2
 done
@@ -174,7 +187,7 @@ python3 - "$results" "$n" "$tree" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 n, tree = sys.argv[2], sys.argv[3]
-targets = ["sqlite", "pg-1", "pg-2"]
+targets = ["sqlite", "pg-1", "pg-1x2", "pg-2"]
 def vals(t, k):
     return [r["r"][k] for r in rows if r["target"] == t]
 print(f"N = {n} files in one directory per host; cp -r of {tree}; best (median) of {len(vals('sqlite', 'stat'))} runs")

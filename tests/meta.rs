@@ -806,7 +806,7 @@ fn postgres_hosts_keep_their_own_log_state_and_orphans() {
     assert_eq!(a.log_dependency().unwrap(), None);
 }
 
-/// Two hosts creating in one directory at once (serializable
+/// Three hosts creating in one directory at once (serializable
 /// transactions, retried on conflicts): every create lands once, under a
 /// distinct inode number, and each name exists once.
 #[test]
@@ -816,6 +816,33 @@ fn postgres_hosts_create_in_one_directory_at_once() {
     let hosts: Vec<MetaStore> = (1..=3)
         .map(|h| MetaStore::open_postgres(&url, h, 0, 0).unwrap())
         .collect();
+    creates_at_once(&hosts);
+}
+
+/// The same from three threads of one host, on its pool of connections
+/// (its own transactions now conflict with each other, and its log
+/// counters are one row).
+#[test]
+fn postgres_threads_of_one_host_create_in_one_directory_at_once() {
+    let url = common::postgres::Postgres::shared().database();
+    MetaStore::format_postgres(&url, "{}").unwrap();
+    let m = MetaStore::open_postgres(&url, 1, 0, 0).unwrap();
+    creates_at_once(&[m.clone(), m.clone(), m.clone()]);
+    // The threads ran on more than one connection of the pool.
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let conns: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'slicefs'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(conns >= 2, "{conns} connection(s) for 3 threads");
+    drop(m);
+}
+
+fn creates_at_once(hosts: &[MetaStore]) {
     let d = hosts[0]
         .create(Ino::ROOT, b"d", &node(FileKind::Directory), t(1))
         .unwrap();

@@ -188,19 +188,37 @@ fn one_line(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A connection and its prepared statements.
+/// A connection (made when first needed, and again after it was lost),
+/// its prepared statements, and the runtime that drives it.
 struct Conn {
     client: Option<Client>,
     statements: HashMap<&'static str, Statement>,
+    driver: Driver,
 }
 
-/// The backend: one connection per host (requests of one host take turns
-/// on it, as on SQLite's; hosts run in parallel).
+impl Conn {
+    /// The live client, connecting first if there is none (or it closed).
+    fn live(&mut self, config: &tokio_postgres::Config) -> Result<&mut Client> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.statements.clear();
+            self.client = None;
+            self.client = Some(connect(config, &self.driver)?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+}
+
+/// Connections per host: requests of one host run on up to this many at
+/// once (the mount's FUSE threads are 4; uploads' block commits, the
+/// reaper and the heartbeat take one too). Hosts run in parallel anyway.
+pub const POOL_SIZE: usize = 4;
+
+/// The backend: a pool of [`POOL_SIZE`] connections per host, opened as
+/// requests need them (one while requests take turns).
 pub(crate) struct PgBackend {
     config: tokio_postgres::Config,
     host: i64,
-    conn: Mutex<Conn>,
-    driver: Driver,
+    pool: Vec<Mutex<Conn>>,
 }
 
 /// Connection settings from `url` (`postgres://user@host:port/db?...`),
@@ -245,8 +263,8 @@ fn connect(config: &tokio_postgres::Config, driver: &Driver) -> Result<Client> {
     }
 }
 
-/// A backend's own single-threaded Tokio runtime: the thread that waits
-/// for a request drives the connection too (no hand-off to another thread
+/// A connection's own single-threaded Tokio runtime: the thread that
+/// waits for a request drives the connection too (no hand-off to another thread
 /// per round trip: a metadata read cost 0.97 ms through a connection
 /// thread of its own, most of it two thread wake-ups per round trip).
 /// Called from a task of a multi-threaded Tokio runtime (where blocking
@@ -338,8 +356,18 @@ impl PgBackend {
     /// `slicefs format`), or another schema version.
     pub(crate) fn open(url: &str, host: u64) -> Result<PgBackend> {
         let config = config_of(url)?;
-        let driver = Driver::start()?;
-        let client = connect(&config, &driver)?;
+        let mut pool = (0..POOL_SIZE)
+            .map(|_| {
+                Ok(Mutex::new(Conn {
+                    client: None,
+                    statements: HashMap::new(),
+                    driver: Driver::start()?,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let first = pool[0].get_mut().unwrap_or_else(|e| e.into_inner());
+        let driver = &first.driver;
+        let client = connect(&config, driver)?;
         match schema_version(&client, &driver)? {
             Some(PG_SCHEMA_VERSION) => {}
             None => {
@@ -361,14 +389,11 @@ impl PgBackend {
                 ));
             }
         }
+        first.client = Some(client);
         Ok(PgBackend {
             config,
             host: host as i64,
-            conn: Mutex::new(Conn {
-                client: Some(client),
-                statements: HashMap::new(),
-            }),
-            driver,
+            pool,
         })
     }
 
@@ -438,17 +463,28 @@ impl PgBackend {
 
     /// The volume's description recorded by [`PgBackend::format`].
     fn volume(&self) -> Result<Option<String>> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        if conn.client.as_ref().is_none_or(|c| c.is_closed()) {
-            conn.statements.clear();
-            conn.client = Some(connect(&self.config, &self.driver)?);
-        }
-        let client = conn.client.as_ref().expect("connected above");
-        Ok(self
-            .driver
+        let mut conn = self.take();
+        conn.live(&self.config)?;
+        let Conn { client, driver, .. } = &*conn;
+        let client = client.as_ref().expect("connected above");
+        Ok(driver
             .block_on(client.query_opt("SELECT value FROM volume WHERE key = 'volume'", &[]))
             .map_err(pg_error)?
             .map(|r| r.get(0)))
+    }
+
+    /// A connection of the pool for one request: the first one free (the
+    /// lowest, so that few connections serve while requests take turns),
+    /// else the first one once it is free.
+    fn take(&self) -> std::sync::MutexGuard<'_, Conn> {
+        for c in &self.pool {
+            match c.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.pool[0].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs one attempt of `f` on a live connection.
@@ -458,9 +494,13 @@ impl PgBackend {
         mode: TxMode,
         f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
     ) -> std::result::Result<(), (Option<Fault>, FsError)> {
-        let Conn { client, statements } = conn;
+        let Conn {
+            client,
+            statements,
+            driver,
+        } = conn;
         let client = client.as_mut().expect("connected by the caller");
-        let driver = &self.driver;
+        let driver = &*driver;
         let err = |e: tokio_postgres::Error| (classify(&e), pg_error(e));
         if mode == TxMode::Read {
             // No transaction: each statement reads its own snapshot (read
@@ -518,24 +558,19 @@ impl Backend for PgBackend {
         barrier: Barrier<'_>,
         f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
     ) -> Result<()> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conn = self.take();
         let deadline = Instant::now() + RECONNECT_WAIT;
         let mut conflicts = 0u32;
         let mut pause = Duration::from_millis(50);
         loop {
-            if conn.client.as_ref().is_none_or(|c| c.is_closed()) {
-                conn.statements.clear();
-                conn.client = None;
-                match connect(&self.config, &self.driver) {
-                    Ok(c) => conn.client = Some(c),
-                    Err(e) if Instant::now() < deadline => {
-                        tracing::warn!("{e}; retrying");
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(Duration::from_secs(2));
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+            if let Err(e) = conn.live(&self.config) {
+                if Instant::now() >= deadline {
+                    return Err(e);
                 }
+                tracing::warn!("{e}; retrying");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+                continue;
             }
             // PostgreSQL writes a commit to disk on its own, soon after
             // it answers (asynchronous commit): the log goes first, as
