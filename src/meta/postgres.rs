@@ -368,7 +368,7 @@ impl PgBackend {
         let first = pool[0].get_mut().unwrap_or_else(|e| e.into_inner());
         let driver = &first.driver;
         let client = connect(&config, driver)?;
-        match schema_version(&client, &driver)? {
+        match schema_version(&client, driver)? {
             Some(PG_SCHEMA_VERSION) => {}
             None => {
                 return Err(FsError::io(
