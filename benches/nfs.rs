@@ -14,7 +14,10 @@
 //!   are uploaded (at rest), on both sides.
 //!
 //! `NFS_BENCH_ONLY_NFS=1` runs the NFS side alone and prints its small-file
-//! rates (for profiling the server).
+//! rates (for profiling the server); `NFS_BENCH_SERVER_TIMES=1` prints the
+//! server's own mean time per call of each procedure (the rest of a round
+//! trip is the transport's and the client's). The client runs on a
+//! current-thread runtime of its own, as a client process would.
 //!
 //! `cargo bench --bench nfs` as root (FUSE mounts with mount(2)). Prints a
 //! markdown table with NFS/FUSE ratios. Speed is never asserted.
@@ -108,6 +111,29 @@ fn new_handle(fh: post_op_fh3) -> nfs_fh3 {
     }
 }
 
+/// Prints the server's own mean time per call of each NFS procedure (from
+/// the request metrics): what of a round trip the server spends, against
+/// the transport and the client.
+fn server_times(fs: &OpenedFs) {
+    let text = slicefs::metrics::render(&fs.vfs);
+    let value = |kind: &str, op: &str| {
+        let key = format!("slicefs_request_seconds_{kind}{{frontend=\"nfs\",op=\"{op}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    for op in ["CREATE", "WRITE", "GETATTR", "LOOKUP", "READ", "COMMIT"] {
+        if let (Some(sum), Some(n)) = (value("sum", op), value("count", op))
+            && n > 0.0
+        {
+            eprintln!(
+                "server time of {op}: {:.1} us per call ({n} calls)",
+                sum / n * 1e6
+            );
+        }
+    }
+}
+
 /// Figures of one front end: MB/s for the large file, ops/s for the rest.
 #[derive(Default)]
 struct Figures {
@@ -116,6 +142,8 @@ struct Figures {
     create: f64,
     stat: f64,
     read: f64,
+    /// NFS only: NULL calls per second (one round trip, no work).
+    null: f64,
 }
 
 fn nfs(dir: &Path, mib: usize, conns: usize, files: usize) -> Figures {
@@ -138,7 +166,13 @@ fn nfs(dir: &Path, mib: usize, conns: usize, files: usize) -> Figures {
         let _ = stopped.await;
     }));
     let mut f = Figures::default();
-    rt.block_on(async {
+    // The client on a runtime of its own, as a client process would be:
+    // one thread that waits on its sockets itself.
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    client_rt.block_on(async {
         let mut c = connect(addr).await;
         let root = c.root_nfs_fh3();
         let big = new_handle(
@@ -292,7 +326,16 @@ fn nfs(dir: &Path, mib: usize, conns: usize, files: usize) -> Figures {
             assert_eq!(r.count, 1024);
         }
         f.read = files as f64 / t.elapsed().as_secs_f64();
+        // The transport's floor: round trips that do no work.
+        let t = Instant::now();
+        for _ in 0..files {
+            c.null().await.expect("NULL");
+        }
+        f.null = files as f64 / t.elapsed().as_secs_f64();
     });
+    if std::env::var_os("NFS_BENCH_SERVER_TIMES").is_some() {
+        server_times(&fs);
+    }
     let _ = stop.send(());
     rt.block_on(task).expect("server task").expect("server");
     close(fs, &rt);
@@ -390,8 +433,8 @@ fn main() {
     drop(nfs_dir);
     if std::env::var_os("NFS_BENCH_ONLY_NFS").is_some() {
         println!(
-            "NFS only: stat {:.0}/s, lookup+read {:.0}/s",
-            n.stat, n.read
+            "NFS only: stat {:.0}/s, lookup+read {:.0}/s, NULL {:.0}/s",
+            n.stat, n.read, n.null
         );
         return;
     }
