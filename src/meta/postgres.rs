@@ -208,13 +208,13 @@ impl Conn {
     }
 }
 
-/// Connections per host: requests of one host run on up to this many at
-/// once (the mount's FUSE threads are 4; uploads' block commits, the
-/// reaper and the heartbeat take one too). Hosts run in parallel anyway.
+/// Connections per host: one for writes, the others for reads that run
+/// beside them and each other (the mount has 4 FUSE threads). Hosts run
+/// in parallel anyway.
 pub const POOL_SIZE: usize = 4;
 
 /// The backend: a pool of [`POOL_SIZE`] connections per host, opened as
-/// requests need them (one while requests take turns).
+/// requests need them (see `take`).
 pub(crate) struct PgBackend {
     config: tokio_postgres::Config,
     host: i64,
@@ -463,7 +463,7 @@ impl PgBackend {
 
     /// The volume's description recorded by [`PgBackend::format`].
     fn volume(&self) -> Result<Option<String>> {
-        let mut conn = self.take();
+        let mut conn = self.take(TxMode::Read);
         conn.live(&self.config)?;
         let Conn { client, driver, .. } = &*conn;
         let client = client.as_ref().expect("connected above");
@@ -473,18 +473,28 @@ impl PgBackend {
             .map(|r| r.get(0)))
     }
 
-    /// A connection of the pool for one request: the first one free (the
-    /// lowest, so that few connections serve while requests take turns),
-    /// else the first one once it is free.
-    fn take(&self) -> std::sync::MutexGuard<'_, Conn> {
-        for c in &self.pool {
+    /// The connection for one request. Writes take turns on the first:
+    /// one host's write transactions then commit in the order they run,
+    /// which `MetaStore`'s commit sequence numbers (what a durable commit
+    /// covers), the log dependency it records (its LSN only grows) and
+    /// its `sync` counter rely on, and they never conflict with each
+    /// other. Reads take the lowest free one of the others (the first if
+    /// only it is free), else wait for the second.
+    fn take(&self, mode: TxMode) -> std::sync::MutexGuard<'_, Conn> {
+        let relock = |r: std::sync::LockResult<_>| {
+            r.unwrap_or_else(|e: std::sync::PoisonError<_>| e.into_inner())
+        };
+        if mode != TxMode::Read {
+            return relock(self.pool[0].lock());
+        }
+        for c in self.pool[1..].iter().chain(&self.pool[..1]) {
             match c.try_lock() {
                 Ok(g) => return g,
                 Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {}
             }
         }
-        self.pool[0].lock().unwrap_or_else(|e| e.into_inner())
+        relock(self.pool[1 % self.pool.len()].lock())
     }
 
     /// Runs one attempt of `f` on a live connection.
@@ -558,7 +568,7 @@ impl Backend for PgBackend {
         barrier: Barrier<'_>,
         f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>,
     ) -> Result<()> {
-        let mut conn = self.take();
+        let mut conn = self.take(mode);
         let deadline = Instant::now() + RECONNECT_WAIT;
         let mut conflicts = 0u32;
         let mut pause = Duration::from_millis(50);
