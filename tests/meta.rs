@@ -859,7 +859,10 @@ fn postgres_threads_of_one_host_create_in_one_directory_at_once() {
         )
         .unwrap()
         .get(0);
-    assert!(conns >= 2, "{conns} connection(s) for 2 readers and 3 writers");
+    assert!(
+        conns >= 2,
+        "{conns} connection(s) for 2 readers and 3 writers"
+    );
     drop(m);
 }
 
