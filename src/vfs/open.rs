@@ -32,8 +32,9 @@ pub enum MetaKind {
     Sqlite,
     /// SQLite in this file (`--meta sqlite:///path`), for a database on
     /// another disk than the log. One host, as [`MetaKind::Sqlite`]; the
-    /// database records the log it depends on, so opening it with another
-    /// data directory's log is refused at start.
+    /// database records its volume's UUID and the log it depends on, so
+    /// opening it with another data directory is refused at start
+    /// ([`volume::bind_meta`](super::volume::bind_meta)).
     SqliteAt(PathBuf),
     /// In memory: nothing survives the process.
     Memory,
