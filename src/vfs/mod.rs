@@ -756,11 +756,13 @@ impl Vfs {
         }
         set.ctime = Some(now);
         let n = self.node(ino);
-        let _st = n.as_ref().map(|n| lock(&n.state));
+        // The node stays locked from the metadata write to its own update:
+        // a `persist` (a release) in between would write the node's older
+        // times over these (a utime lost to the release of the write
+        // before it).
+        let mut st = n.as_ref().map(|n| lock(&n.state));
         let stored = self.meta.setattr(ino, &set)?;
-        drop(_st);
-        if let Some(n) = n {
-            let mut st = lock(&n.state);
+        if let Some(st) = st.as_mut() {
             st.meta_seq = self.meta.commit_seq();
             let (size, mtime, dirty) = (st.attr.size, st.attr.mtime, st.dirty);
             let size_lsn = st.attr.size_lsn;
