@@ -970,3 +970,46 @@ fn commit_over_sets_only_over_the_block_it_read() {
         ));
     }
 }
+
+/// A sync with nothing left to make durable commits nothing (a database's
+/// `fsync` of its journal and then of its directory pays one metadata
+/// flush, not two), yet still makes the attached log durable; a sync after
+/// any write commits durably.
+#[test]
+fn a_sync_with_nothing_undurable_commits_nothing_but_syncs_the_log() {
+    use slicefs_wal::{Durability, MmapPersister, Persister, WalConfig};
+    use std::sync::Arc;
+    for (name, m, d) in stores() {
+        let log: Arc<dyn Persister> = Arc::new(
+            MmapPersister::open(
+                d.path().join("wal"),
+                WalConfig {
+                    durability: Durability::None,
+                    ..WalConfig::default()
+                },
+            )
+            .unwrap(),
+        );
+        m.attach_log(&log);
+        m.create(Ino::ROOT, b"a", &node(FileKind::Regular), t(1))
+            .unwrap();
+        let before = m.commit_seq();
+        assert!(!m.is_durable(before), "{name}");
+        m.sync().unwrap();
+        let synced = m.commit_seq();
+        assert!(synced > before && m.is_durable(synced), "{name}");
+        let lsn = log.append_truncate(FileId(7), 0).unwrap();
+        assert!(
+            log.durable_lsn() < lsn,
+            "{name}: a log that syncs on its own"
+        );
+        m.sync().unwrap();
+        assert_eq!(m.commit_seq(), synced, "{name}: a second sync committed");
+        assert!(log.durable_lsn() >= lsn, "{name}: the log was not synced");
+        m.create(Ino::ROOT, b"b", &node(FileKind::Regular), t(2))
+            .unwrap();
+        m.sync().unwrap();
+        assert!(m.commit_seq() > synced + 1, "{name}: no durable commit");
+        assert!(m.is_durable(m.commit_seq()), "{name}");
+    }
+}
