@@ -1254,6 +1254,77 @@ fn an_mtime_only_setattr_is_kept_without_a_transaction_of_its_own() {
     assert!(fs.vfs.setattr(&other, a.ino, &req).is_err());
 }
 
+/// What tar and `cp -a` do to every file they write, through its
+/// descriptor before closing it: set its mtime, chown it to the owner it
+/// has, chmod it. The chown changes only the ctime and makes no metadata
+/// transaction; the chmod's transaction carries the file's size and times
+/// too, so the release finds nothing left to write. A chown that changes
+/// the owner is still a transaction of its own.
+#[test]
+fn a_same_owner_chown_and_a_chmod_of_an_open_written_file_cost_one_transaction() {
+    // No upload (and so no block commit) during the test.
+    let fs = open_fs_tuned(None, |o| {
+        o.transfer.upload_delay = Duration::from_secs(3600);
+        o.transfer.max_dirty_age = Duration::from_secs(3600);
+    });
+    let root = Creds::root();
+    let (a, fh) = fs
+        .vfs
+        .create(&root, Ino::ROOT, b"f", 0o600, RW, true)
+        .unwrap();
+    assert_eq!(fs.vfs.write(&root, fh, 0, b"hello").unwrap(), 5);
+    let t = slicefs::meta::Timespec {
+        sec: 1_000_000,
+        nsec: 5,
+    };
+    let utime = SetAttrRequest {
+        mtime: Some(TimeSet::At(t)),
+        ..SetAttrRequest::default()
+    };
+    fs.vfs.setattr(&root, a.ino, &utime).unwrap();
+    let seq = fs.vfs.meta().commit_seq();
+    let before = fs.vfs.getattr(a.ino).unwrap();
+    let same_owner = SetAttrRequest {
+        uid: Some(a.uid),
+        gid: Some(a.gid),
+        ..SetAttrRequest::default()
+    };
+    let chowned = fs.vfs.setattr(&root, a.ino, &same_owner).unwrap();
+    assert!(chowned.ctime >= before.ctime);
+    assert_eq!((chowned.uid, chowned.gid, chowned.mtime), (a.uid, a.gid, t));
+    assert_eq!(
+        fs.vfs.meta().commit_seq(),
+        seq,
+        "the chown made a transaction"
+    );
+    let chmod = SetAttrRequest {
+        perm: Some(0o644),
+        ..SetAttrRequest::default()
+    };
+    fs.vfs.setattr(&root, a.ino, &chmod).unwrap();
+    assert_eq!(fs.vfs.meta().commit_seq(), seq + 1);
+    let stored = fs.vfs.meta().getattr(a.ino).unwrap();
+    assert_eq!((stored.perm, stored.size, stored.mtime), (0o644, 5, t));
+    assert!(stored.ctime >= chowned.ctime);
+    fs.vfs.release(fh).unwrap();
+    assert_eq!(
+        fs.vfs.meta().commit_seq(),
+        seq + 1,
+        "the release wrote again"
+    );
+    assert_eq!(fs.vfs.meta().getattr(a.ino).unwrap(), stored);
+    assert_eq!(read_all(&fs, a.ino), b"hello");
+    // Another owner: a transaction, on an open file too.
+    let fh = fs.vfs.open(&root, a.ino, RW).unwrap();
+    let other_owner = SetAttrRequest {
+        uid: Some(1000),
+        ..SetAttrRequest::default()
+    };
+    fs.vfs.setattr(&root, a.ino, &other_owner).unwrap();
+    assert_eq!(fs.vfs.meta().getattr(a.ino).unwrap().uid, 1000);
+    fs.vfs.release(fh).unwrap();
+}
+
 /// `readdirplus` lists what `readdir` lists, page by page, each entry
 /// with the attributes `getattr` gives (an open file's newer size
 /// included).
