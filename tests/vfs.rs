@@ -360,6 +360,20 @@ fn permissions_as_ext4() {
             ..SetAttrRequest::default()
         };
         assert_eq!(errno(v.setattr(&alice, af.ino, &chown)), libc::EPERM);
+        // Not even to the owner and group it has, by another user (Linux
+        // `chown_ok`/`chgrp_ok`); the owner may.
+        let same = SetAttrRequest {
+            uid: Some(1000),
+            gid: Some(1000),
+            ..SetAttrRequest::default()
+        };
+        assert_eq!(errno(v.setattr(&bob, af.ino, &same)), libc::EPERM);
+        let same_group = SetAttrRequest {
+            gid: Some(1000),
+            ..SetAttrRequest::default()
+        };
+        assert_eq!(errno(v.setattr(&bob, af.ino, &same_group)), libc::EPERM);
+        v.setattr(&alice, af.ino, &same).unwrap();
         // A write by a non-root caller clears setuid.
         let fh = v.open(&alice, af.ino, RW).unwrap();
         v.write(&alice, fh, 0, b"x").unwrap();
@@ -1262,6 +1276,13 @@ fn an_mtime_only_setattr_is_kept_without_a_transaction_of_its_own() {
 /// the owner is still a transaction of its own.
 #[test]
 fn a_same_owner_chown_and_a_chmod_of_an_open_written_file_cost_one_transaction() {
+    // A shared volume's node publishes its bytes before its size reaches
+    // metadata, so these go to metadata at once there.
+    if single_host_only(
+        "a_same_owner_chown_and_a_chmod_of_an_open_written_file_cost_one_transaction",
+    ) {
+        return;
+    }
     // No upload (and so no block commit) during the test.
     let fs = open_fs_tuned(None, |o| {
         o.transfer.upload_delay = Duration::from_secs(3600);

@@ -693,7 +693,10 @@ impl Vfs {
         let gid_change = req.gid.is_some_and(|g| g != cur.gid);
         if req.uid.is_some() || req.gid.is_some() {
             if creds.uid != 0 {
-                if uid_change || (gid_change && creds.uid != cur.uid) {
+                // Only the owner, and only to itself and to a group it
+                // is in (Linux `chown_ok`, `chgrp_ok`): also a chown to
+                // the owner the file has is the owner's alone.
+                if uid_change || creds.uid != cur.uid {
                     return Err(FsError::NotPermitted);
                 }
                 if gid_change && !creds.in_group(req.gid.unwrap_or(cur.gid)) {
