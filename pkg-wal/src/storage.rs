@@ -411,10 +411,10 @@ impl MmapFile {
         if done >= published + SMALL_SYNC {
             return Ok(());
         }
-        let page = 4096u64;
-        let from = done.max(published.div_ceil(page) * page);
-        let to = (published.div_ceil(page) * page + PREWRITE).min(self.allocated());
-        let mut at = from;
+        // From the page after the one being appended to.
+        let edge = published.div_ceil(4096) * 4096;
+        let to = (edge + PREWRITE).min(self.allocated());
+        let mut at = done.max(edge);
         while at < to {
             let n = (to - at).min(ZEROS.len() as u64) as usize;
             pwrite_all(&self.file, &[&ZEROS[..n]], at)?;
