@@ -9,7 +9,7 @@
 //!   procedure;
 //! - `read_bytes_total`, `written_bytes_total`: bytes through the VFS;
 //! - `dirty_bytes`, `cached_bytes`, `cache_memory_bytes`: the slice cache;
-//! - `uploads_total`, `upload_bytes_total`, `uploads_in_flight`,
+//! - `uploads_total`, `upload_bytes_total`, `packs_total`, `uploads_in_flight`,
 //!   `downloads_total`, `download_bytes_total`, `block_cache_hits_total`,
 //!   `store_retries_total`, `store_stalled_seconds`, `gc_pending`: the
 //!   transfer manager;
@@ -57,6 +57,10 @@ const GAUGES: &[(&str, &str)] = &[
     ),
     ("slicefs_uploads_total", "Blocks uploaded."),
     ("slicefs_upload_bytes_total", "Bytes uploaded."),
+    (
+        "slicefs_packs_total",
+        "Pack objects uploaded (each holds several small blocks counted in uploads_total).",
+    ),
     ("slicefs_uploads_in_flight", "Uploads in progress."),
     ("slicefs_downloads_total", "Blocks downloaded."),
     ("slicefs_download_bytes_total", "Bytes downloaded."),
@@ -192,6 +196,7 @@ pub fn render(vfs: &Vfs) -> String {
     set(m, "slicefs_cache_memory_bytes", c.memory_bytes);
     set(m, "slicefs_uploads_total", t.uploads);
     set(m, "slicefs_upload_bytes_total", t.upload_bytes);
+    set(m, "slicefs_packs_total", t.packs);
     set(m, "slicefs_uploads_in_flight", t.uploads_in_flight);
     set(m, "slicefs_downloads_total", t.downloads);
     set(m, "slicefs_download_bytes_total", t.download_bytes);

@@ -288,8 +288,26 @@ async fn partial_blocks_merge_and_truncate_hides_old_bytes() {
     cold.tm.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replaced_blocks_are_collected_after_the_grace_period() {
+/// Waits (at most 10 s) until the store holds `n` objects: the
+/// collector deleted the rest.
+async fn wait_for_objects(store: &BlockStore, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let objects = store.list(None).await.unwrap().len();
+        if objects == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{objects} objects left, want {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A rig over memory metadata and a fault-free store, with no log and a
+/// 50 ms garbage collection grace period.
+fn quick_gc_rig() -> (Rig, BlockStore, Arc<MetaStore>) {
     let (_f, store) = faulty_memory(FaultConfig::default());
     let meta = Arc::new(MetaStore::memory(0, 0));
     let mut config = fast_config();
@@ -301,6 +319,12 @@ async fn replaced_blocks_are_collected_after_the_grace_period() {
         store.clone(),
         config,
     );
+    (rig, store, meta)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_blocks_are_collected_after_the_grace_period() {
+    let (rig, store, meta) = quick_gc_rig();
     // Never zeros: an all-zero block is committed as a hole, no object.
     for round in 1..=5u8 {
         rig.write(FileId(1), 0, &vec![round; 2 * BLOCK_SIZE as usize])
@@ -310,18 +334,7 @@ async fn replaced_blocks_are_collected_after_the_grace_period() {
         rig.tm.drain(Duration::from_secs(10)).await.unwrap();
     }
     rig.remove(FileId(2)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let objects = store.list(None).await.unwrap().len();
-        if objects == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{objects} objects left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_objects(&store, 2).await;
     let stats = rig.tm.stats();
     assert_eq!(stats.gc_deleted, 4 * 2 + 5);
     assert_eq!(stats.gc_pending, 0);
@@ -575,4 +588,126 @@ async fn per_file_state_is_dropped_once_a_file_is_uploaded() {
     let cold = Rig::cold(meta.clone(), store.clone(), model);
     cold.check_all().await;
     cold.tm.shutdown().await;
+}
+
+/// Small files are uploaded several to an object (packs): fewer objects
+/// than files, every byte reads back cold, and a merge over a packed
+/// block, a truncate and a removal keep the right bytes. Once every file
+/// is gone the collector deletes every pack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_share_pack_objects_that_go_with_their_last_member() {
+    let (rig, store, meta) = quick_gc_rig();
+    let mut rng = StdRng::seed_from_u64(0x9ac);
+    let files: Vec<FileId> = (100..300).map(FileId).collect();
+    // Some above PACK_MEMBER_MAX: objects of their own. Made first, so
+    // that the files are written in one burst and come due together.
+    let data: Vec<Vec<u8>> = files
+        .iter()
+        .map(|_| {
+            let len = rng.random_range(1..=80 << 10);
+            (0..len).map(|_| rng.random()).collect()
+        })
+        .collect();
+    for (&f, data) in files.iter().zip(&data) {
+        rig.write(f, 0, data).await.unwrap();
+    }
+    rig.tm.drain(Duration::from_secs(60)).await.unwrap();
+    let objects = store.list(None).await.unwrap().len();
+    assert!(rig.tm.stats().packs > 0, "nothing was packed");
+    assert!(
+        objects < files.len() / 2,
+        "{objects} objects for {} small files",
+        files.len()
+    );
+    let cold = Rig::cold(meta.clone(), store.clone(), rig.model());
+    cold.check_all().await;
+    cold.tm.shutdown().await;
+
+    for (i, &f) in files.iter().enumerate() {
+        match i % 4 {
+            // Merged over the packed block, uploaded again.
+            0 => rig.write(f, 10, &[0xEE; 300]).await.unwrap(),
+            1 => rig.truncate(f, 5).await,
+            2 => rig.remove(f).await,
+            _ => {}
+        }
+    }
+    rig.tm.drain(Duration::from_secs(60)).await.unwrap();
+    rig.check_all().await;
+    let cold = Rig::cold(meta.clone(), store.clone(), rig.model());
+    cold.check_all().await;
+    cold.tm.shutdown().await;
+
+    for (i, &f) in files.iter().enumerate() {
+        if i % 4 != 2 {
+            rig.remove(f).await;
+        }
+    }
+    wait_for_objects(&store, 0).await;
+    rig.tm.shutdown().await;
+}
+
+/// A crash after a pack is put and before its members commit: the log
+/// replays every member's bytes, they are uploaded again, and the sweep
+/// deletes the pack no row references.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_pack_upload_and_commits_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_faulty, store) = faulty_memory(FaultConfig::default());
+    let meta = Arc::new(MetaStore::memory(0, 0));
+    let cache = CacheConfig::default();
+    let mut config = fast_config();
+    config.crash_at = Some(CrashPoint::AfterUpload);
+    let model = {
+        let rig = Rig::new(
+            cache.clone(),
+            mmap_persister(dir.path()),
+            meta.clone(),
+            store.clone(),
+            config,
+        );
+        for f in 10..30 {
+            rig.write(FileId(f), 0, &vec![f as u8; 1000 + f as usize])
+                .await
+                .unwrap();
+        }
+        rig.persister.sync().unwrap();
+        let r = rig.tm.drain(Duration::from_secs(30)).await;
+        assert!(r.is_err(), "{r:?}");
+        assert!(rig.tm.crashed());
+        rig.tm.shutdown().await;
+        rig.model()
+    };
+    assert!(
+        rig_packs_only(&store, &meta).await,
+        "a pack was put, none committed"
+    );
+    let (rig, report) = Rig::recover(
+        cache,
+        mmap_persister(dir.path()),
+        meta.clone(),
+        store.clone(),
+        fast_config(),
+        model,
+    );
+    assert!(report.pending_bytes > 0, "the log replayed pending data");
+    rig.tm.drain(Duration::from_secs(30)).await.unwrap();
+    rig.check_all().await;
+    let model = rig.model();
+    rig.tm.shutdown().await;
+    let cold = Rig::cold(meta.clone(), store.clone(), model);
+    cold.check_all().await;
+    let report = cold.tm.sweep_orphans(Duration::ZERO).await.unwrap();
+    assert!(report.deleted >= 1, "the crashed pack is swept");
+    assert_eq!(
+        report.listed - report.deleted,
+        referenced(&store, &meta).await as u64
+    );
+    cold.check_all().await;
+    cold.tm.shutdown().await;
+}
+
+/// Whether the store holds objects and the block map references none.
+async fn rig_packs_only(store: &BlockStore, meta: &MetaStore) -> bool {
+    !store.list(None).await.unwrap().is_empty() && referenced(store, meta).await == 0
 }

@@ -78,9 +78,16 @@ pub struct BlockRef {
     /// Valid bytes from the block's start, at most 4 MiB. Bytes past it
     /// read as zeros (a truncate shortens it without rewriting the object).
     pub len: u32,
-    /// For a clone, the block the object was uploaded for (its key names
-    /// that block); `None`: the object is this block's own.
+    /// For a clone or a pack member, the block the object was uploaded
+    /// for (its key names that block); `None`: the object is this block's
+    /// own.
     pub origin: Option<BlockAddr>,
+    /// Where this block's bytes start in the object, in bytes: 0 for an
+    /// object of one block; a pack (several small blocks uploaded as one
+    /// object, see `TransferConfig::pack_bytes`) holds its members one
+    /// after another. The block's `len` bytes are `offset..offset + len`
+    /// of the object.
+    pub offset: u32,
 }
 
 impl BlockRef {
@@ -90,6 +97,7 @@ impl BlockRef {
             version,
             len,
             origin: None,
+            offset: 0,
         }
     }
 

@@ -752,6 +752,7 @@ fn row_block_ref(r: &tokio_postgres::Row, at: usize) -> BlockRef {
         version: r.get::<_, i64>(at) as u64,
         len: r.get::<_, i64>(at + 1) as u32,
         origin,
+        offset: 0,
     }
 }
 
@@ -1102,6 +1103,14 @@ impl<C: GenericClient + Sync> Tx for PgTx<'_, C> {
     }
 
     fn put_block(&mut self, a: BlockAddr, r: BlockRef) -> Result<()> {
+        if r.offset != 0 {
+            // Shared volumes do not pack (the transfer manager's
+            // `pack_bytes` is 0 there): schema 1 has no column for it.
+            return Err(FsError::io(
+                "commit a block",
+                "a packed block on a shared volume (schema 1 stores no offset)",
+            ));
+        }
         self.execute(
             "INSERT INTO blocks(ino, chunk, block, version, len, ofile, ochunk, oblock) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (ino, chunk, block) DO UPDATE \

@@ -1,23 +1,26 @@
 //! The SQLite backend of [`MetaStore`](super::MetaStore): the embedded
 //! default, one database file in the data directory.
 //!
-//! Schema version 2 (checked at open; version 1 is upgraded in place, one
-//! transaction adding the two columns `size_lsn` and `synced_size`; any
-//! other version is refused, never rewritten):
+//! Schema version 5 (checked at open; versions 1 to 4 are upgraded in
+//! place, in one transaction (`UPGRADE_FROM_*`); any other version is
+//! refused, never rewritten):
 //!
 //! ```sql
 //! info(key TEXT PRIMARY KEY, value INTEGER)          -- schema_version
 //! counters(name TEXT PRIMARY KEY, value INTEGER)     -- ino, version, cookie
 //! inodes(ino PRIMARY KEY, kind, perm, uid, gid, size, nlink,
 //!        atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns,
-//!        rdev, parent, truncate_lsn, size_lsn, synced_size)
+//!        rdev, parent, truncate_lsn, size_lsn, synced_size, alloc)
 //!   + index (nlink) where nlink = 0 (orphans), index (size_lsn),
 //!     index (truncate_lsn)
 //! dentries(parent, name BLOB, ino, kind, cookie, PRIMARY KEY(parent, name))
 //!   + index (parent, cookie)
 //! symlinks(ino PRIMARY KEY, target BLOB)
 //! xattrs(ino, name BLOB, value BLOB, PRIMARY KEY(ino, name))
-//! blocks(ino, chunk, block, version, len, ofile, ochunk, oblock, PRIMARY KEY(ino, chunk, block))
+//! blocks(ino, chunk, block, version, len, ofile, ochunk, oblock, obyte,
+//!        PRIMARY KEY(ino, chunk, block))   -- origin of a clone or pack
+//!   + index (version)                      -- member, offset in a pack
+//! doomed(ino, chunk, block, version, PRIMARY KEY(ino, chunk, block, version))
 //! ```
 //!
 //! Journal mode WAL with `synchronous=NORMAL`: a commit survives a crash of
@@ -58,7 +61,7 @@ use slicefs_wal::{ChunkIndex, FileId};
 type Result<T> = std::result::Result<T, FsError>;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// From version 1: the size's write LSN and the synced size.
 const UPGRADE_FROM_1: &str = "
@@ -89,6 +92,13 @@ CREATE INDEX blocks_version ON blocks(version);
 UPDATE info SET value = 4 WHERE key = 'schema_version';
 ";
 
+/// From version 4: packs (a block's bytes at an offset in an object that
+/// holds several small blocks).
+const UPGRADE_FROM_4: &str = "
+ALTER TABLE blocks ADD COLUMN obyte INTEGER NOT NULL DEFAULT 0;
+UPDATE info SET value = 5 WHERE key = 'schema_version';
+";
+
 const SCHEMA: &str = "
 CREATE TABLE info(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -113,7 +123,8 @@ CREATE TABLE xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NUL
     PRIMARY KEY(ino, name));
 CREATE TABLE blocks(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER NOT NULL,
     version INTEGER NOT NULL, len INTEGER NOT NULL,
-    ofile INTEGER, ochunk INTEGER, oblock INTEGER, PRIMARY KEY(ino, chunk, block));
+    ofile INTEGER, ochunk INTEGER, oblock INTEGER, obyte INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(ino, chunk, block));
 CREATE INDEX blocks_version ON blocks(version);
 CREATE TABLE doomed(ino INTEGER NOT NULL, chunk INTEGER NOT NULL, block INTEGER NOT NULL,
     version INTEGER NOT NULL, PRIMARY KEY(ino, chunk, block, version));
@@ -207,7 +218,7 @@ impl SqliteBackend {
                     |r| r.get(0),
                 )
                 .optional()?;
-            if matches!(v, Some(1..=3)) {
+            if matches!(v, Some(1..=4)) {
                 let tx = conn.unchecked_transaction()?;
                 if v == Some(1) {
                     tx.execute_batch(UPGRADE_FROM_1)?;
@@ -215,7 +226,10 @@ impl SqliteBackend {
                 if v <= Some(2) {
                     tx.execute_batch(UPGRADE_FROM_2)?;
                 }
-                tx.execute_batch(UPGRADE_FROM_3)?;
+                if v <= Some(3) {
+                    tx.execute_batch(UPGRADE_FROM_3)?;
+                }
+                tx.execute_batch(UPGRADE_FROM_4)?;
                 tx.commit()?;
             } else if v != Some(SCHEMA_VERSION) {
                 return Err(FsError::io(
@@ -270,7 +284,7 @@ fn kind_of(code: i64) -> rusqlite::Result<FileKind> {
 }
 
 /// A block map row from the columns `ino, chunk, block, version, len,
-/// ofile, ochunk, oblock`.
+/// ofile, ochunk, oblock, obyte`.
 fn row_block(r: &rusqlite::Row<'_>) -> rusqlite::Result<(BlockAddr, BlockRef)> {
     Ok((
         BlockAddr {
@@ -282,8 +296,8 @@ fn row_block(r: &rusqlite::Row<'_>) -> rusqlite::Result<(BlockAddr, BlockRef)> {
     ))
 }
 
-/// A [`BlockRef`] from the columns `version, len, ofile, ochunk, oblock`
-/// starting at column `at`.
+/// A [`BlockRef`] from the columns `version, len, ofile, ochunk, oblock,
+/// obyte` starting at column `at`.
 fn row_block_ref(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<BlockRef> {
     let origin = match r.get::<_, Option<i64>>(at + 2)? {
         Some(file) => Some(BlockAddr {
@@ -297,6 +311,7 @@ fn row_block_ref(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<BlockRef>
         version: r.get::<_, i64>(at)? as u64,
         len: r.get::<_, i64>(at + 1)? as u32,
         origin,
+        offset: r.get::<_, i64>(at + 5)? as u32,
     })
 }
 
@@ -697,7 +712,7 @@ impl Tx for SqlTx<'_, '_> {
 
     fn block(&mut self, a: BlockAddr) -> Result<Option<BlockRef>> {
         let mut st = self.tx.prepare_cached(
-            "SELECT version, len, ofile, ochunk, oblock FROM blocks \
+            "SELECT version, len, ofile, ochunk, oblock, obyte FROM blocks \
              WHERE ino = ?1 AND chunk = ?2 AND block = ?3",
         )?;
         Ok(st
@@ -711,7 +726,7 @@ impl Tx for SqlTx<'_, '_> {
         self.tx
             .prepare_cached(
                 "INSERT OR REPLACE INTO blocks(ino, chunk, block, version, len, \
-                 ofile, ochunk, oblock) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 ofile, ochunk, oblock, obyte) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 a.file.0 as i64,
@@ -722,13 +737,14 @@ impl Tx for SqlTx<'_, '_> {
                 r.origin.map(|o| o.file.0 as i64),
                 r.origin.map(|o| o.chunk.0),
                 r.origin.map(|o| o.block),
+                r.offset,
             ])?;
         Ok(())
     }
 
     fn version_rows(&mut self, version: u64) -> Result<Vec<(BlockAddr, BlockRef)>> {
         let mut st = self.tx.prepare_cached(
-            "SELECT ino, chunk, block, version, len, ofile, ochunk, oblock FROM blocks \
+            "SELECT ino, chunk, block, version, len, ofile, ochunk, oblock, obyte FROM blocks \
              WHERE version = ?1",
         )?;
         let rows = st.query_map(params![version as i64], row_block)?;
@@ -780,7 +796,7 @@ impl Tx for SqlTx<'_, '_> {
 
     fn file_blocks(&mut self, ino: Ino) -> Result<Vec<(BlockAddr, BlockRef)>> {
         let mut st = self.tx.prepare_cached(
-            "SELECT chunk, block, version, len, ofile, ochunk, oblock FROM blocks \
+            "SELECT chunk, block, version, len, ofile, ochunk, oblock, obyte FROM blocks \
              WHERE ino = ?1 ORDER BY chunk, block",
         )?;
         let rows = st.query_map(params![ino.0 as i64], |r| {
@@ -841,9 +857,9 @@ impl Tx for SqlTx<'_, '_> {
     }
 
     fn all_blocks(&mut self) -> Result<Vec<(BlockAddr, BlockRef)>> {
-        let mut st = self
-            .tx
-            .prepare("SELECT ino, chunk, block, version, len, ofile, ochunk, oblock FROM blocks")?;
+        let mut st = self.tx.prepare(
+            "SELECT ino, chunk, block, version, len, ofile, ochunk, oblock, obyte FROM blocks",
+        )?;
         let rows = st.query_map([], row_block)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

@@ -24,6 +24,7 @@
 //! a crash (see [`crate::meta::BlockMap::doomed`]).
 
 mod blockcache;
+mod pack;
 mod queue;
 mod sched;
 
@@ -46,6 +47,8 @@ use tokio_util::task::TaskTracker;
 use crate::blockstore::{BlockKey, BlockStore, BlockStoreError};
 use crate::meta::{BlockAddr, BlockMap, BlockRef, MetaError};
 use blockcache::BlockCache;
+use pack::{Member, Packer};
+pub use pack::{PACK_MEMBER_MAX, PACK_WINDOW};
 use queue::{Plan, Stamp, Timing};
 use sched::{IoClass, IoPermit, IoScheduler};
 
@@ -106,6 +109,15 @@ pub struct TransferConfig {
     /// a sync under way gathers the next ones anyway). Default: 5 ms; a
     /// shared volume, whose `close` waits for its uploads, uses 0.
     pub meta_sync_window: Duration,
+    /// Most bytes one pack object holds: blocks whose upload is at most
+    /// [`PACK_MEMBER_MAX`] bytes (small files, a file's short last block)
+    /// are uploaded several to an object (see `transfer/pack.rs`).
+    /// 0: every block is an object of its own. At most 4 MiB. Default:
+    /// 1 MiB; a shared volume uses 0 (its schema stores no offset).
+    /// Measured: one `file://` object cost 0.3-0.4 ms of daemon CPU
+    /// (create, fsync, rename, directory fsync), and uploads were 68% of
+    /// the daemon's CPU while `tar` unpacked a source tree.
+    pub pack_bytes: usize,
     /// Testing only: stop dead at this step of the first upload that
     /// reaches it, as if the process were killed there.
     #[doc(hidden)]
@@ -129,6 +141,7 @@ impl Default for TransferConfig {
             gc_grace: Duration::from_secs(30),
             tick: Duration::from_millis(100),
             meta_sync_window: META_SYNC_WINDOW,
+            pack_bytes: 1 << 20,
             crash_at: None,
         }
     }
@@ -193,6 +206,9 @@ pub struct TransferStats {
     pub uploads: u64,
     /// Bytes of those blocks.
     pub upload_bytes: u64,
+    /// Pack objects put, each holding several of the blocks counted in
+    /// `uploads` (see [`TransferConfig::pack_bytes`]).
+    pub packs: u64,
     /// Uploads in progress.
     pub uploads_in_flight: u64,
     /// Snapshots given up because the file was truncated or removed.
@@ -258,6 +274,7 @@ pub struct DrainProgress {
 struct Counters {
     uploads: AtomicU64,
     upload_bytes: AtomicU64,
+    packs: AtomicU64,
     uploads_discarded: AtomicU64,
     downloads: AtomicU64,
     download_bytes: AtomicU64,
@@ -294,6 +311,8 @@ struct Inner {
     io: IoScheduler,
     upload_slots: Semaphore,
     uploads_in_flight: AtomicUsize,
+    /// The open pack of small blocks.
+    packer: Packer,
     /// Block commits waiting to be durable: the highest commit sequence
     /// number an upload waits for, the syncer's wake-up, and the highest
     /// number known durable (see [`Inner::meta_syncer`]).
@@ -388,6 +407,7 @@ impl TransferManager {
             commit_hook: OnceLock::new(),
             io: IoScheduler::new(config.io_max),
             upload_slots: Semaphore::new(config.uploads_max.max(1)),
+            packer: Packer::new(config.pack_bytes),
             block_cache: Mutex::new(BlockCache::new(config.block_cache_bytes)),
             cache,
             persister,
@@ -804,6 +824,7 @@ impl TransferManager {
         TransferStats {
             uploads: g(&c.uploads),
             upload_bytes: g(&c.upload_bytes),
+            packs: g(&c.packs),
             uploads_in_flight: i.uploads_in_flight.load(Ordering::Relaxed) as u64,
             uploads_discarded: g(&c.uploads_discarded),
             downloads: g(&c.downloads),
@@ -1124,7 +1145,7 @@ impl Inner {
         snap: &mut BlockSnapshot,
         stamp: &Stamp,
     ) -> Result<Outcome, TransferError> {
-        let _slot = tokio::select! {
+        let slot = tokio::select! {
             s = self.upload_slots.acquire() => s,
             _ = self.cancel.cancelled() => return Ok(Outcome::Stopped),
         };
@@ -1154,11 +1175,26 @@ impl Inner {
         };
         // 3. A new object, unless the block is all zeros (a punched hole,
         // zeros written by a program): that becomes a hole in the block
-        // map, with nothing stored.
+        // map, with nothing stored. A small block joins a pack.
         let hole = data.iter().all(|&b| b == 0);
         let mut key = None;
         let mut version = 0;
-        if !hole {
+        let mut member: Option<Member> = None;
+        let mut _uploading = None;
+        if hole {
+        } else if self.packer.takes(data.len()) {
+            drop(slot);
+            let m = self.packer.join(addr, data.clone());
+            if m.leader {
+                self.put_pack(&m).await;
+            }
+            let Some(v) = m.pack.version().await else {
+                return Ok(Outcome::Stopped);
+            };
+            version = v;
+            key = Some(m.pack.key(v));
+            member = Some(m);
+        } else {
             let Some(v) = self
                 .retry("allocate version", || async {
                     self.meta.allocate_version()
@@ -1168,15 +1204,14 @@ impl Inner {
                 return Ok(Outcome::Stopped);
             };
             version = v;
-            key = Some(addr.key(version));
-        }
-        // Not an orphan for the sweep until committed or given up.
-        let _uploading = key.map(|k| Uploading::new(&self.uploading, k));
-        if let Some(key) = key {
+            let k = addr.key(version);
+            key = Some(k);
+            // Not an orphan for the sweep until committed or given up.
+            _uploading = Some(Uploading::new(&self.uploading, k));
             let put = self
                 .retry("upload", || async {
                     let _io = self.io.acquire(IoClass::Upload).await;
-                    self.store.put(&key, data.clone()).await
+                    self.store.put(&k, data.clone()).await
                 })
                 .await;
             if put.is_none() {
@@ -1187,6 +1222,12 @@ impl Inner {
             return Ok(Outcome::Stopped);
         }
         // 4. Commit, unless a truncate or remove came in between.
+        let new = (!hole).then(|| BlockRef {
+            version,
+            len: data.len() as u32,
+            origin: member.as_ref().and_then(|m| m.origin(addr)),
+            offset: member.as_ref().map_or(0, |m| m.offset),
+        });
         let committed = {
             {
                 let gate = &stamp.gate;
@@ -1199,7 +1240,6 @@ impl Inner {
                         } else {
                             // Only over the block the merge read: another
                             // host may have committed or cut it since.
-                            let new = (!hole).then(|| BlockRef::own(version, data.len() as u32));
                             Some(self.meta.commit_over(addr, base, new, data.len() as u32))
                         }
                     };
@@ -1224,9 +1264,16 @@ impl Inner {
                 }
             }
         };
+        let garbage = match member {
+            // A pack is garbage only once no member committed.
+            Some(m) => m.finish(committed.is_some()),
+            None => true,
+        };
         let Some(old) = committed else {
             // The object is nobody's: delete it now.
-            if let Some(key) = key {
+            if let Some(key) = key
+                && garbage
+            {
                 self.collect_now(key);
             }
             return Ok(Outcome::Discarded);
@@ -1281,6 +1328,39 @@ impl Inner {
         // (clean now), and holding more memory costs fresh pages.
         drop(data);
         Ok(Outcome::Committed)
+    }
+
+    /// The leader's part of a pack (see `transfer/pack.rs`): waits for
+    /// members, then puts them as one object under a fresh version, in
+    /// an upload slot, and tells the members (also when the manager
+    /// stops first).
+    async fn put_pack(&self, m: &Member) {
+        let data = self.packer.seal(&m.pack).await;
+        let stored = async {
+            let _slot = tokio::select! {
+                s = self.upload_slots.acquire() => s,
+                _ = self.cancel.cancelled() => return None,
+            };
+            let version = self
+                .retry("allocate version", || async {
+                    self.meta.allocate_version()
+                })
+                .await?;
+            let key = m.pack.key(version);
+            let uploading = Uploading::new(&self.uploading, key);
+            self.retry("upload", || async {
+                let _io = self.io.acquire(IoClass::Upload).await;
+                self.store.put(&key, data.clone()).await
+            })
+            .await?;
+            self.counters.packs.fetch_add(1, Ordering::Relaxed);
+            Some((version, uploading))
+        }
+        .await;
+        match stored {
+            Some((version, uploading)) => m.pack.stored(Some(version), Some(uploading)),
+            None => m.pack.stored(None, None),
+        }
     }
 
     /// The block image to upload: the committed block (cut to its valid
@@ -1350,8 +1430,9 @@ impl Inner {
                 }
             };
             self.note_success();
-            let n = base_len.min(bytes.len());
-            out[..n].copy_from_slice(&bytes[..n]);
+            let at = (b.offset as usize).min(bytes.len());
+            let n = base_len.min(bytes.len() - at);
+            out[..n].copy_from_slice(&bytes[at..at + n]);
         }
         for (o, b) in std::mem::take(&mut snap.ranges) {
             let s = (o - off) as usize;
@@ -1458,9 +1539,11 @@ impl Inner {
                             return Err(e.into());
                         }
                     };
-                    let have = bytes.len().saturating_sub(from).min(valid);
+                    // A pack member's bytes start at its offset.
+                    let start = r.offset as usize + from;
+                    let have = bytes.len().saturating_sub(start).min(valid);
                     if have > 0 {
-                        out[..have].copy_from_slice(&bytes[from..from + have]);
+                        out[..have].copy_from_slice(&bytes[start..start + have]);
                     }
                     out[have..].fill(0);
                 } else {

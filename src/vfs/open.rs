@@ -276,6 +276,8 @@ pub async fn open_fs_with_progress(
     if vfs_config.shared {
         // `close` waits for the upload and its durable commit.
         transfer.meta_sync_window = Duration::ZERO;
+        // PostgreSQL schema 1 stores no offset in an object.
+        transfer.pack_bytes = 0;
     }
     let tm = TransferManager::start_paused(
         cache.clone(),
