@@ -324,7 +324,7 @@ fn quick_gc_rig() -> (Rig, BlockStore, Arc<MetaStore>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaced_blocks_are_collected_after_the_grace_period() {
-    let (rig, store, meta) = quick_gc_rig();
+    let (rig, store, _meta) = quick_gc_rig();
     // Never zeros: an all-zero block is committed as a hole, no object.
     for round in 1..=5u8 {
         rig.write(FileId(1), 0, &vec![round; 2 * BLOCK_SIZE as usize])
