@@ -6,8 +6,8 @@ mod common;
 
 use slicefs::error::FsError;
 use slicefs::meta::{
-    BlockAddr, BlockMap, BlockRef, FileKind, Ino, MetaError, MetaStore, NewNode, RenameFlags,
-    SetAttr, Timespec, XattrFlags,
+    BlockAddr, BlockCommit, BlockMap, BlockRef, FileKind, Ino, MetaError, MetaStore, NewNode,
+    RenameFlags, SetAttr, Timespec, XattrFlags,
 };
 use slicefs_wal::{ChunkIndex, FileId};
 
@@ -504,6 +504,58 @@ fn pack_members_keep_their_offsets_and_the_object_lives_until_the_last_goes() {
         m.unlink(Ino::ROOT, b"c", t(2)).unwrap();
         assert_eq!(m.purge(Ino(c.file.0)).unwrap(), vec![key], "{name}");
         assert!(m.doomed().unwrap().contains(&key), "{name}");
+    }
+}
+
+/// `commit_over_many` (a pack's members in one transaction): each item
+/// commits or fails alone, in order; a gone file and a changed block
+/// fail without keeping the others from committing.
+#[test]
+fn commit_over_many_commits_each_item_or_fails_it_alone() {
+    for (name, m, _d) in stores() {
+        let at = |n: &[u8]| BlockAddr {
+            file: FileId(
+                m.create(Ino::ROOT, n, &node(FileKind::Regular), t(1))
+                    .unwrap()
+                    .ino
+                    .0,
+            ),
+            chunk: ChunkIndex(0),
+            block: 0,
+        };
+        let (a, gone, moved, b) = (at(b"a"), at(b"gone"), at(b"moved"), at(b"b"));
+        m.unlink(Ino::ROOT, b"gone", t(2)).unwrap();
+        m.purge(Ino(gone.file.0)).unwrap();
+        let v0 = m.allocate_version().unwrap();
+        m.commit_block(moved, BlockRef::own(v0, 10)).unwrap();
+        let v = m.allocate_version().unwrap();
+        let item = |addr, len| BlockCommit {
+            addr,
+            base: None,
+            new: Some(BlockRef::own(v, len)),
+            len,
+        };
+        let r = m
+            .commit_over_many(&[item(a, 5), item(gone, 6), item(moved, 7), item(b, 8)])
+            .unwrap();
+        assert!(matches!(r[0], Ok(None)), "{name}: {r:?}");
+        assert!(
+            matches!(r[1], Err(MetaError::FileGone { .. })),
+            "{name}: {r:?}"
+        );
+        assert!(
+            matches!(r[2], Err(MetaError::Conflict { .. })),
+            "{name}: {r:?}"
+        );
+        assert!(matches!(r[3], Ok(None)), "{name}: {r:?}");
+        assert_eq!(m.block(a).unwrap(), Some(BlockRef::own(v, 5)), "{name}");
+        assert_eq!(
+            m.block(moved).unwrap(),
+            Some(BlockRef::own(v0, 10)),
+            "{name}"
+        );
+        assert_eq!(m.block(b).unwrap(), Some(BlockRef::own(v, 8)), "{name}");
+        assert_eq!(m.getattr(Ino(b.file.0)).unwrap().size, 8, "{name}");
     }
 }
 

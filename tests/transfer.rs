@@ -608,6 +608,7 @@ async fn small_files_share_pack_objects_that_go_with_their_last_member() {
             (0..len).map(|_| rng.random()).collect()
         })
         .collect();
+    let seq = meta.commit_seq();
     for (&f, data) in files.iter().zip(&data) {
         rig.write(f, 0, data).await.unwrap();
     }
@@ -617,6 +618,13 @@ async fn small_files_share_pack_objects_that_go_with_their_last_member() {
     assert!(
         objects < files.len() / 2,
         "{objects} objects for {} small files",
+        files.len()
+    );
+    // A pack's rows are committed in one transaction.
+    let commits = meta.commit_seq() - seq;
+    assert!(
+        commits < files.len() as u64 / 2,
+        "{commits} metadata commits for {} small files",
         files.len()
     );
     let cold = Rig::cold(meta.clone(), store.clone(), rig.model());

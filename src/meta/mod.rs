@@ -108,6 +108,20 @@ impl BlockRef {
     }
 }
 
+/// One item of [`BlockMap::commit_over_many`]: the arguments of
+/// [`BlockMap::commit_over`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockCommit {
+    /// The block.
+    pub addr: BlockAddr,
+    /// The reference the upload merged its bytes over.
+    pub base: Option<BlockRef>,
+    /// The new reference; `None`: a hole of `len` bytes.
+    pub new: Option<BlockRef>,
+    /// Valid bytes of the block.
+    pub len: u32,
+}
+
 /// Errors of a metadata store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -181,6 +195,23 @@ pub trait BlockMap: Send + Sync {
         new: Option<BlockRef>,
         len: u32,
     ) -> Result<Option<BlockRef>, MetaError>;
+
+    /// [`BlockMap::commit_over`] of several blocks in one transaction (the
+    /// members of a pack). Each item commits, or fails alone with
+    /// [`MetaError::FileGone`] or [`MetaError::Conflict`] and nothing
+    /// written for it; results are in `items` order. The outer error:
+    /// nothing was committed. This default commits one by one (an item
+    /// may then also fail with [`MetaError::Backend`] while others
+    /// committed). Same durability.
+    fn commit_over_many(
+        &self,
+        items: &[BlockCommit],
+    ) -> Result<Vec<Result<Option<BlockRef>, MetaError>>, MetaError> {
+        Ok(items
+            .iter()
+            .map(|c| self.commit_over(c.addr, c.base, c.new, c.len))
+            .collect())
+    }
 
     /// The sequence number of the newest committed change (0: none); a
     /// change committed before this call has at most this number.

@@ -9,8 +9,8 @@ use slicefs_wal::{FileId, Persister};
 use super::ops::{self, Policy, Tx, XattrFlags};
 use super::types::{DirEntry, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage};
 use super::{
-    BlockAddr, BlockMap, BlockRef, MetaError, memstore::MemBackend, postgres::PgBackend,
-    sqlite::SqliteBackend,
+    BlockAddr, BlockCommit, BlockMap, BlockRef, MetaError, memstore::MemBackend,
+    postgres::PgBackend, sqlite::SqliteBackend,
 };
 use crate::blockstore::{BlockKey, KeyLayout};
 use crate::error::FsError;
@@ -934,30 +934,21 @@ impl BlockMap for MetaStore {
         new: Option<BlockRef>,
         len: u32,
     ) -> std::result::Result<Option<BlockRef>, MetaError> {
-        let mut changed = false;
-        let r = self.write(TxMode::Write, |tx| {
-            let now = tx.block(addr)?;
-            // This very commit, made by an attempt whose answer was lost
-            // with its connection (versions are never reused): done, and
-            // what it dropped is on the doomed list already.
-            if now != base && new.is_some() && now == new {
-                return Ok(None);
-            }
-            changed = now != base;
-            if changed {
-                return Ok(None);
-            }
-            match new {
-                Some(n) => ops::commit_block(tx, addr, n),
-                None => ops::commit_hole(tx, addr, len),
-            }
-        });
-        match r {
-            Ok(_) if changed => Err(MetaError::Conflict { addr }),
-            Ok(old) => Ok(old),
-            Err(FsError::NotFound) => Err(MetaError::FileGone { file: addr.file }),
-            Err(e) => Err(meta_err("commit block")(e)),
-        }
+        self.write(TxMode::Write, |tx| commit_over_in(tx, addr, base, new, len))
+            .map_err(meta_err("commit block"))?
+    }
+
+    fn commit_over_many(
+        &self,
+        items: &[BlockCommit],
+    ) -> std::result::Result<Vec<std::result::Result<Option<BlockRef>, MetaError>>, MetaError> {
+        self.write(TxMode::Write, |tx| {
+            items
+                .iter()
+                .map(|c| commit_over_in(tx, c.addr, c.base, c.new, c.len))
+                .collect()
+        })
+        .map_err(meta_err("commit blocks"))
     }
 
     fn commit_seq(&self) -> u64 {
@@ -1029,5 +1020,37 @@ impl BlockMap for MetaStore {
                 .any(|(a, r)| r.key(*a) == *key))
         })
         .map_err(meta_err("is referenced"))
+    }
+}
+
+/// One compare-and-set block commit inside `tx` ([`BlockMap::commit_over`]):
+/// `Ok(Err(..))` when the block is not committed (it changed since the
+/// upload read it, or its file is gone), with nothing written for it.
+fn commit_over_in(
+    tx: &mut dyn Tx,
+    addr: BlockAddr,
+    base: Option<BlockRef>,
+    new: Option<BlockRef>,
+    len: u32,
+) -> Result<std::result::Result<Option<BlockRef>, MetaError>> {
+    let now = tx.block(addr)?;
+    // This very commit, made by an attempt whose answer was lost with its
+    // connection (versions are never reused): done, and what it dropped
+    // is on the doomed list already.
+    if now != base && new.is_some() && now == new {
+        return Ok(Ok(None));
+    }
+    if now != base {
+        return Ok(Err(MetaError::Conflict { addr }));
+    }
+    let r = match new {
+        Some(n) => ops::commit_block(tx, addr, n),
+        None => ops::commit_hole(tx, addr, len),
+    };
+    match r {
+        Ok(old) => Ok(Ok(old)),
+        // A gone file fails before its commit writes anything.
+        Err(FsError::NotFound) => Ok(Err(MetaError::FileGone { file: addr.file })),
+        Err(e) => Err(e),
     }
 }

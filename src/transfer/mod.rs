@@ -45,9 +45,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::blockstore::{BlockKey, BlockStore, BlockStoreError};
-use crate::meta::{BlockAddr, BlockMap, BlockRef, MetaError};
+use crate::meta::{BlockAddr, BlockCommit, BlockMap, BlockRef, MetaError};
 use blockcache::BlockCache;
-use pack::{Member, Packer};
+use pack::{Claim, Decision, Member, Packer, Sealed};
 pub use pack::{PACK_MEMBER_MAX, PACK_WINDOW};
 use queue::{Plan, Stamp, Timing};
 use sched::{IoClass, IoPermit, IoScheduler};
@@ -1180,11 +1180,19 @@ impl Inner {
         let mut key = None;
         let mut version = 0;
         let mut member: Option<Member> = None;
+        let mut decided = None;
         let mut _uploading = None;
         if hole {
         } else if self.packer.takes(data.len()) {
             drop(slot);
-            let m = self.packer.join(addr, data.clone());
+            let claim = Claim {
+                addr,
+                base,
+                len: data.len() as u32,
+                gate: stamp.gate.clone(),
+                epoch: stamp.epoch,
+            };
+            let m = self.packer.join(addr, data.clone(), claim);
             if m.leader {
                 self.put_pack(&m).await;
             }
@@ -1193,6 +1201,7 @@ impl Inner {
             };
             version = v;
             key = Some(m.pack.key(v));
+            decided = m.pack.decision(m.index);
             member = Some(m);
         } else {
             let Some(v) = self
@@ -1218,18 +1227,27 @@ impl Inner {
                 return Ok(Outcome::Stopped);
             }
         }
-        if self.crash_here(CrashPoint::AfterUpload) || self.cancel.is_cancelled() {
+        if decided.is_none()
+            && (self.crash_here(CrashPoint::AfterUpload) || self.cancel.is_cancelled())
+        {
             return Ok(Outcome::Stopped);
         }
-        // 4. Commit, unless a truncate or remove came in between.
+        // 4. Commit, unless a truncate or remove came in between (a pack's
+        // leader committed its members' rows already).
         let new = (!hole).then(|| BlockRef {
             version,
             len: data.len() as u32,
             origin: member.as_ref().and_then(|m| m.origin(addr)),
             offset: member.as_ref().map_or(0, |m| m.offset),
         });
-        let committed = {
-            {
+        let committed = match decided {
+            Some(Decision::Committed(old)) => Some(old),
+            Some(Decision::Gone) => {
+                self.forget_gone_file(addr.file);
+                None
+            }
+            Some(Decision::Stale) => None,
+            None => {
                 let gate = &stamp.gate;
                 let mut backoff = self.config.retry_initial;
                 loop {
@@ -1335,7 +1353,7 @@ impl Inner {
     /// an upload slot, and tells the members (also when the manager
     /// stops first).
     async fn put_pack(&self, m: &Member) {
-        let data = self.packer.seal(&m.pack).await;
+        let Sealed { bytes, claims } = self.packer.seal(&m.pack).await;
         let stored = async {
             let _slot = tokio::select! {
                 s = self.upload_slots.acquire() => s,
@@ -1350,17 +1368,90 @@ impl Inner {
             let uploading = Uploading::new(&self.uploading, key);
             self.retry("upload", || async {
                 let _io = self.io.acquire(IoClass::Upload).await;
-                self.store.put(&key, data.clone()).await
+                self.store.put(&key, bytes.clone()).await
             })
             .await?;
             self.counters.packs.fetch_add(1, Ordering::Relaxed);
-            Some((version, uploading))
+            if self.crash_here(CrashPoint::AfterUpload) || self.cancel.is_cancelled() {
+                return None;
+            }
+            let decisions = self.commit_pack(version, m.pack.first, &claims);
+            Some((version, uploading, decisions))
         }
         .await;
         match stored {
-            Some((version, uploading)) => m.pack.stored(Some(version), Some(uploading)),
-            None => m.pack.stored(None, None),
+            Some((version, uploading, decisions)) => {
+                m.pack.stored(Some(version), Some(uploading), decisions)
+            }
+            None => m.pack.stored(None, None, Vec::new()),
         }
+    }
+
+    /// Commits the rows of a pack's members (stored as `version`, keyed
+    /// by `first`'s block) in one metadata transaction, under every
+    /// member file's gate (taken in file order, as
+    /// [`TransferManager::change_blocks_of_many`] does). Per member: how
+    /// it ended, or `None` when the transaction failed (the member then
+    /// commits alone, with retries).
+    fn commit_pack(
+        &self,
+        version: u64,
+        first: BlockAddr,
+        claims: &[(Claim, u32)],
+    ) -> Vec<Option<Decision>> {
+        let mut order: Vec<(FileId, &Arc<Mutex<u64>>)> =
+            claims.iter().map(|(c, _)| (c.addr.file, &c.gate)).collect();
+        order.sort_by_key(|(f, g)| (*f, Arc::as_ptr(g)));
+        order.dedup_by(|a, b| Arc::ptr_eq(a.1, b.1));
+        let guards: Vec<_> = order.into_iter().map(|(_, g)| (g, lock(g))).collect();
+        let current = |gate: &Arc<Mutex<u64>>| {
+            guards
+                .iter()
+                .find(|(g, _)| Arc::ptr_eq(g, gate))
+                .map(|(_, guard)| **guard)
+        };
+        let mut items = Vec::with_capacity(claims.len());
+        let mut fresh = Vec::with_capacity(claims.len());
+        for (c, offset) in claims {
+            let ok = current(&c.gate) == Some(c.epoch);
+            fresh.push(ok);
+            if ok {
+                items.push(BlockCommit {
+                    addr: c.addr,
+                    base: c.base,
+                    new: Some(BlockRef {
+                        version,
+                        len: c.len,
+                        origin: (c.addr != first).then_some(first),
+                        offset: *offset,
+                    }),
+                    len: c.len,
+                });
+            }
+        }
+        let results = self.meta.commit_over_many(&items);
+        drop(guards);
+        let mut results = match results {
+            Ok(r) => r.into_iter(),
+            Err(e) => {
+                self.note_failure("commit blocks", &e);
+                return Vec::new();
+            }
+        };
+        fresh
+            .into_iter()
+            .map(|ok| {
+                if !ok {
+                    return Some(Decision::Stale);
+                }
+                match results.next()? {
+                    Ok(old) => Some(Decision::Committed(old)),
+                    Err(MetaError::FileGone { .. }) => Some(Decision::Gone),
+                    Err(MetaError::Conflict { .. }) => Some(Decision::Stale),
+                    Err(_) => None,
+                }
+            })
+            .collect()
     }
 
     /// The block image to upload: the committed block (cut to its valid

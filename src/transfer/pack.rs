@@ -7,10 +7,13 @@
 //! (the *leader*) waits up to [`PACK_WINDOW`] for more, or until the pack
 //! holds [`TransferConfig::pack_bytes`](super::TransferConfig::pack_bytes),
 //! then puts the members one after another as one object, keyed by the
-//! leader's block (`BlockAddr::key`) and a fresh version. Each member
-//! then commits its own block map row as before: `origin` the leader's
-//! block, `offset` where its bytes start. The leader's own row has no
-//! origin and offset 0.
+//! leader's block (`BlockAddr::key`) and a fresh version, and commits
+//! every member's block map row in one metadata transaction
+//! ([`BlockMap::commit_over_many`](crate::meta::BlockMap::commit_over_many),
+//! under every member file's gate): `origin` the leader's block, `offset`
+//! where the member's bytes start. The leader's own row has no origin
+//! and offset 0. A member then goes on alone (durable wait, flushed
+//! marker); if the shared commit failed, it commits its row itself.
 //!
 //! Nothing else changes: rows that hold one version are the object's
 //! references, as for clones, so the object is doomed when the last of
@@ -30,7 +33,7 @@ use tokio::sync::{Notify, watch};
 
 use super::{Uploading, lock};
 use crate::blockstore::BlockKey;
-use crate::meta::BlockAddr;
+use crate::meta::{BlockAddr, BlockRef};
 
 /// Largest merged block (bytes) that joins a pack; larger blocks are
 /// objects of their own. 64 KiB: most files of a source tree, a mail
@@ -59,6 +62,10 @@ pub(super) struct Pack {
     /// `None` while the put is under way; then the version stored, or
     /// `Some(None)` if the manager stopped first.
     stored: watch::Sender<Option<Option<u64>>>,
+    /// Per member (in the order they joined), how the leader's shared
+    /// commit ended for it; `None`: not decided, commit alone. Set before
+    /// `stored`.
+    decisions: Mutex<Vec<Option<Decision>>>,
     /// Members that have not finished (committed or given up).
     pending: AtomicUsize,
     /// Whether some member committed its row.
@@ -71,13 +78,46 @@ pub(super) struct Pack {
 #[derive(Default)]
 struct Parts {
     bytes: Vec<Bytes>,
+    claims: Vec<Claim>,
     len: usize,
     sealed: bool,
+}
+
+/// What a member's row commit needs: its block, the reference its merge
+/// read (compare-and-set), its length, and its file's gate with the
+/// epoch of its snapshot (no commit after a truncate or removal).
+pub(super) struct Claim {
+    pub addr: BlockAddr,
+    pub base: Option<BlockRef>,
+    pub len: u32,
+    pub gate: Arc<Mutex<u64>>,
+    pub epoch: u64,
+}
+
+/// How the shared commit ended for one member.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Decision {
+    /// Committed; the reference it replaced if that is garbage now.
+    Committed(Option<BlockRef>),
+    /// Not committed: truncated or removed since its snapshot, or the
+    /// block changed (another host); the upload is discarded.
+    Stale,
+    /// Not committed: the file was removed (purged) meanwhile.
+    Gone,
+}
+
+/// The sealed contents of a pack: the object's bytes and each member's
+/// claim with its offset, in joining order.
+pub(super) struct Sealed {
+    pub bytes: Bytes,
+    pub claims: Vec<(Claim, u32)>,
 }
 
 /// A member's place in a pack.
 pub(super) struct Member {
     pub pack: Arc<Pack>,
+    /// The member's index in joining order.
+    pub index: usize,
     /// Where the member's bytes start in the object.
     pub offset: u32,
     /// Whether this member puts the pack.
@@ -103,7 +143,7 @@ impl Packer {
     /// Adds `data` (the merged block at `addr`) to the open pack, or
     /// opens one with it as the leader. A pack that reaches the size
     /// limit is sealed at once (its leader stops waiting).
-    pub fn join(&self, addr: BlockAddr, data: Bytes) -> Member {
+    pub fn join(&self, addr: BlockAddr, data: Bytes, claim: Claim) -> Member {
         let mut open = lock(&self.open);
         loop {
             let pack = match open.as_ref() {
@@ -114,6 +154,7 @@ impl Packer {
                         parts: Mutex::new(Parts::default()),
                         sealed: Notify::new(),
                         stored: watch::Sender::new(None),
+                        decisions: Mutex::new(Vec::new()),
                         pending: AtomicUsize::new(0),
                         committed: AtomicBool::new(false),
                         uploading: Mutex::new(None),
@@ -132,9 +173,11 @@ impl Packer {
                 continue;
             }
             let offset = parts.len as u32;
-            let leader = parts.bytes.is_empty();
+            let index = parts.bytes.len();
+            let leader = index == 0;
             parts.len += data.len();
             parts.bytes.push(data);
+            parts.claims.push(claim);
             if parts.len >= self.max_bytes {
                 parts.sealed = true;
                 *open = None;
@@ -146,6 +189,7 @@ impl Packer {
             pack.pending.fetch_add(1, Ordering::SeqCst);
             return Member {
                 pack,
+                index,
                 offset,
                 leader,
                 finished: false,
@@ -154,8 +198,8 @@ impl Packer {
     }
 
     /// The leader's part: waits until the pack is sealed or
-    /// [`PACK_WINDOW`] passed, seals it, and returns its bytes.
-    pub async fn seal(&self, pack: &Arc<Pack>) -> Bytes {
+    /// [`PACK_WINDOW`] passed, seals it, and returns its contents.
+    pub async fn seal(&self, pack: &Arc<Pack>) -> Sealed {
         let sealed = pack.sealed.notified();
         let already = lock(&pack.parts).sealed;
         if !already {
@@ -170,20 +214,40 @@ impl Packer {
         let mut parts = lock(&pack.parts);
         parts.sealed = true;
         let mut out = BytesMut::with_capacity(parts.len);
-        for b in parts.bytes.drain(..) {
+        let mut claims = Vec::with_capacity(parts.claims.len());
+        let bytes = std::mem::take(&mut parts.bytes);
+        for (b, c) in bytes.into_iter().zip(std::mem::take(&mut parts.claims)) {
+            claims.push((c, out.len() as u32));
             out.extend_from_slice(&b);
         }
-        out.freeze()
+        Sealed {
+            bytes: out.freeze(),
+            claims,
+        }
     }
 }
 
 impl Pack {
     /// The leader's report: the pack is stored as `version` (`None`: the
     /// manager stopped before it was), with `uploading` marking it until
-    /// every member finished.
-    pub fn stored(&self, version: Option<u64>, uploading: Option<Uploading>) {
+    /// every member finished, and how the shared commit ended for each
+    /// member (empty: commit alone).
+    pub fn stored(
+        &self,
+        version: Option<u64>,
+        uploading: Option<Uploading>,
+        decisions: Vec<Option<Decision>>,
+    ) {
         *lock(&self.uploading) = uploading;
+        *lock(&self.decisions) = decisions;
         self.stored.send_replace(Some(version));
+    }
+
+    /// How the shared commit ended for member `index` (`None`: not
+    /// decided; the member commits alone). Valid once
+    /// [`Pack::version`] returned.
+    pub fn decision(&self, index: usize) -> Option<Decision> {
+        lock(&self.decisions).get(index).copied().flatten()
     }
 
     /// Waits for the leader's put: the version stored, or `None` if the
