@@ -1173,3 +1173,48 @@ fn store_mistakes_end_in_a_hint() {
     let line = one_error(&log);
     assert!(line.contains("AWS_ALLOW_HTTP=true"), "{line}");
 }
+
+/// Listings of a large directory through the kernel (getdents in
+/// buffers of a few dozen entries, READDIRPLUS and READDIR) give every
+/// name once, with names of every length, also while the directory
+/// changes between two listings.
+#[test]
+fn a_large_directory_lists_every_entry_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let m = Mount::start(&mp, &tmp.path().join("data"), &[]);
+    let script = r#"
+import os, subprocess, sys
+d = os.path.join(sys.argv[1], "big")
+os.mkdir(d)
+want = set()
+for i in range(3000):
+    name = f"{i}-" + "n" * (i % 200)
+    open(os.path.join(d, name), "w").close()
+    want.add(name)
+for round in range(3):
+    got = os.listdir(d)
+    assert len(got) == len(set(got)), "a name listed twice"
+    assert set(got) == want, (len(got), len(want))
+    ls = subprocess.run(["ls", "-l", d], capture_output=True, text=True, check=True).stdout
+    assert len(ls.splitlines()) == len(want) + 1, len(ls.splitlines())
+    with os.scandir(d) as it:
+        sizes = {e.name: e.stat().st_size for e in it}
+    assert set(sizes) == want
+    for name in sorted(want)[:500]:
+        os.unlink(os.path.join(d, name))
+        want.discard(name)
+# One open directory listed twice (the second time rewound): the second
+# listing sees a file made in between.
+fd = os.open(d, os.O_RDONLY)
+assert set(os.listdir(fd)) == want
+open(os.path.join(d, "late"), "w").close()
+want.add("late")
+assert set(os.listdir(fd)) == want
+os.close(fd)
+print("ok")
+"#;
+    let out = run(Command::new("python3").args(["-c", script]).arg(&mp));
+    assert_eq!(out.trim(), "ok");
+    m.stop();
+}

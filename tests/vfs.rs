@@ -1660,3 +1660,44 @@ fn the_data_dir_remembers_its_store_and_refuses_another() {
     .unwrap();
     close(fs);
 }
+
+/// With no extended attribute anywhere, reads of `security.*` and
+/// `trusted.*` names answer `ENODATA` at once (the kernel asks for
+/// `security.capability` at each first write and `ls -l` for
+/// `security.selinux` of every entry), in Linux's order of errors: a bad
+/// namespace first, `user.*` still checked for permission. Once one is
+/// set, reads find it.
+#[test]
+fn xattr_reads_before_any_xattr_exists_follow_linux() {
+    both(|fs| {
+        let root = Creds::root();
+        let v = &fs.vfs;
+        let f = write_file(fs, &root, Ino::ROOT, "f", b"x");
+        let chmod = SetAttrRequest {
+            perm: Some(0o600),
+            ..SetAttrRequest::default()
+        };
+        v.setattr(&root, f, &chmod).unwrap();
+        let other = Creds {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![],
+        };
+        for (c, name, want) in [
+            (&root, &b"security.capability"[..], libc::ENODATA),
+            (&other, b"security.selinux", libc::ENODATA),
+            (&other, b"trusted.t", libc::ENODATA),
+            (&other, b"user.k", libc::EACCES),
+            (&root, b"user.k", libc::ENODATA),
+            (&other, b"system.posix_acl_access", libc::EOPNOTSUPP),
+            (&root, b"bogus.x", libc::EOPNOTSUPP),
+        ] {
+            let name_s = String::from_utf8_lossy(name);
+            assert_eq!(errno(v.getxattr(c, f, name)), want, "{name_s}");
+        }
+        v.setxattr(&root, f, b"security.s", b"1", XattrFlags::default())
+            .unwrap();
+        assert_eq!(v.getxattr(&other, f, b"security.s").unwrap(), b"1");
+        assert_eq!(errno(v.getxattr(&other, f, b"trusted.t")), libc::ENODATA);
+    });
+}

@@ -114,6 +114,86 @@ pub struct FuseFs {
     /// Set once mounted ([`FuseFs::notifier_slot`]): with other writers,
     /// an `open` drops the kernel's cached attributes of the file.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Per open directory handle: what its last listing reply told
+    /// ([`FuseFs::fill_listing`]).
+    listings: Mutex<HashMap<u64, Listing>>,
+}
+
+/// What a directory handle's last listing reply told (see
+/// [`FuseFs::fill_listing`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Listing {
+    /// Entries that filled the last reply whose buffer filled up.
+    fill: Option<usize>,
+    /// The position after which the last read found no more entries.
+    end: Option<u64>,
+}
+
+impl FuseFs {
+    fn listing(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Listing>> {
+        self.listings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fills one directory listing reply of handle `fh` from position
+    /// `offset`. `add(at, limit)` reads up to `limit` entries after
+    /// position `at` into the reply and returns the positions of those
+    /// it took, how many it read, and whether the reply filled up.
+    ///
+    /// The kernel asks again after every reply until one is empty: a
+    /// handle whose last read reached the end of the directory at
+    /// `offset` answers that request empty without reading metadata
+    /// (POSIX leaves entries added after `opendir` or `rewinddir`
+    /// unspecified; a rewind reads again). A handle whose reply filled
+    /// up reads about as many rows as fitted next time instead of 512
+    /// (the kernel's buffer is 4 KiB to 128 KiB), and reads more in the
+    /// same call while the reply has room. An error after some entries
+    /// were taken ends the reply there.
+    fn fill_listing(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, usize) -> Result<(Vec<u64>, usize, bool), FsError>,
+    ) -> Result<(), FsError> {
+        let state = self.listing().get(&fh).copied().unwrap_or_default();
+        if state.end == Some(offset) {
+            return Ok(());
+        }
+        let mut limit = state.fill.map_or(512, |n| n + 4);
+        let mut at = offset;
+        let mut taken = 0;
+        loop {
+            let (added, got, full) = match add(at, limit) {
+                Ok(r) => r,
+                Err(e) if taken == 0 => return Err(e),
+                Err(_) => return Ok(()),
+            };
+            taken += added.len();
+            if let Some(&last) = added.last() {
+                at = last;
+            }
+            if full {
+                self.listing().insert(
+                    fh,
+                    Listing {
+                        fill: Some(taken),
+                        end: None,
+                    },
+                );
+                return Ok(());
+            }
+            if got < limit {
+                self.listing().insert(
+                    fh,
+                    Listing {
+                        fill: state.fill,
+                        end: Some(at),
+                    },
+                );
+                return Ok(());
+            }
+            limit = (limit * 2).min(4096);
+        }
+    }
 }
 
 /// Background requests (write-back and read-ahead) the kernel keeps in
@@ -132,6 +212,7 @@ impl FuseFs {
             entry_ttl: ENTRY_TTL,
             keep_cache: true,
             notifier: Arc::default(),
+            listings: Mutex::new(HashMap::new()),
         }
     }
 
@@ -782,25 +863,30 @@ impl Filesystem for FuseFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let _t = OpTimer::start("readdir");
-        match self.vfs.readdir(Ino(ino.0), offset, 512) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(
-                        INodeNo(e.ino.0),
-                        e.cookie,
-                        kind(e.kind),
-                        OsStr::from_bytes(&e.name),
-                    ) {
-                        break;
-                    }
+        let r = self.fill_listing(fh.0, offset, |at, limit| {
+            let entries = self.vfs.readdir(Ino(ino.0), at, limit)?;
+            let got = entries.len();
+            let mut added = Vec::new();
+            for e in entries {
+                if reply.add(
+                    INodeNo(e.ino.0),
+                    e.cookie,
+                    kind(e.kind),
+                    OsStr::from_bytes(&e.name),
+                ) {
+                    return Ok((added, got, true));
                 }
-                reply.ok();
+                added.push(e.cookie);
             }
+            Ok((added, got, false))
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -809,27 +895,32 @@ impl Filesystem for FuseFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let _t = OpTimer::start("readdirplus");
-        match self.vfs.readdirplus(Ino(ino.0), offset, 512) {
-            Ok(entries) => {
-                for (e, a) in entries {
-                    if reply.add(
-                        INodeNo(e.ino.0),
-                        e.cookie,
-                        OsStr::from_bytes(&e.name),
-                        &self.ttl,
-                        &file_attr(&a),
-                        Generation(0),
-                    ) {
-                        break;
-                    }
+        let r = self.fill_listing(fh.0, offset, |at, limit| {
+            let entries = self.vfs.readdirplus(Ino(ino.0), at, limit)?;
+            let got = entries.len();
+            let mut added = Vec::new();
+            for (e, a) in entries {
+                if reply.add(
+                    INodeNo(e.ino.0),
+                    e.cookie,
+                    OsStr::from_bytes(&e.name),
+                    &self.ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                ) {
+                    return Ok((added, got, true));
                 }
-                reply.ok();
+                added.push(e.cookie);
             }
+            Ok((added, got, false))
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -843,6 +934,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _t = OpTimer::start("releasedir");
+        self.listing().remove(&fh.0);
         empty(reply, self.vfs.releasedir(fh.0))
     }
 

@@ -26,7 +26,8 @@ pub use postgres::{MAX_ATTEMPTS, PG_SCHEMA_VERSION, RECONNECT_WAIT};
 pub use sqlite::SCHEMA_VERSION;
 pub use store::MetaStore;
 pub use types::{
-    DIR_SIZE, DirEntry, FileKind, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage,
+    DIR_SIZE, DirEntry, DirPage, FileKind, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec,
+    Usage,
 };
 
 /// Address of one block of one file: 4 MiB at

@@ -4,7 +4,7 @@
 //! rows.
 
 use super::types::{
-    DirEntry, FileKind, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage,
+    DirEntry, DirPage, FileKind, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage,
 };
 use super::{BlockAddr, BlockRef};
 use crate::blockstore::BlockKey;
@@ -784,6 +784,29 @@ pub(crate) fn readdir_plus(
 ) -> Result<Vec<(DirEntry, Inode)>> {
     dir(tx, dir_ino)?;
     tx.list_dir_plus(dir_ino, after, limit)
+}
+
+/// [`readdir_plus`] with the directory's inode and, with `parent`, its
+/// parent's (the attributes of `.` and `..`).
+pub(crate) fn readdir_plus_dots(
+    tx: &mut dyn Tx,
+    dir_ino: Ino,
+    after: u64,
+    limit: usize,
+    parent: bool,
+) -> Result<DirPage> {
+    let d = dir(tx, dir_ino)?;
+    let parent = if parent {
+        Some(get(tx, d.parent)?)
+    } else {
+        None
+    };
+    let entries = tx.list_dir_plus(dir_ino, after, limit)?;
+    Ok(DirPage {
+        dir: d,
+        parent,
+        entries,
+    })
 }
 
 pub(crate) fn readlink(tx: &mut dyn Tx, ino: Ino) -> Result<Vec<u8>> {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use slicefs_wal::{FileId, Persister};
 
 use super::ops::{self, Policy, Tx, XattrFlags};
-use super::types::{DirEntry, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage};
+use super::types::{DirEntry, DirPage, Ino, Inode, NewNode, RenameFlags, SetAttr, Timespec, Usage};
 use super::{
     BlockAddr, BlockCommit, BlockMap, BlockRef, MetaError, memstore::MemBackend,
     postgres::PgBackend, sqlite::SqliteBackend,
@@ -658,6 +658,22 @@ impl MetaStore {
         limit: usize,
     ) -> Result<Vec<(DirEntry, Inode)>> {
         self.read(|tx| ops::readdir_plus(tx, dir, after, limit))
+    }
+
+    /// [`MetaStore::readdir_plus`] with the directory's inode and, with
+    /// `parent`, its parent's, in the same transaction (the attributes of
+    /// `.` and `..`): one transaction per listing reply.
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR`.
+    pub fn readdir_plus_dots(
+        &self,
+        dir: Ino,
+        after: u64,
+        limit: usize,
+        parent: bool,
+    ) -> Result<DirPage> {
+        self.read(|tx| ops::readdir_plus_dots(tx, dir, after, limit, parent))
     }
 
     /// A symlink's target.

@@ -249,3 +249,17 @@ pub struct Usage {
     /// Sum of regular file sizes.
     pub bytes: u64,
 }
+
+/// One page of a directory listing with attributes
+/// ([`MetaStore::readdir_plus_dots`](super::MetaStore::readdir_plus_dots)):
+/// the directory, its parent if asked for, and the entries with their
+/// inodes, all read in one transaction.
+#[derive(Clone, Debug)]
+pub struct DirPage {
+    /// The directory's inode.
+    pub dir: Inode,
+    /// Its parent's inode (`..`), if asked for.
+    pub parent: Option<Inode>,
+    /// Entries after the position asked for, in position order.
+    pub entries: Vec<(DirEntry, Inode)>,
+}

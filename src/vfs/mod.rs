@@ -1618,24 +1618,25 @@ impl Vfs {
         offset: u64,
         limit: usize,
     ) -> Result<Vec<(DirEntry, Inode)>> {
-        let a = self.attr(ino)?;
-        if a.kind != FileKind::Directory {
-            return Err(FsError::NotDir);
-        }
-        let mut out = Vec::new();
+        // `.` and `..` are positions 1 and 2; one transaction reads the
+        // directory, its parent if `..` is due, and the entries.
+        let dots = 2u64.saturating_sub(offset) as usize;
+        let page = self.meta.readdir_plus_dots(
+            ino,
+            offset.saturating_sub(2),
+            limit.saturating_sub(dots),
+            dots > 0,
+        )?;
+        let a = self.overlay(page.dir);
+        let mut out = Vec::with_capacity(dots + page.entries.len());
         for e in dot_entries(ino, &a, offset) {
-            let attr = if e.ino == ino {
-                a.clone()
-            } else {
-                self.attr(e.ino)?
+            let attr = match (&page.parent, e.ino == ino) {
+                (Some(p), false) => self.overlay(p.clone()),
+                _ => a.clone(),
             };
             out.push((e, attr));
         }
-        let want = limit.saturating_sub(out.len());
-        for (mut e, i) in self
-            .meta
-            .readdir_plus(ino, offset.saturating_sub(2), want)?
-        {
+        for (mut e, i) in page.entries {
             e.cookie += 2;
             out.push((e, self.overlay(i)));
         }

@@ -100,11 +100,21 @@ impl Vfs {
     /// `ENODATA`, `EACCES`, `EOPNOTSUPP` (`system.*`, unknown
     /// namespaces), `EINVAL`, `ENOENT`.
     pub fn getxattr(&self, creds: &Creds, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
-        may_read(creds, &self.attr(ino)?, name)?;
-        if !self.xattrs_exist.load(Ordering::Acquire) {
+        let none_anywhere = !self.xattrs_exist.load(Ordering::Acquire);
+        if none_anywhere && namespace(name)? != Namespace::User {
             // The kernel asks for `security.capability` before the first
-            // write to every inode: with no extended attribute anywhere
-            // that is `ENODATA` without a metadata read.
+            // write to every opened file and `ls -l` for
+            // `security.selinux` of every entry: with no extended
+            // attribute anywhere that is `ENODATA` without a metadata
+            // read. Reading `security.*` and `trusted.*` needs no
+            // permission (a caller other than root reads `trusted.*` as
+            // `ENODATA`), so the inode is not read either; an inode
+            // freed meanwhile answers `ENODATA` then, as an unlinked
+            // open file on ext4 does.
+            return Err(FsError::NoAttr);
+        }
+        may_read(creds, &self.attr(ino)?, name)?;
+        if none_anywhere {
             return Err(FsError::NoAttr);
         }
         self.meta.get_xattr(ino, name)
