@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use slicefs::blockstore::{BlockStore, FaultConfig, FaultyStore};
 use slicefs::meta::{BlockMap, MetaStore};
-use slicefs::transfer::{CrashPoint, TransferError};
+use slicefs::transfer::{CrashPoint, PACK_MEMBER_MAX, TransferError};
 use slicefs_cache::{BLOCK_SIZE, CacheConfig, CacheError};
 use slicefs_wal::{FileId, NullPersister};
 
@@ -627,7 +627,15 @@ async fn small_files_share_pack_objects_that_go_with_their_last_member() {
         "{commits} metadata commits for {} small files",
         files.len()
     );
+    // A cold read of one small file fetches its bytes, not its pack.
+    let (small, bytes) = files
+        .iter()
+        .zip(&data)
+        .find(|(_, d)| d.len() <= PACK_MEMBER_MAX)
+        .unwrap();
     let cold = Rig::cold(meta.clone(), store.clone(), rig.model());
+    assert_eq!(cold.read(*small, 0, bytes.len()).await, *bytes);
+    assert_eq!(cold.tm.stats().download_bytes, bytes.len() as u64);
     cold.check_all().await;
     cold.tm.shutdown().await;
 

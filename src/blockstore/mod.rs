@@ -540,6 +540,32 @@ impl BlockStore {
         })
     }
 
+    /// Bytes `offset..offset + len` of object `key` (one block of a pack
+    /// or of a clone's object), one ranged `GET`.
+    ///
+    /// # Errors
+    /// As [`BlockStore::get`]; a range past the object's end is a
+    /// [`BlockStoreError::Request`].
+    pub async fn get_range(
+        &self,
+        key: &BlockKey,
+        offset: u32,
+        len: u32,
+    ) -> Result<Bytes, BlockStoreError> {
+        let path = key.path(&self.prefix, self.layout);
+        let start = u64::from(offset);
+        self.store
+            .get_range(&path, start..start + u64::from(len))
+            .await
+            .map_err(|source| match source {
+                object_store::Error::NotFound { .. } => BlockStoreError::NotFound {
+                    url: self.url.clone(),
+                    key: *key,
+                },
+                source => self.request_error("get", key, source),
+            })
+    }
+
     /// Deletes block `key`. Deleting a missing object succeeds.
     ///
     /// # Errors

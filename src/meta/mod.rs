@@ -80,8 +80,9 @@ pub struct BlockRef {
     /// read as zeros (a truncate shortens it without rewriting the object).
     pub len: u32,
     /// For a clone or a pack member, the block the object was uploaded
-    /// for (its key names that block); `None`: the object is this block's
-    /// own.
+    /// for (its key names that block; a pack's leader names its own
+    /// block here); `None`: the object is this block's own. A block with
+    /// an origin is read with a ranged `GET` of its bytes.
     pub origin: Option<BlockAddr>,
     /// Where this block's bytes start in the object, in bytes: 0 for an
     /// object of one block; a pack (several small blocks uploaded as one

@@ -1,14 +1,31 @@
-//! [`BlockCache`]: whole downloaded (or just uploaded) blocks, least
-//! recently used out first, bounded in bytes. Keys are immutable object
-//! versions, so an entry is never stale; it only becomes unreachable.
+//! [`BlockCache`]: downloaded objects (or the ranges of them that hold
+//! one block: [`Fetch`]), least recently used out first, bounded in
+//! bytes. Keys name immutable object versions, so an entry is never
+//! stale; it only becomes unreachable.
 
 use bytes::Bytes;
 use lru::LruCache;
 
 use crate::blockstore::BlockKey;
 
+/// What one download fetches: a whole object, or the bytes
+/// `offset..offset + len` of it (`range`, for a block in a shared
+/// object: a pack member or a clone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Fetch {
+    pub key: BlockKey,
+    pub range: Option<(u32, u32)>,
+}
+
+impl Fetch {
+    /// The whole object `key`.
+    pub(crate) fn whole(key: BlockKey) -> Fetch {
+        Fetch { key, range: None }
+    }
+}
+
 pub(crate) struct BlockCache {
-    map: LruCache<BlockKey, Bytes>,
+    map: LruCache<Fetch, Bytes>,
     bytes: u64,
     capacity: u64,
 }
@@ -22,15 +39,15 @@ impl BlockCache {
         }
     }
 
-    pub(crate) fn get(&mut self, key: &BlockKey) -> Option<Bytes> {
+    pub(crate) fn get(&mut self, key: &Fetch) -> Option<Bytes> {
         self.map.get(key).cloned()
     }
 
-    pub(crate) fn contains(&self, key: &BlockKey) -> bool {
+    pub(crate) fn contains(&self, key: &Fetch) -> bool {
         self.map.contains(key)
     }
 
-    pub(crate) fn insert(&mut self, key: BlockKey, data: Bytes) {
+    pub(crate) fn insert(&mut self, key: Fetch, data: Bytes) {
         if data.len() as u64 > self.capacity {
             return;
         }
@@ -46,7 +63,7 @@ impl BlockCache {
         }
     }
 
-    pub(crate) fn remove(&mut self, key: &BlockKey) {
+    pub(crate) fn remove(&mut self, key: &Fetch) {
         if let Some(b) = self.map.pop(key) {
             self.bytes -= b.len() as u64;
         }
@@ -58,13 +75,13 @@ mod tests {
     use super::*;
     use slicefs_wal::{ChunkIndex, FileId};
 
-    fn k(v: u64) -> BlockKey {
-        BlockKey {
+    fn k(v: u64) -> Fetch {
+        Fetch::whole(BlockKey {
             file: FileId(1),
             chunk: ChunkIndex(0),
             block: 0,
             version: v,
-        }
+        })
     }
 
     #[test]

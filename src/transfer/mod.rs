@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::blockstore::{BlockKey, BlockStore, BlockStoreError};
 use crate::meta::{BlockAddr, BlockCommit, BlockMap, BlockRef, MetaError};
-use blockcache::BlockCache;
+use blockcache::{BlockCache, Fetch};
 use pack::{Claim, Decision, Member, Packer, Sealed};
 pub use pack::{PACK_MEMBER_MAX, PACK_WINDOW};
 use queue::{Plan, Stamp, Timing};
@@ -319,7 +319,7 @@ struct Inner {
     meta_want: AtomicU64,
     meta_wake: Notify,
     meta_durable: tokio::sync::watch::Sender<u64>,
-    downloads: Mutex<HashMap<BlockKey, Download>>,
+    downloads: Mutex<HashMap<Fetch, Download>>,
     block_cache: Mutex<BlockCache>,
     gc_tx: mpsc::Sender<GcItem>,
     /// `true` once background work may run ([`TransferManager::resume`]).
@@ -786,7 +786,7 @@ impl TransferManager {
             .map_err(|_| TransferError::Shutdown)??;
         for key in doomed {
             inner.store.delete(&key).await?;
-            lock(&inner.block_cache).remove(&key);
+            lock(&inner.block_cache).remove(&Fetch::whole(key));
             report.deleted += 1;
         }
         Ok(report)
@@ -900,6 +900,26 @@ impl TransferManager {
     #[doc(hidden)]
     pub fn crashed(&self) -> bool {
         self.inner.cancel.is_cancelled() && self.inner.config.crash_at.is_some()
+    }
+}
+
+/// What to download for committed block `r` at `addr`, and where the
+/// block's bytes start in what that returns. A block in a shared object
+/// (a pack member, a clone) fetches only its own `len` bytes, one ranged
+/// `GET`: a cold read of a 1 KiB file must not download its 1 MiB pack.
+/// A block's own object is fetched whole (and cached whole, for the
+/// merge of a partial rewrite).
+fn fetch_of(r: &BlockRef, addr: BlockAddr) -> (Fetch, usize) {
+    let key = r.key(addr);
+    match r.origin {
+        Some(_) => (
+            Fetch {
+                key,
+                range: Some((r.offset, r.len)),
+            },
+            0,
+        ),
+        None => (Fetch::whole(key), r.offset as usize),
     }
 }
 
@@ -1237,7 +1257,7 @@ impl Inner {
         let new = (!hole).then(|| BlockRef {
             version,
             len: data.len() as u32,
-            origin: member.as_ref().and_then(|m| m.origin(addr)),
+            origin: member.as_ref().and_then(Member::origin),
             offset: member.as_ref().map_or(0, |m| m.offset),
         });
         let committed = match decided {
@@ -1422,7 +1442,9 @@ impl Inner {
                     new: Some(BlockRef {
                         version,
                         len: c.len,
-                        origin: (c.addr != first).then_some(first),
+                        // The leader's row names its own block too: a
+                        // row with an origin reads only its range.
+                        origin: Some(first),
                         offset: *offset,
                     }),
                     len: c.len,
@@ -1481,11 +1503,12 @@ impl Inner {
         if let Some(b) = base
             && b.len > 0
         {
-            let key = b.key(addr);
+            let (fetch, at) = fetch_of(&b, addr);
+            let key = fetch.key;
             let mut backoff = self.config.retry_initial;
             let mut missing = 0;
             let bytes = loop {
-                match self.download(key, IoClass::Upload, None).await {
+                match self.download(fetch, IoClass::Upload, None).await {
                     Ok(b) => break b,
                     Err(e) => {
                         // A truncate may have dropped the base meanwhile.
@@ -1521,7 +1544,7 @@ impl Inner {
                 }
             };
             self.note_success();
-            let at = (b.offset as usize).min(bytes.len());
+            let at = at.min(bytes.len());
             let n = base_len.min(bytes.len() - at);
             out[..n].copy_from_slice(&bytes[at..at + n]);
         }
@@ -1532,17 +1555,19 @@ impl Inner {
         Ok(Bytes::from(out))
     }
 
-    /// One block, deduplicated with downloads in flight and cached.
-    /// `permit`: a request slot the caller already holds (read-ahead).
-    fn download(&self, key: BlockKey, class: IoClass, permit: Option<IoPermit>) -> Download {
-        if let Some(b) = lock(&self.block_cache).get(&key) {
+    /// One object or range ([`fetch_of`]), deduplicated with downloads
+    /// in flight and cached. `permit`: a request slot the caller already
+    /// holds (read-ahead).
+    fn download(&self, fetch: Fetch, class: IoClass, permit: Option<IoPermit>) -> Download {
+        let key = fetch.key;
+        if let Some(b) = lock(&self.block_cache).get(&fetch) {
             self.counters
                 .block_cache_hits
                 .fetch_add(1, Ordering::Relaxed);
             return futures::future::ready(Ok(b)).boxed().shared();
         }
         let mut downloads = lock(&self.downloads);
-        if let Some(d) = downloads.get(&key) {
+        if let Some(d) = downloads.get(&fetch) {
             self.counters
                 .downloads_shared
                 .fetch_add(1, Ordering::Relaxed);
@@ -1569,7 +1594,7 @@ impl Inner {
             })
             .boxed()
             .shared();
-        downloads.insert(key, fut.clone());
+        downloads.insert(fetch, fut.clone());
         drop(downloads);
         // The download runs on its own so that a reader giving up does not
         // cancel it for the others.
@@ -1579,7 +1604,11 @@ impl Inner {
                 Some(p) => p,
                 None => io.acquire(class).await,
             };
-            let r = store.get(&key).await.map_err(Arc::new);
+            let r = match fetch.range {
+                None => store.get(&key).await,
+                Some((offset, len)) => store.get_range(&key, offset, len).await,
+            }
+            .map_err(Arc::new);
             if let Some(inner) = this.upgrade() {
                 if let Ok(b) = &r {
                     inner.counters.downloads.fetch_add(1, Ordering::Relaxed);
@@ -1587,9 +1616,9 @@ impl Inner {
                         .counters
                         .download_bytes
                         .fetch_add(b.len() as u64, Ordering::Relaxed);
-                    lock(&inner.block_cache).insert(key, b.clone());
+                    lock(&inner.block_cache).insert(fetch, b.clone());
                 }
-                lock(&inner.downloads).remove(&key);
+                lock(&inner.downloads).remove(&fetch);
             }
             let _ = tx.send(r);
         });
@@ -1620,18 +1649,17 @@ impl Inner {
                 };
                 let valid = (r.len as usize).saturating_sub(from).min(out.len());
                 if valid > 0 {
-                    let key = r.key(addr);
-                    let bytes = match self.download(key, IoClass::Demand, None).await {
+                    let (fetch, at) = fetch_of(&r, addr);
+                    let bytes = match self.download(fetch, IoClass::Demand, None).await {
                         Ok(b) => b,
                         Err(e) => {
                             if matches!(*e, BlockStoreError::NotFound { .. }) {
-                                not_found = Some(key);
+                                not_found = Some(fetch.key);
                             }
                             return Err(e.into());
                         }
                     };
-                    // A pack member's bytes start at its offset.
-                    let start = r.offset as usize + from;
+                    let start = at + from;
                     let have = bytes.len().saturating_sub(start).min(valid);
                     if have > 0 {
                         out[..have].copy_from_slice(&bytes[start..start + have]);
@@ -1686,8 +1714,10 @@ impl Inner {
             let Ok(Some(r)) = self.meta.block(addr) else {
                 break;
             };
-            let key = r.key(addr);
-            if lock(&self.block_cache).contains(&key) || lock(&self.downloads).contains_key(&key) {
+            let (fetch, _) = fetch_of(&r, addr);
+            if lock(&self.block_cache).contains(&fetch)
+                || lock(&self.downloads).contains_key(&fetch)
+            {
                 continue;
             }
             // Read-ahead only uses idle slots; it never queues.
@@ -1697,7 +1727,7 @@ impl Inner {
             self.counters.prefetches.fetch_add(1, Ordering::Relaxed);
             // The download runs on its own task with this slot; nobody
             // waits for it here.
-            drop(self.download(key, IoClass::Prefetch, Some(permit)));
+            drop(self.download(fetch, IoClass::Prefetch, Some(permit)));
         }
     }
 
@@ -1947,7 +1977,7 @@ impl Inner {
                 Err(_) => return None,
             }
         }
-        lock(&self.block_cache).remove(&key);
+        lock(&self.block_cache).remove(&Fetch::whole(key));
         for attempt in 0..5u32 {
             match self.store.delete(&key).await {
                 Ok(()) => {

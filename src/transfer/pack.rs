@@ -10,9 +10,9 @@
 //! leader's block (`BlockAddr::key`) and a fresh version, and commits
 //! every member's block map row in one metadata transaction
 //! ([`BlockMap::commit_over_many`](crate::meta::BlockMap::commit_over_many),
-//! under every member file's gate): `origin` the leader's block, `offset`
-//! where the member's bytes start. The leader's own row has no origin
-//! and offset 0. A member then goes on alone (durable wait, flushed
+//! under every member file's gate): `origin` the leader's block (also in
+//! the leader's own row), `offset` where the member's bytes start. A read
+//! of a member fetches only its bytes (a ranged `GET`). A member then goes on alone (durable wait, flushed
 //! marker); if the shared commit failed, it commits its row itself.
 //!
 //! Nothing else changes: rows that hold one version are the object's
@@ -267,10 +267,11 @@ impl Pack {
 }
 
 impl Member {
-    /// This member's origin for its block map row at `addr`: none for the
-    /// leader's own block.
-    pub fn origin(&self, addr: BlockAddr) -> Option<BlockAddr> {
-        (addr != self.pack.first).then_some(self.pack.first)
+    /// This member's origin for its block map row: the leader's block,
+    /// for the leader's own row too (a row with an origin is read with
+    /// a ranged `GET` of its bytes, not the whole pack).
+    pub fn origin(&self) -> Option<BlockAddr> {
+        Some(self.pack.first)
     }
 
     /// Reports whether this member committed its row. Returns `true` when
