@@ -435,6 +435,18 @@ fn a_cloned_object_lives_until_its_last_reference_goes() {
     }
 }
 
+/// Block 0 of a new regular file `name` in the root.
+fn first_block_of_new_file(m: &MetaStore, name: &[u8]) -> BlockAddr {
+    let f = m
+        .create(Ino::ROOT, name, &node(FileKind::Regular), t(1))
+        .unwrap();
+    BlockAddr {
+        file: FileId(f.ino.0),
+        chunk: ChunkIndex(0),
+        block: 0,
+    }
+}
+
 /// Pack members (small blocks of several files uploaded as one object)
 /// reference the object at their offsets; the offsets survive a reopen,
 /// and the object is doomed only when the last member goes. PostgreSQL
@@ -450,16 +462,7 @@ fn pack_members_keep_their_offsets_and_the_object_lives_until_the_last_goes() {
         } else {
             m
         };
-        let at = |n: &[u8]| BlockAddr {
-            file: FileId(
-                m.create(Ino::ROOT, n, &node(FileKind::Regular), t(1))
-                    .unwrap()
-                    .ino
-                    .0,
-            ),
-            chunk: ChunkIndex(0),
-            block: 0,
-        };
+        let at = |n: &[u8]| first_block_of_new_file(&m, n);
         let (a, b, c, d) = (at(b"a"), at(b"b"), at(b"c"), at(b"d"));
         let v = m.allocate_version().unwrap();
         let key = a.key(v);
@@ -513,16 +516,7 @@ fn pack_members_keep_their_offsets_and_the_object_lives_until_the_last_goes() {
 #[test]
 fn commit_over_many_commits_each_item_or_fails_it_alone() {
     for (name, m, _d) in stores() {
-        let at = |n: &[u8]| BlockAddr {
-            file: FileId(
-                m.create(Ino::ROOT, n, &node(FileKind::Regular), t(1))
-                    .unwrap()
-                    .ino
-                    .0,
-            ),
-            chunk: ChunkIndex(0),
-            block: 0,
-        };
+        let at = |n: &[u8]| first_block_of_new_file(&m, n);
         let (a, gone, moved, b) = (at(b"a"), at(b"gone"), at(b"moved"), at(b"b"));
         m.unlink(Ino::ROOT, b"gone", t(2)).unwrap();
         m.purge(Ino(gone.file.0)).unwrap();

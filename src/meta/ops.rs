@@ -775,19 +775,8 @@ pub(crate) fn readdir(
     tx.list_dir(dir_ino, after, limit)
 }
 
-/// [`readdir`] with each entry's inode.
-pub(crate) fn readdir_plus(
-    tx: &mut dyn Tx,
-    dir_ino: Ino,
-    after: u64,
-    limit: usize,
-) -> Result<Vec<(DirEntry, Inode)>> {
-    dir(tx, dir_ino)?;
-    tx.list_dir_plus(dir_ino, after, limit)
-}
-
-/// [`readdir_plus`] with the directory's inode and, with `parent`, its
-/// parent's (the attributes of `.` and `..`).
+/// [`readdir`] with each entry's inode, the directory's inode and, with
+/// `parent`, its parent's (the attributes of `.` and `..`).
 pub(crate) fn readdir_plus_dots(
     tx: &mut dyn Tx,
     dir_ino: Ino,

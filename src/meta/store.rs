@@ -657,7 +657,7 @@ impl MetaStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(DirEntry, Inode)>> {
-        self.read(|tx| ops::readdir_plus(tx, dir, after, limit))
+        Ok(self.readdir_plus_dots(dir, after, limit, false)?.entries)
     }
 
     /// [`MetaStore::readdir_plus`] with the directory's inode and, with

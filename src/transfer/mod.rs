@@ -1257,7 +1257,9 @@ impl Inner {
         let new = (!hole).then(|| BlockRef {
             version,
             len: data.len() as u32,
-            origin: member.as_ref().and_then(Member::origin),
+            // Every row of a pack names the leader's block, the
+            // leader's own too: a row with an origin reads only its range.
+            origin: member.as_ref().map(|m| m.pack.first),
             offset: member.as_ref().map_or(0, |m| m.offset),
         });
         let committed = match decided {

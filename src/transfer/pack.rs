@@ -267,13 +267,6 @@ impl Pack {
 }
 
 impl Member {
-    /// This member's origin for its block map row: the leader's block,
-    /// for the leader's own row too (a row with an origin is read with
-    /// a ranged `GET` of its bytes, not the whole pack).
-    pub fn origin(&self) -> Option<BlockAddr> {
-        Some(self.pack.first)
-    }
-
     /// Reports whether this member committed its row. Returns `true` when
     /// it was the last member to finish and none committed: the object is
     /// nobody's and may be deleted at once.
