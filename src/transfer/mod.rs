@@ -1401,6 +1401,10 @@ impl Inner {
             Some((version, uploading, decisions))
         }
         .await;
+        // The claims hold the members' gates: a file whose state still
+        // sees another holder of its gate is not dropped when its upload
+        // settles, so they go before the members are woken.
+        drop(claims);
         match stored {
             Some((version, uploading, decisions)) => {
                 m.pack.stored(Some(version), Some(uploading), decisions)
