@@ -6,7 +6,7 @@
 //! mutex is taken only by a writer waiting for room (holding no other
 //! lock) and by whoever frees room while someone waits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -269,8 +269,21 @@ pub struct SliceCache {
     full_errors: AtomicU64,
     next_slice: AtomicU64,
     next_snapshot: AtomicU64,
-    /// Access clock for LRU eviction (each chunk keeps its last tick).
+    /// Access clock for LRU eviction (each chunk keeps its last tick);
+    /// starts at 1 (a chunk's `lru_stamp` 0 means not queued).
     clock: AtomicU64,
+    /// The eviction queue: chunks that came to hold clean bytes, as
+    /// `(stamp, file, chunk index)`, oldest first. An entry is live while
+    /// its chunk's `lru_stamp` is its stamp; a chunk has at most one live
+    /// entry. Eviction pops from the front (a chunk used since it was
+    /// queued goes to the back once: CLOCK's second chance), so its work
+    /// follows the chunks it evicts, never the number of cached files
+    /// (a walk and sort of every file took 90% of the daemon's CPU with
+    /// 250,000 small files in a 64 MiB cache). Entries of dropped chunks
+    /// stay until popped or compacted away (`compact_lru_if_stale`).
+    lru: Mutex<VecDeque<(u64, FileId, u32)>>,
+    /// `lru`'s length, read without its lock.
+    lru_len: AtomicUsize,
     /// File entries in `files`.
     entries: AtomicI64,
     /// Bumped by every change of cached bytes (see `account`).
@@ -320,7 +333,9 @@ impl SliceCache {
             full_errors: AtomicU64::new(0),
             next_slice: AtomicU64::new(1),
             next_snapshot: AtomicU64::new(1),
-            clock: AtomicU64::new(0),
+            clock: AtomicU64::new(1),
+            lru: Mutex::default(),
+            lru_len: AtomicUsize::new(0),
             entries: AtomicI64::new(0),
             generation: AtomicU64::new(1),
             counted: Mutex::new((0, 0, 0)),
@@ -472,6 +487,59 @@ impl SliceCache {
 
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues chunk `idx` of `file` (`c`, under its file's lock) for
+    /// eviction if it holds clean bytes and is not queued yet.
+    fn queue_clean(&self, file: FileId, idx: u32, c: &mut Chunk) {
+        if c.lru_stamp != 0 || c.clean() == 0 {
+            return;
+        }
+        c.lru_stamp = self.tick();
+        lock(&self.lru).push_back((c.lru_stamp, file, idx));
+        self.lru_len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The next entry of the eviction queue.
+    fn pop_lru(&self) -> Option<(u64, FileId, u32)> {
+        let e = lock(&self.lru).pop_front();
+        if e.is_some() {
+            self.lru_len.fetch_sub(1, Ordering::Relaxed);
+        }
+        e
+    }
+
+    /// Drops the eviction queue's dead entries (of chunks dropped by
+    /// removes, truncates and uploads) once they may outnumber the live
+    /// ones: the queue's length stays within a small multiple of the
+    /// cached chunks, whatever was written and removed in between. Each
+    /// compaction costs the entries it looks at, paid for by the drops
+    /// that made them dead.
+    fn compact_lru_if_stale(&self) {
+        let live_max = self.entries.load(Ordering::Relaxed).max(0) as usize
+            + self.extents.load(Ordering::Relaxed).max(0) as usize;
+        if self.lru_len.load(Ordering::Relaxed) <= 2 * live_max + 4096 {
+            return;
+        }
+        // Out of the queue while each file is locked (a file's lock is
+        // taken before the queue's, never after).
+        let old = std::mem::take(&mut *lock(&self.lru));
+        let mut kept: VecDeque<(u64, FileId, u32)> = old
+            .into_iter()
+            .filter(|&(stamp, file, idx)| {
+                self.file(file).is_some_and(|f| {
+                    lock(&f)
+                        .chunks
+                        .get(&idx)
+                        .is_some_and(|c| c.lru_stamp == stamp)
+                })
+            })
+            .collect();
+        let mut q = lock(&self.lru);
+        // Entries queued meanwhile are newer: after the kept ones.
+        kept.extend(q.drain(..));
+        self.lru_len.store(kept.len(), Ordering::Relaxed);
+        *q = kept;
     }
 
     /// Inserts a write of `data` at byte `offset` of `file`, logged at
@@ -731,7 +799,11 @@ impl SliceCache {
         let d = {
             let mut fc = lock(&f);
             let d = match fc.chunks.get_mut(&snap.chunk.0) {
-                Some(c) => c.mark_flushed(snap),
+                Some(c) => {
+                    let d = c.mark_flushed(snap);
+                    self.queue_clean(snap.file, snap.chunk.0, c);
+                    d
+                }
                 None => Delta::default(),
             };
             if fc.chunks.get(&snap.chunk.0).is_some_and(|c| c.is_empty()) {
@@ -837,10 +909,12 @@ impl SliceCache {
         self.memory() + self.bookkeeping()
     }
 
-    /// Frees pooled buffers, then evicts clean bytes, least recently used
-    /// chunk first, until memory is under the capacity. Pending bytes are
-    /// never evicted.
+    /// Frees pooled buffers, then evicts clean bytes, about least
+    /// recently used chunk first (the eviction queue, see `lru`), until
+    /// memory is under 90% of the capacity. Pending bytes are never
+    /// evicted. Costs the queue entries it pops, not a walk of the cache.
     pub fn evict_if_needed(&self) {
+        self.compact_lru_if_stale();
         let cap = self.config.capacity_bytes;
         if self.footprint() <= cap {
             return;
@@ -851,35 +925,31 @@ impl SliceCache {
         if self.footprint() <= cap || self.clean.load(Ordering::Relaxed) == 0 {
             return;
         }
-        // Chunks with clean bytes, least recently used first.
-        let files = self.all_files();
-        let mut order: Vec<(u64, FileId, u32)> = Vec::new();
-        for (file, f) in &files {
-            let fc = lock(f);
-            order.extend(
-                fc.chunks
-                    .iter()
-                    .filter(|(_, c)| c.clean() > 0)
-                    .map(|(&idx, c)| (c.last_use, *file, idx)),
-            );
-        }
-        drop(files);
-        order.sort_unstable();
-        for (_, file, chunk) in order {
-            if self.footprint() <= target {
+        // Every entry at most twice: once, and once more after a second
+        // chance.
+        let mut budget = 2 * self.lru_len.load(Ordering::Relaxed) + 1;
+        while budget > 0 && self.footprint() > target {
+            budget -= 1;
+            let Some((stamp, file, idx)) = self.pop_lru() else {
                 break;
-            }
+            };
             let Some(f) = self.file(file) else {
                 continue;
             };
             let d = {
                 let mut fc = lock(&f);
-                let d = match fc.chunks.get_mut(&chunk) {
-                    Some(c) if c.clean() > 0 => c.evict_clean(),
-                    _ => Delta::default(),
+                let Some(c) = fc.chunks.get_mut(&idx).filter(|c| c.lru_stamp == stamp) else {
+                    continue;
                 };
-                if fc.chunks.get(&chunk).is_some_and(|c| c.is_empty()) {
-                    fc.chunks.remove(&chunk);
+                c.lru_stamp = 0;
+                if c.last_use > stamp {
+                    // Used since it was queued: to the back, once.
+                    self.queue_clean(file, idx, c);
+                    continue;
+                }
+                let d = c.evict_clean();
+                if c.is_empty() {
+                    fc.chunks.remove(&idx);
                 }
                 d
             };
@@ -939,6 +1009,12 @@ impl SliceCache {
     #[doc(hidden)]
     pub fn debug_entries(&self) -> u64 {
         self.files.read().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
+    /// Entries in the eviction queue, dead ones included, for tests.
+    #[doc(hidden)]
+    pub fn debug_lru_len(&self) -> usize {
+        lock(&self.lru).len()
     }
 
     /// Per-chunk extents (start, end, lsn, pending?) of a file, for tests.

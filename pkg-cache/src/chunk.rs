@@ -209,6 +209,9 @@ pub(crate) struct Chunk {
     pub(crate) pending: u64,
     /// The cache's clock at the last read or write (for LRU eviction).
     pub(crate) last_use: u64,
+    /// The clock stamp of this chunk's entry in the cache's eviction
+    /// queue; 0: not queued (see `SliceCache::evict_if_needed`).
+    pub(crate) lru_stamp: u64,
     /// Per block (bit `b`), pending bytes found unreadable in the log
     /// (logged once; see `snapshot_dirty`).
     damaged: u16,
