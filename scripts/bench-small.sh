@@ -9,7 +9,7 @@
 # /usr/include as the tree: tar xf + sync -f, cp -r + sync -f, ls -lR,
 # rm -rf, git init + copy + add + commit (skipped without git), and 2000
 # one-row SQLite transactions (synchronous=FULL) in WAL and DELETE journal
-# modes. Every run of slicefs gets a fresh mount and data dir. Prints a
+# modes, then 20000 random one-row reads of the DELETE database reopened. Every run of slicefs gets a fresh mount and data dir. Prints a
 # markdown table: best of RUNS runs (and the median), and slicefs/raw of
 # the bests. A failed workload prints n/a (its error goes to stderr) and the
 # run goes on. Needs root (mount(2)).
@@ -87,7 +87,7 @@ unmount_fs() {
 # bench DIR TARGET RUN: every workload in DIR; appends one JSON line.
 bench() {
     python3 - "$1" "$n" "$2" "$3" "$work/include.tar" "$tree" <<'PY' >>"$work/results.jsonl"
-import json, os, shutil, sqlite3, subprocess, sys, time
+import json, os, random, shutil, sqlite3, subprocess, sys, time
 
 root, n, target, run, tarball, tree = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
 res = {}
@@ -209,9 +209,19 @@ if shutil.which("git"):
     step("git", lambda: seconds(git))
     rm(repo)
 
+def sqlite_path(mode):
+    return f"{root}/sq-{mode}.db"
+
+def sqlite_remove(mode):
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(sqlite_path(mode) + suffix)
+        except FileNotFoundError:
+            pass
+
+# 2000 one-row transactions; the database stays for sqlite_reads.
 def sqlite(mode):
-    path = f"{root}/sq-{mode}.db"
-    con = sqlite3.connect(path, isolation_level=None)  # autocommit: one transaction per INSERT
+    con = sqlite3.connect(sqlite_path(mode), isolation_level=None)  # autocommit: one transaction per INSERT
     try:
         got = con.execute(f"PRAGMA journal_mode={mode}").fetchone()[0]
         if got.upper() != mode:
@@ -225,14 +235,32 @@ def sqlite(mode):
         return time.perf_counter() - t
     finally:
         con.close()
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.unlink(path + suffix)
-            except FileNotFoundError:
-                pass
+
+# After the journal churn: reopen the database (a new process would) and
+# read 20000 random rows, each its own read transaction, with SQLite's own
+# cache kept small (16 pages) so that pages come from the file, i.e. from
+# the kernel's page cache if it survived the reopen.
+def sqlite_reads(mode):
+    con = sqlite3.connect(sqlite_path(mode), isolation_level=None)
+    try:
+        con.execute("PRAGMA cache_size=16")
+        n = con.execute("SELECT count(*) FROM t").fetchone()[0]
+        if n != 2000:
+            raise RuntimeError(f"{n} rows, not 2000")
+        rnd = random.Random(7)
+        t = time.perf_counter()
+        for _ in range(20000):
+            if con.execute("SELECT v FROM t WHERE id = ?", (rnd.randint(1, n),)).fetchone() is None:
+                raise RuntimeError("a row is missing")
+        return time.perf_counter() - t
+    finally:
+        con.close()
 
 step("sqlite_wal", lambda: sqlite("WAL"))
+sqlite_remove("WAL")
 step("sqlite_delete", lambda: sqlite("DELETE"))
+step("sqlite_reads", lambda: sqlite_reads("DELETE"))
+sqlite_remove("DELETE")
 
 print(json.dumps({"target": target, "run": run, "res": res}))
 PY
@@ -305,6 +333,7 @@ rows = [
     ("git", "git init + cp -r + add -A + commit (s)", "secs"),
     ("sqlite_wal", "sqlite 2000 txns, WAL, sync=FULL (s)", "secs"),
     ("sqlite_delete", "sqlite 2000 txns, DELETE, sync=FULL (s)", "secs"),
+    ("sqlite_reads", "sqlite 20000 random reads after reopening (s)", "secs"),
 ]
 vals, present, runs = {}, set(), {}
 for line in open(sys.argv[1]):
