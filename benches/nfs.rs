@@ -382,6 +382,10 @@ fn fuse(dir: &Path, mib: usize, files: usize) -> Figures {
         &config,
     )
     .expect("FUSE mount (run as root)");
+    // As `slicefs mount` does: 1 MiB of kernel read-ahead, not 128 KiB.
+    if let Err(e) = slicefs::fuse::raise_read_ahead(&mp) {
+        eprintln!("read-ahead stays at 128 KiB: {e}");
+    }
     let mut f = Figures::default();
     let piece = vec![0x6e_u8; MIB];
     let big = mp.join("big");

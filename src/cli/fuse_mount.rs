@@ -35,7 +35,9 @@ pub(super) struct MountSpec<'a> {
 }
 
 /// Mounts `fs` at `mp` (a directory that holds no mount:
-/// `check_mountpoint`) and starts its session (4 threads).
+/// `check_mountpoint`), starts its session (4 threads), and raises the
+/// mount's kernel read-ahead to 1 MiB where allowed
+/// ([`slicefs::fuse::raise_read_ahead`]).
 ///
 /// # Errors
 /// `/dev/fuse` cannot be opened, mount(2) or `fusermount3` fails, or the
@@ -76,6 +78,13 @@ pub(super) fn mount(fs: FuseFs, mp: &Path, spec: &MountSpec<'_>) -> anyhow::Resu
                 .with_context(|| format!("mount at {}", mp.display()))?
         }
     };
+    match slicefs::fuse::raise_read_ahead(mp) {
+        Ok(kb) => tracing::debug!(kb, "kernel read-ahead of the mount"),
+        Err(e) => tracing::info!(
+            error = %e,
+            "kernel read-ahead stays at its default (128 KiB): sequential reads come in smaller pieces"
+        ),
+    }
     Ok(FuseMount {
         session,
         mountpoint: mp.to_path_buf(),

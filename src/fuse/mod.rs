@@ -21,6 +21,10 @@
 //!   at the latest at `fsync`, `close` or memory pressure. An `fsync` that
 //!   returned still has its bytes in the log.
 
+mod bdi;
+
+pub use bdi::{READ_AHEAD_KB, raise_read_ahead};
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
