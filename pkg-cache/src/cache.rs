@@ -282,7 +282,7 @@ pub struct SliceCache {
     /// 250,000 small files in a 64 MiB cache). Entries of dropped chunks
     /// stay until popped or compacted away (`compact_lru_if_stale`).
     lru: Mutex<VecDeque<(u64, FileId, u32)>>,
-    /// `lru`'s length, read without its lock.
+    /// `lru`'s length, read without its lock (stored under it).
     lru_len: AtomicUsize,
     /// File entries in `files`.
     entries: AtomicI64,
@@ -496,16 +496,16 @@ impl SliceCache {
             return;
         }
         c.lru_stamp = self.tick();
-        lock(&self.lru).push_back((c.lru_stamp, file, idx));
-        self.lru_len.fetch_add(1, Ordering::Relaxed);
+        let mut q = lock(&self.lru);
+        q.push_back((c.lru_stamp, file, idx));
+        self.lru_len.store(q.len(), Ordering::Relaxed);
     }
 
     /// The next entry of the eviction queue.
     fn pop_lru(&self) -> Option<(u64, FileId, u32)> {
-        let e = lock(&self.lru).pop_front();
-        if e.is_some() {
-            self.lru_len.fetch_sub(1, Ordering::Relaxed);
-        }
+        let mut q = lock(&self.lru);
+        let e = q.pop_front();
+        self.lru_len.store(q.len(), Ordering::Relaxed);
         e
     }
 
@@ -927,7 +927,11 @@ impl SliceCache {
         }
         // Every entry at most twice: once, and once more after a second
         // chance.
-        let mut budget = 2 * self.lru_len.load(Ordering::Relaxed) + 1;
+        let mut budget = self
+            .lru_len
+            .load(Ordering::Relaxed)
+            .saturating_mul(2)
+            .saturating_add(1);
         while budget > 0 && self.footprint() > target {
             budget -= 1;
             let Some((stamp, file, idx)) = self.pop_lru() else {
