@@ -23,6 +23,16 @@ fn s3_config(sw: &Seaweed, url: &str) -> StoreConfig {
     c
 }
 
+/// A running SeaweedFS with bucket `slicefs`, and a checked store on
+/// `s3://slicefs/fs`.
+async fn seaweed_store() -> (Seaweed, BlockStore) {
+    let sw = Seaweed::start().expect("start SeaweedFS");
+    sw.create_bucket("slicefs").expect("create bucket");
+    let store = BlockStore::open(&s3_config(&sw, "s3://slicefs/fs")).unwrap();
+    store.check().await.unwrap();
+    (sw, store)
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
@@ -57,10 +67,7 @@ async fn start_up_check_names_missing_bucket_and_bad_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_block_file_round_trips_through_s3() {
-    let sw = Seaweed::start().expect("start SeaweedFS");
-    sw.create_bucket("slicefs").expect("create bucket");
-    let store = BlockStore::open(&s3_config(&sw, "s3://slicefs/fs")).unwrap();
-    store.check().await.unwrap();
+    let (_sw, store) = seaweed_store().await;
     let meta = Arc::new(MetaStore::memory(0, 0));
     let dir = tempfile::tempdir().unwrap();
     let rig = Rig::new(
@@ -103,10 +110,7 @@ async fn multi_block_file_round_trips_through_s3() {
 /// ranged GET per file (only the file's bytes cross the wire).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packed_small_files_round_trip_through_s3() {
-    let sw = Seaweed::start().expect("start SeaweedFS");
-    sw.create_bucket("slicefs").expect("create bucket");
-    let store = BlockStore::open(&s3_config(&sw, "s3://slicefs/fs")).unwrap();
-    store.check().await.unwrap();
+    let (_sw, store) = seaweed_store().await;
     let meta = Arc::new(MetaStore::memory(0, 0));
     let rig = Rig::new(
         CacheConfig::default(),
@@ -135,10 +139,7 @@ async fn packed_small_files_round_trip_through_s3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_server_killed_during_uploads_loses_nothing() {
-    let mut sw = Seaweed::start().expect("start SeaweedFS");
-    sw.create_bucket("slicefs").expect("create bucket");
-    let store = BlockStore::open(&s3_config(&sw, "s3://slicefs/fs")).unwrap();
-    store.check().await.unwrap();
+    let (mut sw, store) = seaweed_store().await;
     let meta = Arc::new(MetaStore::memory(0, 0));
     let dir = tempfile::tempdir().unwrap();
     let mut config = fast_config();
