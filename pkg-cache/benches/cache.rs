@@ -355,7 +355,45 @@ fn main() {
     }
     g.finish();
 
-    // 5. Recovery.
+    // 5. Upload snapshots: what an upload copies out of the cache.
+    let mut g = c.benchmark_group("snapshot");
+    g.throughput(Throughput::Bytes(MERGE_RANGE as u64));
+    let mut state = None;
+    let mut log = Log::new(cfg.samples);
+    g.bench_function("4MiB_block_of_1MiB_writes", |b| {
+        let cache = state.get_or_insert_with(|| {
+            let cache = big_cache(1 << 30);
+            for i in 0..(MERGE_RANGE / MIB) {
+                let data = pattern(MIB, i as u64 + 1);
+                cache.insert(FileId(1), (i * MIB) as u64, &data, Lsn(i as u64 + 1), None);
+            }
+            cache
+        });
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                let snaps = cache.dirty_blocks(FileId(1));
+                assert_eq!(snaps.len(), 1);
+                for s in &snaps {
+                    cache.abort_snapshot(s);
+                }
+                black_box(snaps);
+            }
+            log.record(iters * MERGE_RANGE as u64, t.elapsed())
+        })
+    });
+    g.finish();
+    let bw = log.rate();
+    rows.push(Row {
+        name: "snapshot of a 4 MiB pending block written in 1 MiB pieces (an upload's copy, allocation included)".into(),
+        result: bw.map_or("skipped".into(), fmt_bw),
+        bound: format!("memcpy 4 MiB {}", fmt_bw(memcpy_4m)),
+        ratio: ratio(bw, memcpy_4m),
+        target: String::new(),
+        met: None,
+    });
+
+    // 6. Recovery.
     recovery(&mut c, &cfg, &base, memcpy_64k, &mut rows);
 
     c.final_summary();

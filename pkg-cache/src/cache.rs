@@ -739,6 +739,7 @@ impl SliceCache {
                     &self.next_snapshot,
                     opts,
                     &mut budget,
+                    &self.pool,
                 ));
             }
         }

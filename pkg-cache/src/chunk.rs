@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use slicefs_wal::{Lsn, MediaError};
 
-use crate::buf::{Buf, POOL_MIN, Pool, class_size};
+use crate::buf::{Buf, POOL_MIN, Pool, SnapBytes, class_size};
 use crate::{BLOCK_SIZE, BLOCKS_PER_CHUNK};
 
 /// Whether an extent's bytes still need uploading.
@@ -151,9 +151,9 @@ pub struct BlockSnapshot {
     /// Index of the block within the chunk (0..16).
     pub block: u32,
     /// Pending bytes of the block: (offset within the chunk, bytes), sorted
-    /// and disjoint. Bytes of the block not listed come from the committed
-    /// block (or are zeros).
-    pub ranges: Vec<(u32, Vec<u8>)>,
+    /// and disjoint, each range contiguous bytes. Bytes of the block not
+    /// listed come from the committed block (or are zeros).
+    pub ranges: Vec<(u32, SnapBytes)>,
     /// The highest LSN among the snapshot's bytes.
     pub lsn: Lsn,
 }
@@ -188,6 +188,12 @@ impl BlockSnapshot {
     /// Pending bytes in the snapshot.
     pub fn pending_bytes(&self) -> u64 {
         self.ranges.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+
+    /// A copy of [`BlockSnapshot::ranges`] in plain vectors (tests,
+    /// diagnostics).
+    pub fn ranges_copied(&self) -> Vec<(u32, Vec<u8>)> {
+        self.ranges.iter().map(|(o, b)| (*o, b.to_vec())).collect()
     }
 }
 
@@ -605,6 +611,7 @@ impl Chunk {
         next_id: &std::sync::atomic::AtomicU64,
         opts: &SnapshotOptions,
         budget: &mut usize,
+        pool: &Arc<Pool>,
     ) -> Vec<BlockSnapshot> {
         // Pending bytes per block, to choose blocks before copying anything.
         let mut pending = [0u64; BLOCKS_PER_CHUNK as usize];
@@ -642,10 +649,17 @@ impl Chunk {
             }
             let snap = out.last_mut().expect("pushed above");
             snap.lsn = snap.lsn.max(e.lsn);
+            let left = &mut pending[block as usize];
             match snap.ranges.last_mut() {
-                Some((o, b)) if *o + b.len() as u32 == s => b.extend_from_slice(e.bytes()),
-                _ => snap.ranges.push((s, e.bytes().to_vec())),
+                Some((o, b)) if *o + b.len() as u32 == s => b.extend(pool, e.bytes()),
+                // Room for every pending byte of the block not copied
+                // yet (a bound on this range), so the range never grows
+                // by copying.
+                _ => snap
+                    .ranges
+                    .push((s, SnapBytes::copy_of(pool, *left as usize, e.bytes()))),
             }
+            *left = left.saturating_sub(e.bytes().len() as u64);
             if e.buf.check(e.bytes()).is_err() {
                 // The only copy of these pending bytes is a log page the
                 // disk could not read: never upload the zeros read in its

@@ -19,6 +19,7 @@ mod recover;
 
 use std::ops::Range;
 
+pub use buf::SnapBytes;
 pub use cache::{CacheConfig, CacheStats, LEND_MIN, Reservation, SliceCache};
 pub use chunk::{BlockSnapshot, SnapshotOptions};
 pub use recover::{RecoveryReport, recover, recover_with_progress};

@@ -433,7 +433,7 @@ fn truncate_then_write_is_unaffected() {
     assert_eq!(c.stats().dirty_bytes, before - 500);
     let next = c.dirty_blocks(h);
     assert_eq!(next.len(), 1);
-    assert_eq!(next[0].ranges, vec![(700, vec![b'g'; 100])]);
+    assert_eq!(next[0].ranges_copied(), vec![(700, vec![b'g'; 100])]);
 }
 
 #[test]
@@ -478,7 +478,7 @@ fn remove_then_recreate() {
     assert_eq!(c.dirty_files(), vec![F]);
     let snaps = flush_all(&c, F);
     assert_eq!(snaps.len(), 1);
-    assert_eq!(snaps[0].ranges, vec![(500, vec![b'b'; 100])]);
+    assert_eq!(snaps[0].ranges_copied(), vec![(500, vec![b'b'; 100])]);
     assert_eq!(c.stats().dirty_bytes, 0);
 }
 

@@ -80,7 +80,7 @@ fn large_lent_writes_are_kept_in_place_and_dropped_once_uploaded() {
     // Upload the block: the lent bytes go, the copied ones stay clean.
     let snaps = cache.dirty_blocks(FileId(1));
     assert_eq!(snaps.len(), 1);
-    assert_eq!(snaps[0].ranges, vec![(0, want.clone())]);
+    assert_eq!(snaps[0].ranges_copied(), vec![(0, want.clone())]);
     cache.mark_flushed(&snaps[0]);
     let st = cache.stats();
     assert_eq!(st.dirty_bytes, 0);

@@ -89,7 +89,7 @@ fn regression_coalescing_keeps_lsn_order_newer_write_at_lower_offset_wins() {
     assert_eq!(s.ranges.len(), 1);
     assert_eq!(s.ranges[0].0, 500);
     assert_eq!(
-        s.ranges[0].1,
+        *s.ranges[0].1,
         runs(&[(2000, b'b'), (100, b'd'), (400, b'c'), (100, b'e')])
     );
 }
@@ -138,7 +138,7 @@ fn regression_flush_after_newer_write_keeps_the_newer_write_dirty() {
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].lsn, Lsn(3));
     assert_eq!(
-        next[0].ranges,
+        next[0].ranges_copied(),
         vec![(4096, vec![b'b'; 2048]), (a_len as u32, vec![b'c'; 808])]
     );
     c.mark_flushed(&next[0]);
@@ -191,7 +191,7 @@ fn a_truncate_to_zero_keeps_the_block_in_flight() {
     // The newer bytes stay pending and are snapshotted next.
     assert_eq!(c.stats().dirty_bytes, 50);
     let s2 = one_snapshot(&c, F);
-    assert_eq!(s2.ranges, vec![(0, vec![b'b'; 50])]);
+    assert_eq!(s2.ranges_copied(), vec![(0, vec![b'b'; 50])]);
 }
 
 /// The same through eviction: a truncate leaves only clean bytes in a
@@ -298,7 +298,7 @@ fn an_in_place_rewrite_is_a_newer_write() {
     let st = c.stats();
     assert_eq!((st.dirty_bytes, st.clean_bytes, st.slices), (4096, 0, 1));
     let s2 = one_snapshot(&c, F);
-    assert_eq!(s2.ranges, vec![(4096, vec![b'b'; 4096])]);
+    assert_eq!(s2.ranges_copied(), vec![(4096, vec![b'b'; 4096])]);
     assert_eq!(s2.lsn, Lsn(2));
     c.mark_flushed(&s2);
     let st = c.stats();

@@ -1503,7 +1503,8 @@ impl Inner {
         let len = snap_end.max(base_len);
         let covered = snap.ranges.len() == 1 && snap.ranges[0].0 == off;
         if covered && snap.ranges[0].1.len() >= len {
-            return Ok(Bytes::from(std::mem::take(&mut snap.ranges[0].1)));
+            let (_, b) = snap.ranges.swap_remove(0);
+            return Ok(b.into_bytes());
         }
         let mut out = vec![0u8; len];
         if let Some(b) = base
