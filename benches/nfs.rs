@@ -123,20 +123,27 @@ fn new_handle(fh: post_op_fh3) -> nfs_fh3 {
 /// Prints the server's own mean time per call of each NFS procedure (from
 /// the request metrics): what of a round trip the server spends, against
 /// the transport and the client.
-fn server_times(fs: &OpenedFs) {
+fn server_times(fs: &OpenedFs, frontend: &str) {
     let text = slicefs::metrics::render(&fs.vfs);
     let value = |kind: &str, op: &str| {
-        let key = format!("slicefs_request_seconds_{kind}{{frontend=\"nfs\",op=\"{op}\"}} ");
+        let key = format!("slicefs_request_seconds_{kind}{{frontend=\"{frontend}\",op=\"{op}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(key.as_str()))
             .and_then(|v| v.parse::<f64>().ok())
     };
-    for op in ["CREATE", "WRITE", "GETATTR", "LOOKUP", "READ", "COMMIT"] {
+    let ops: &[&str] = if frontend == "nfs" {
+        &["CREATE", "WRITE", "GETATTR", "LOOKUP", "READ", "COMMIT"]
+    } else {
+        &[
+            "create", "write", "getattr", "lookup", "open", "read", "release", "fsync",
+        ]
+    };
+    for op in ops {
         if let (Some(sum), Some(n)) = (value("sum", op), value("count", op))
             && n > 0.0
         {
             eprintln!(
-                "server time of {op}: {:.1} us per call ({n} calls)",
+                "{frontend} server time of {op}: {:.1} us per call ({n} calls)",
                 sum / n * 1e6
             );
         }
@@ -350,7 +357,7 @@ fn nfs(dir: &Path, mib: usize, conns: usize, files: usize) -> Figures {
         f.null = files as f64 / t.elapsed().as_secs_f64();
     });
     if std::env::var_os("NFS_BENCH_SERVER_TIMES").is_some() {
-        server_times(&fs);
+        server_times(&fs, "nfs");
     }
     let _ = stop.send(());
     rt.block_on(task).expect("server task").expect("server");
@@ -457,6 +464,9 @@ fn fuse(dir: &Path, mib: usize, files: usize) -> Figures {
     }
     f.read = files as f64 / t.elapsed().as_secs_f64();
     session.umount_and_join().expect("unmount");
+    if std::env::var_os("NFS_BENCH_SERVER_TIMES").is_some() {
+        server_times(&fs, "fuse");
+    }
     close(fs, &rt);
     f
 }

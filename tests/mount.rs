@@ -932,7 +932,7 @@ fn cp_a_keeps_modes_owners_and_times_and_xattrs_follow_ext4() {
         .arg(src.join("ro")));
 
     let mp = tmp.path().join("mnt");
-    let m = Mount::start(&mp, &tmp.path().join("data"), &[]);
+    let m = Mount::start(&mp, &tmp.path().join("data"), &["--xattr"]);
     run(Command::new("cp").arg("-a").arg(&src).arg(mp.join("copy")));
     assert_eq!(listing(&mp.join("copy")), listing(&src));
     let moved = tmp.path().join("moved");
@@ -970,6 +970,117 @@ print(err(os.setxattr, f, "trusted.t", b"1"), sorted(os.listxattr(f)))
         ],
         "{out}"
     );
+    m.stop();
+}
+
+/// Extended attributes are off on a new file system: every call fails
+/// with EOPNOTSUPP and `cp -a` still copies modes and times. A file
+/// system that holds one mounts with them on, and `--xattr=false` turns
+/// them off again without losing it.
+#[test]
+fn xattrs_are_off_until_asked_for_and_on_where_one_exists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mp, data) = (tmp.path().join("mnt"), tmp.path().join("data"));
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    run(Command::new("chmod").arg("640").arg(src.join("f")));
+    run(Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06"])
+        .arg(src.join("f")));
+    let script = r#"
+import errno, os, sys
+f = sys.argv[1]
+def err(fn, *a):
+    try:
+        r = fn(*a)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    return repr(r)
+if len(sys.argv) > 2:
+    print(err(os.setxattr, f, "user.k", b"v"))
+print(err(os.getxattr, f, "user.k"), err(os.listxattr, f), err(os.removexattr, f, "user.x"))
+"#;
+    let py = |f: &Path, set: bool| {
+        let mut c = Command::new("python3");
+        c.args(["-c", script]).arg(f);
+        if set {
+            c.arg("set");
+        }
+        run(&mut c).trim().to_string()
+    };
+
+    let m = Mount::start(&mp, &data, &[]);
+    run(Command::new("cp").arg("-a").arg(&src).arg(mp.join("copy")));
+    assert_eq!(listing(&mp.join("copy")), listing(&src));
+    let f = mp.join("copy/f");
+    assert_eq!(py(&f, true), "ENOTSUP\nENOTSUP ENOTSUP ENOTSUP");
+    m.stop();
+
+    let m = Mount::start(&mp, &data, &["--xattr"]);
+    assert_eq!(py(&f, true), "None\nb'v' ['user.k'] ENODATA");
+    m.stop();
+
+    // One exists now: on without asking.
+    let m = Mount::start(&mp, &data, &[]);
+    assert_eq!(py(&f, false), "b'v' ['user.k'] ENODATA");
+    m.stop();
+
+    let m = Mount::start(&mp, &data, &["--xattr=false"]);
+    assert_eq!(py(&f, false), "ENOTSUP ENOTSUP ENOTSUP");
+    m.stop();
+    let m = Mount::start(&mp, &data, &[]);
+    assert_eq!(py(&f, false), "b'v' ['user.k'] ENODATA", "kept while off");
+    m.stop();
+}
+
+/// Without directory handles the kernel keeps each directory's listing
+/// (`FOPEN_CACHE_DIR`); every change made through the mount must show in
+/// the next listing: create, unlink, rename within and across
+/// directories, mkdir, rmdir, symlink, hard link.
+#[test]
+fn cached_directory_listings_follow_every_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp = tmp.path().join("mnt");
+    let m = Mount::start(&mp, &tmp.path().join("data"), &[]);
+    let script = r#"
+import os, sys
+d = sys.argv[1]
+a, b = os.path.join(d, "a"), os.path.join(d, "b")
+os.mkdir(a); os.mkdir(b)
+def ls(p):
+    return sorted(os.listdir(p))
+def check(want_a, want_b):
+    # Twice: the second listing is the kernel's cached one.
+    for _ in range(2):
+        got = (ls(a), ls(b))
+        if got != (sorted(want_a), sorted(want_b)):
+            print("want", want_a, want_b, "got", got)
+            sys.exit(1)
+names = ["f%03d" % i for i in range(300)]
+for n in names:
+    open(os.path.join(a, n), "w").close()
+check(names, [])
+os.unlink(os.path.join(a, "f007")); names.remove("f007")
+check(names, [])
+os.rename(os.path.join(a, "f008"), os.path.join(a, "g008")); names.remove("f008"); names.append("g008")
+check(names, [])
+os.rename(os.path.join(a, "f009"), os.path.join(b, "f009")); names.remove("f009")
+check(names, ["f009"])
+os.mkdir(os.path.join(b, "sub")); os.symlink("x", os.path.join(b, "ln"))
+os.link(os.path.join(a, "f010"), os.path.join(b, "hard"))
+check(names, ["f009", "sub", "ln", "hard"])
+os.rmdir(os.path.join(b, "sub"))
+check(names, ["f009", "ln", "hard"])
+# A listing in progress: scandir started, then a change, then a new listing.
+it = os.scandir(a); next(it)
+open(os.path.join(a, "late"), "w").close(); names.append("late")
+it.close()
+check(names, ["f009", "ln", "hard"])
+print("ok")
+"#;
+    let out = run(Command::new("python3").args(["-c", script]).arg(&mp));
+    assert_eq!(out.trim(), "ok", "{out}");
     m.stop();
 }
 

@@ -1395,6 +1395,72 @@ fn readdirplus_pages_match_readdir_with_attributes() {
     ));
 }
 
+/// A listing without a directory handle (the FUSE mount answers OPENDIR
+/// `ENOSYS`) checks the caller's read permission on every call, as
+/// `opendir` does once: the owner and root list, others get EACCES
+/// until the mode lets them read.
+#[test]
+fn listings_without_a_handle_check_read_permission() {
+    let fs = open_fs(None);
+    let root = Creds::root();
+    let owner = Creds {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![],
+    };
+    let other = Creds {
+        uid: 1001,
+        gid: 1001,
+        groups: vec![],
+    };
+    let d = fs.vfs.mkdir(&root, Ino::ROOT, b"d", 0o700).unwrap();
+    fs.vfs.mkdir(&root, d.ino, b"x", 0o755).unwrap();
+    let req = SetAttrRequest {
+        uid: Some(owner.uid),
+        gid: Some(owner.gid),
+        ..SetAttrRequest::default()
+    };
+    fs.vfs.setattr(&root, d.ino, &req).unwrap();
+    for c in [&root, &owner] {
+        assert_eq!(fs.vfs.readdir_as(c, d.ino, 0, 10).unwrap().len(), 3);
+        assert_eq!(fs.vfs.readdirplus_as(c, d.ino, 2, 10).unwrap().len(), 1);
+    }
+    let denied = |r: Result<usize, FsError>| matches!(r, Err(FsError::Access));
+    assert!(denied(
+        fs.vfs.readdir_as(&other, d.ino, 0, 10).map(|v| v.len())
+    ));
+    assert!(denied(
+        fs.vfs.readdirplus_as(&other, d.ino, 2, 10).map(|v| v.len())
+    ));
+    // Search permission alone does not list.
+    let chmod = |mode| SetAttrRequest {
+        perm: Some(mode),
+        ..SetAttrRequest::default()
+    };
+    fs.vfs.setattr(&owner, d.ino, &chmod(0o711)).unwrap();
+    assert!(denied(
+        fs.vfs.readdir_as(&other, d.ino, 0, 10).map(|v| v.len())
+    ));
+    fs.vfs.setattr(&owner, d.ino, &chmod(0o755)).unwrap();
+    assert_eq!(
+        fs.vfs.readdirplus_as(&other, d.ino, 0, 10).unwrap().len(),
+        3
+    );
+    // A file is not a directory, whoever asks.
+    let (f, fh) = fs.vfs.create(&root, d.ino, b"f", 0o644, RW, true).unwrap();
+    fs.vfs.release(fh).unwrap();
+    for c in [&root, &other] {
+        assert!(matches!(
+            fs.vfs.readdir_as(c, f.ino, 0, 10),
+            Err(FsError::NotDir)
+        ));
+        assert!(matches!(
+            fs.vfs.readdirplus_as(c, f.ino, 0, 10),
+            Err(FsError::NotDir)
+        ));
+    }
+}
+
 /// The reaper frees orphans in batches (one metadata transaction per 256):
 /// every unlinked closed file goes, with its uploaded blocks; a file still
 /// open, and one still linked under another name, stay intact.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use super::gc::{close_offline, open_offline};
-use super::mount::{FsArgs, resolve};
+use super::mount::{FsArgs, FuseFlags, resolve};
 use anyhow::Context;
 use clap::Args;
 use slicefs::meta::{BlockAddr, BlockMap, Problem};
@@ -41,7 +41,7 @@ pub struct FsckArgs {
 /// Bad options, a mounted (locked) or unreadable data directory, store
 /// errors.
 pub fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
-    let r = resolve(&args.fs, None, false)?;
+    let r = resolve(&args.fs, FuseFlags::default())?;
     if matches!(r.options.meta, slicefs::vfs::MetaKind::Postgres(_)) {
         anyhow::bail!(
             "slicefs fsck does not run on a shared (PostgreSQL) volume yet: other hosts may be \

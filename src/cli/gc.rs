@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use slicefs::vfs::open_fs;
 
-use super::mount::{FsArgs, open_error, parse_duration, resolve};
+use super::mount::{FsArgs, FuseFlags, open_error, parse_duration, resolve};
 
 /// `slicefs gc`.
 #[derive(Debug, Args)]
@@ -35,7 +35,7 @@ pub struct GcArgs {
 /// Bad options, a mounted (locked) or damaged data directory, store
 /// errors.
 pub fn gc(args: GcArgs) -> anyhow::Result<ExitCode> {
-    let r = resolve(&args.fs, None, false)?;
+    let r = resolve(&args.fs, FuseFlags::default())?;
     if matches!(r.options.meta, slicefs::vfs::MetaKind::Postgres(_)) {
         anyhow::bail!(
             "slicefs gc does not run on a shared (PostgreSQL) volume yet: other hosts may be \

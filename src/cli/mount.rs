@@ -128,6 +128,16 @@ pub struct MountArgs {
     /// Let other users access the mount (FUSE `allow_other`).
     #[arg(long, env = "SLICEFS_ALLOW_OTHER", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_other: bool,
+    /// Extended attributes (`setfattr`, `getfattr`, `cp --preserve=xattr`).
+    /// Off, every xattr call fails with `EOPNOTSUPP` (as on a file system
+    /// without them) and the kernel stops asking: the FUSE kernel module
+    /// caches no xattrs, so with them on `ls -l` costs a round trip per
+    /// file (it asks for `security.selinux`) and so does the first write
+    /// of each file (`security.capability`). Default: on when the file
+    /// system holds an extended attribute already, or is shared; off for
+    /// a new one (`--xattr` to turn them on).
+    #[arg(long, env = "SLICEFS_XATTR", num_args = 0..=1, default_missing_value = "true")]
+    pub xattr: Option<bool>,
     /// Mount over a directory that is not empty (its entries are hidden
     /// while mounted). Without it such a mountpoint is refused.
     #[arg(long)]
@@ -215,6 +225,7 @@ struct ConfigFile {
     free_space_ratio: Option<f64>,
     writeback_cache: Option<bool>,
     allow_other: Option<bool>,
+    xattr: Option<bool>,
     drain_timeout: Option<String>,
 }
 
@@ -264,6 +275,9 @@ pub(super) struct Resolved {
     writeback_cache: bool,
     /// `writeback_cache` was asked for (not the default).
     writeback_cache_asked: bool,
+    /// Extended attributes on or off; `None`: as the file system has them
+    /// (`MountArgs::xattr`).
+    xattr: Option<bool>,
     pub(super) drain_timeout: Duration,
 }
 
@@ -326,14 +340,23 @@ pub(super) fn meta_kind(meta: Option<&str>) -> anyhow::Result<MetaKind> {
     }
 }
 
-/// Resolves the file system options, and the mount-only ones given on the
-/// command line (`writeback_cache`, `allow_other`; `slicefs serve` passes
-/// none), with the config file and the defaults.
-pub(super) fn resolve(
-    args: &FsArgs,
-    writeback_cache: Option<bool>,
-    allow_other: bool,
-) -> anyhow::Result<Resolved> {
+/// The FUSE options given on the command line (`slicefs serve`, `fsck`
+/// and `gc` give none).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct FuseFlags {
+    pub(super) writeback_cache: Option<bool>,
+    pub(super) allow_other: bool,
+    pub(super) xattr: Option<bool>,
+}
+
+/// Resolves the file system options, and the FUSE ones given on the
+/// command line, with the config file and the defaults.
+pub(super) fn resolve(args: &FsArgs, flags: FuseFlags) -> anyhow::Result<Resolved> {
+    let FuseFlags {
+        writeback_cache,
+        allow_other,
+        xattr,
+    } = flags;
     let file: ConfigFile = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -436,6 +459,7 @@ pub(super) fn resolve(
         allow_other: allow_other || file.allow_other.unwrap_or(false),
         writeback_cache: writeback_cache.or(file.writeback_cache).unwrap_or(true),
         writeback_cache_asked: writeback_cache.or(file.writeback_cache) == Some(true),
+        xattr: xattr.or(file.xattr),
         drain_timeout,
     })
 }
@@ -498,7 +522,14 @@ fn check_mountpoint(mp: &Path, allow_non_empty: bool) -> anyhow::Result<()> {
 /// Bad options, an unusable store, a locked or corrupt data directory, a
 /// failed mount.
 pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
-    let r = resolve(&args.fs, args.writeback_cache, args.allow_other)?;
+    let r = resolve(
+        &args.fs,
+        FuseFlags {
+            writeback_cache: args.writeback_cache,
+            allow_other: args.allow_other,
+            xattr: args.xattr,
+        },
+    )?;
     check_mountpoint(&args.mountpoint, args.allow_non_empty)?;
     if args.background {
         return background(&args, &r);
@@ -515,7 +546,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
 /// # Errors
 /// As [`mount`], and an address that cannot be bound.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let r = resolve(&args.fs, None, false)?;
+    let r = resolve(&args.fs, FuseFlags::default())?;
     let nfs = NfsFront {
         addr: args.listen,
         squash_root: args.squash_root,
@@ -823,9 +854,14 @@ fn mount_fuse(
             "a shared volume is mounted without the write-back cache (close-to-open consistency)"
         );
     }
+    let xattr = r.xattr.unwrap_or_else(|| vfs.xattrs_exist());
+    if !xattr {
+        tracing::info!("extended attributes are off (--xattr to turn them on)");
+    }
     let fs = FuseFs::new(vfs.clone())
         .with_writeback_cache(r.writeback_cache && !others)
-        .with_other_writers(others);
+        .with_other_writers(others)
+        .with_xattr(xattr);
     let notifier_slot = fs.notifier_slot();
     let mount = fuse_mount::mount(
         fs,
@@ -1046,7 +1082,7 @@ mod tests {
             "--data-dir",
             "/from/cli",
         ]);
-        let r = resolve(&t.m.fs, None, false).unwrap();
+        let r = resolve(&t.m.fs, FuseFlags::default()).unwrap();
         assert_eq!(r.options.data_dir, PathBuf::from("/from/cli"));
         assert_eq!(r.options.cache.capacity_bytes, 256 << 20);
         assert_eq!(r.options.cache.dirty_max_bytes, 128 << 20);
@@ -1080,7 +1116,7 @@ mod tests {
     #[test]
     fn a_relative_data_dir_is_made_absolute() {
         let t = T::parse_from(["x", "/mnt", "--data-dir", "rel/dir"]);
-        let r = resolve(&t.m.fs, None, false).unwrap();
+        let r = resolve(&t.m.fs, FuseFlags::default()).unwrap();
         assert_eq!(
             r.options.data_dir,
             std::env::current_dir().unwrap().join("rel/dir")
@@ -1090,26 +1126,29 @@ mod tests {
     #[test]
     fn a_store_given_as_a_path_is_a_file_url() {
         let t = T::parse_from(["x", "/mnt", "--data-dir", "/d", "--store", "/srv/blocks"]);
-        let r = resolve(&t.m.fs, None, false).unwrap();
+        let r = resolve(&t.m.fs, FuseFlags::default()).unwrap();
         assert_eq!(r.options.store.unwrap().url, "file:///srv/blocks/");
         let t = T::parse_from(["x", "/mnt", "--data-dir", "/d", "--store", "s3://b/p"]);
-        let r = resolve(&t.m.fs, None, false).unwrap();
+        let r = resolve(&t.m.fs, FuseFlags::default()).unwrap();
         assert_eq!(r.options.store.unwrap().url, "s3://b/p");
     }
 
     #[test]
     fn bad_values_are_clear_errors() {
         let t = T::parse_from(["x", "/mnt", "--data-dir", "/d", "--cache-size", "lots"]);
-        let e = resolve(&t.m.fs, None, false).err().unwrap().to_string();
+        let e = resolve(&t.m.fs, FuseFlags::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("--cache-size"), "{e}");
         let t = T::parse_from(["x", "/mnt", "--data-dir", "/d", "--upload-delay", "soon"]);
-        assert!(resolve(&t.m.fs, None, false).is_err());
+        assert!(resolve(&t.m.fs, FuseFlags::default()).is_err());
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, "no_such_key = 1\n").unwrap();
         let t = T::parse_from(["x", "/mnt", "--config", cfg.to_str().unwrap()]);
         assert!(
-            resolve(&t.m.fs, None, false).is_err(),
+            resolve(&t.m.fs, FuseFlags::default()).is_err(),
             "unknown config keys are refused"
         );
     }

@@ -13,6 +13,12 @@
 //!   from `/proc/<pid>/status`; `slicefs mount` adds the kernel's
 //!   `default_permissions` when users other than root can reach the mount;
 //! - `FLUSH` is answered `ENOSYS`, so `close` costs no round trip;
+//! - without other writers `OPENDIR` is answered `ENOSYS`: no directory
+//!   handles, and the kernel caches listings (see
+//!   [`FuseFs::with_other_writers`]);
+//! - extended attributes may be turned off ([`FuseFs::with_xattr`]): the
+//!   kernel caches none, so each `ls -l` entry and each file's first
+//!   write costs a `GETXATTR` round trip while they are on;
 //! - FUSE threads block only on the log's sync and on reads that need the
 //!   object store; uploads run on the Tokio runtime;
 //! - optionally the kernel's write-back page cache
@@ -115,6 +121,12 @@ pub struct FuseFs {
     entry_ttl: Duration,
     /// Opens keep the kernel's page cache (`FOPEN_KEEP_CACHE`).
     keep_cache: bool,
+    /// Extended attribute requests are served ([`FuseFs::with_xattr`]).
+    xattr: bool,
+    /// `OPENDIR` makes a handle; otherwise it is answered `ENOSYS` and the
+    /// kernel lists directories without handles, and caches listings
+    /// (only without other writers, see [`FuseFs::with_other_writers`]).
+    dir_handles: bool,
     /// Set once mounted ([`FuseFs::notifier_slot`]): with other writers,
     /// an `open` drops the kernel's cached attributes of the file.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
@@ -152,13 +164,25 @@ impl FuseFs {
     /// (the kernel's buffer is 4 KiB to 128 KiB), and reads more in the
     /// same call while the reply has room. An error after some entries
     /// were taken ends the reply there.
+    ///
+    /// Handle 0 (no `OPENDIR`, see [`FuseFs::with_other_writers`]) is every
+    /// listing's at once, so it keeps no state.
     fn fill_listing(
         &self,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(u64, usize) -> Result<(Vec<u64>, usize, bool), FsError>,
     ) -> Result<(), FsError> {
-        let state = self.listing().get(&fh).copied().unwrap_or_default();
+        let remember = |l: Listing| {
+            if fh != 0 {
+                self.listing().insert(fh, l);
+            }
+        };
+        let state = if fh == 0 {
+            Listing::default()
+        } else {
+            self.listing().get(&fh).copied().unwrap_or_default()
+        };
         if state.end == Some(offset) {
             return Ok(());
         }
@@ -176,23 +200,17 @@ impl FuseFs {
                 at = last;
             }
             if full {
-                self.listing().insert(
-                    fh,
-                    Listing {
-                        fill: Some(taken),
-                        end: None,
-                    },
-                );
+                remember(Listing {
+                    fill: Some(taken),
+                    end: None,
+                });
                 return Ok(());
             }
             if got < limit {
-                self.listing().insert(
-                    fh,
-                    Listing {
-                        fill: state.fill,
-                        end: Some(at),
-                    },
-                );
+                remember(Listing {
+                    fill: state.fill,
+                    end: Some(at),
+                });
                 return Ok(());
             }
             limit = (limit * 2).min(4096);
@@ -215,6 +233,8 @@ impl FuseFs {
             ttl: TTL,
             entry_ttl: ENTRY_TTL,
             keep_cache: true,
+            xattr: true,
+            dir_handles: false,
             notifier: Arc::default(),
             listings: Mutex::new(HashMap::new()),
         }
@@ -235,11 +255,21 @@ impl FuseFs {
     /// open drops the file's page cache (close-to-open consistency, as NFS
     /// clients have it). Use it without the write-back cache, which makes
     /// the kernel the owner of sizes and times.
+    ///
+    /// Directories then get handles at `OPENDIR`, whose replies ask the
+    /// kernel to cache nothing. Without other writers `OPENDIR` is
+    /// answered `ENOSYS` (`FUSE_NO_OPENDIR_SUPPORT`, Linux 5.1): the
+    /// kernel sends no `OPENDIR` or `RELEASEDIR` again (two round trips
+    /// per directory listed), keeps each directory's listing in its page
+    /// cache (dropped when a change through this mount touches the
+    /// directory), and `READDIR`s carry handle 0, so each checks the
+    /// caller's read permission itself.
     pub fn with_other_writers(mut self, on: bool) -> FuseFs {
         if on {
             self.ttl = SHARED_TTL;
             self.entry_ttl = SHARED_TTL;
             self.keep_cache = false;
+            self.dir_handles = true;
         }
         self
     }
@@ -286,6 +316,19 @@ impl FuseFs {
     /// by the kernel itself where that is missing.
     pub fn with_writeback_cache(mut self, on: bool) -> FuseFs {
         self.writeback_cache = on;
+        self
+    }
+
+    /// Extended attributes on (the default) or off. Off, `GETXATTR`,
+    /// `LISTXATTR`, `SETXATTR` and `REMOVEXATTR` are answered `ENOSYS`:
+    /// the kernel then fails every xattr call with `EOPNOTSUPP` without
+    /// asking again, as on a file system without them, and stops the
+    /// `GETXATTR`s it sends by itself (`security.selinux` for each entry
+    /// `ls -l` lists, `security.capability` at a file's first write),
+    /// each a round trip since FUSE caches no xattrs. Attributes already
+    /// stored are kept, and are there again when mounted with them on.
+    pub fn with_xattr(mut self, on: bool) -> FuseFs {
+        self.xattr = on;
         self
     }
 
@@ -857,6 +900,9 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
         let _t = OpTimer::start("opendir");
+        if !self.dir_handles {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         match self.vfs.opendir(&self.creds(req), Ino(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -865,15 +911,19 @@ impl Filesystem for FuseFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let _t = OpTimer::start("readdir");
+        let creds = (fh.0 == 0).then(|| self.creds(req));
         let r = self.fill_listing(fh.0, offset, |at, limit| {
-            let entries = self.vfs.readdir(Ino(ino.0), at, limit)?;
+            let entries = match &creds {
+                Some(c) => self.vfs.readdir_as(c, Ino(ino.0), at, limit)?,
+                None => self.vfs.readdir(Ino(ino.0), at, limit)?,
+            };
             let got = entries.len();
             let mut added = Vec::new();
             for e in entries {
@@ -897,15 +947,19 @@ impl Filesystem for FuseFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let _t = OpTimer::start("readdirplus");
+        let creds = (fh.0 == 0).then(|| self.creds(req));
         let r = self.fill_listing(fh.0, offset, |at, limit| {
-            let entries = self.vfs.readdirplus(Ino(ino.0), at, limit)?;
+            let entries = match &creds {
+                Some(c) => self.vfs.readdirplus_as(c, Ino(ino.0), at, limit)?,
+                None => self.vfs.readdirplus(Ino(ino.0), at, limit)?,
+            };
             let got = entries.len();
             let mut added = Vec::new();
             for (e, a) in entries {
@@ -988,6 +1042,9 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _t = OpTimer::start("setxattr");
+        if !self.xattr {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         let f = XattrFlags {
             create: flags & libc::XATTR_CREATE != 0,
             replace: flags & libc::XATTR_REPLACE != 0,
@@ -1001,6 +1058,9 @@ impl Filesystem for FuseFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _t = OpTimer::start("getxattr");
+        if !self.xattr {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         match self
             .vfs
             .getxattr(&self.creds(req), Ino(ino.0), name.as_bytes())
@@ -1014,6 +1074,9 @@ impl Filesystem for FuseFs {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _t = OpTimer::start("listxattr");
+        if !self.xattr {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         match self.vfs.listxattr(&self.creds(req), Ino(ino.0)) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -1035,6 +1098,9 @@ impl Filesystem for FuseFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _t = OpTimer::start("removexattr");
+        if !self.xattr {
+            return reply.error(Errno::from_i32(libc::ENOSYS));
+        }
         empty(
             reply,
             self.vfs

@@ -567,6 +567,13 @@ impl Vfs {
         self.config.shared
     }
 
+    /// Whether the file system may hold extended attributes: it held one
+    /// at start or one was set since, or it is shared (another host may
+    /// set one).
+    pub fn xattrs_exist(&self) -> bool {
+        self.xattrs_exist.load(Ordering::Acquire)
+    }
+
     /// The slice cache.
     pub fn cache(&self) -> &Arc<SliceCache> {
         &self.cache
@@ -1591,9 +1598,38 @@ impl Vfs {
     /// # Errors
     /// `ENOTDIR`, `ENOENT`.
     pub fn readdir(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<DirEntry>> {
+        self.readdir_checked(None, ino, offset, limit)
+    }
+
+    /// [`Vfs::readdir`] for `creds`, who must have read permission on the
+    /// directory: for a front end that lists without an open handle
+    /// ([`Vfs::opendir`] checks it otherwise).
+    ///
+    /// # Errors
+    /// As [`Vfs::readdir`], and `EACCES`.
+    pub fn readdir_as(
+        &self,
+        creds: &Creds,
+        ino: Ino,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<DirEntry>> {
+        self.readdir_checked(Some(creds), ino, offset, limit)
+    }
+
+    fn readdir_checked(
+        &self,
+        creds: Option<&Creds>,
+        ino: Ino,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<DirEntry>> {
         let a = self.attr(ino)?;
         if a.kind != FileKind::Directory {
             return Err(FsError::NotDir);
+        }
+        if let Some(c) = creds {
+            perm::check(c, &a, Access::READ)?;
         }
         let mut out = dot_entries(ino, &a, offset);
         let after = offset.saturating_sub(2);
@@ -1618,6 +1654,30 @@ impl Vfs {
         offset: u64,
         limit: usize,
     ) -> Result<Vec<(DirEntry, Inode)>> {
+        self.readdirplus_checked(None, ino, offset, limit)
+    }
+
+    /// [`Vfs::readdirplus`] for `creds`, as [`Vfs::readdir_as`].
+    ///
+    /// # Errors
+    /// As [`Vfs::readdir`], and `EACCES`.
+    pub fn readdirplus_as(
+        &self,
+        creds: &Creds,
+        ino: Ino,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<(DirEntry, Inode)>> {
+        self.readdirplus_checked(Some(creds), ino, offset, limit)
+    }
+
+    fn readdirplus_checked(
+        &self,
+        creds: Option<&Creds>,
+        ino: Ino,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<(DirEntry, Inode)>> {
         // `.` and `..` are positions 1 and 2; one transaction reads the
         // directory, its parent if `..` is due, and the entries.
         let dots = 2u64.saturating_sub(offset) as usize;
@@ -1628,6 +1688,9 @@ impl Vfs {
             dots > 0,
         )?;
         let a = self.overlay(page.dir);
+        if let Some(c) = creds {
+            perm::check(c, &a, Access::READ)?;
+        }
         let mut out = Vec::with_capacity(dots + page.entries.len());
         for e in dot_entries(ino, &a, offset) {
             let attr = match (&page.parent, e.ino == ino) {
