@@ -413,7 +413,7 @@ impl Drop for Buf {
 /// Bytes copied out of the cache for an upload: one range of a
 /// [`BlockSnapshot`](crate::BlockSnapshot).
 ///
-/// They sit in a buffer of their own. From [`POOL_MIN`] (128 KiB) on it
+/// They sit in a buffer of their own. From 128 KiB on it
 /// comes from the cache's pool, so an upload in steady state copies into
 /// memory that is already faulted in (huge pages from 2 MiB) instead of
 /// a fresh mapping: a snapshot of a 4 MiB block copied into new memory
