@@ -576,17 +576,20 @@ impl Tx for SqlTx<'_, '_> {
         Ok(st.exists(params![dir.0 as i64])?)
     }
 
+    // The listings take `limit` rows off a query without LIMIT: with
+    // `LIMIT ?3`, SQLite re-prepared the cached statement whenever the
+    // value bound differed from the last one (it plans with the value;
+    // `sqlite3Reprepare` under `sqlite3_step` in perf), and the limit
+    // changes from one reply to the next: a parse and a plan per
+    // READDIRPLUS. The rows come in index order (`dentries_cookie`), so
+    // the walk stops after `limit` of them.
     fn list_dir(&mut self, dir: Ino, after: u64, limit: usize) -> Result<Vec<DirEntry>> {
         let mut st = self.tx.prepare_cached(
             "SELECT name, ino, kind, cookie FROM dentries WHERE parent = ?1 AND cookie > ?2 \
-             ORDER BY cookie LIMIT ?3",
+             ORDER BY cookie",
         )?;
         let rows = st.query_map(
-            params![
-                dir.0 as i64,
-                after.min(i64::MAX as u64) as i64,
-                limit.min(i64::MAX as usize) as i64
-            ],
+            params![dir.0 as i64, after.min(i64::MAX as u64) as i64],
             |r| {
                 Ok(DirEntry {
                     name: r.get(0)?,
@@ -596,7 +599,7 @@ impl Tx for SqlTx<'_, '_> {
                 })
             },
         )?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        Ok(rows.take(limit).collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     fn list_dir_plus(
@@ -605,21 +608,17 @@ impl Tx for SqlTx<'_, '_> {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(DirEntry, Inode)>> {
-        // The entries first (the same page of the listing as `list_dir`),
-        // then their inodes: one statement instead of one per entry.
+        // The entries (the same page of the listing as `list_dir`) joined
+        // with their inodes: one statement instead of one per entry.
         let mut st = self.tx.prepare_cached(concat!(
             "SELECT ",
             inode_cols!(),
             ", d.name, d.cookie FROM (SELECT name, cookie, ino AS dino FROM dentries \
-             WHERE parent = ?1 AND cookie > ?2 ORDER BY cookie LIMIT ?3) AS d \
+             WHERE parent = ?1 AND cookie > ?2) AS d \
              JOIN inodes ON inodes.ino = d.dino ORDER BY d.cookie"
         ))?;
         let rows = st.query_map(
-            params![
-                dir.0 as i64,
-                after.min(i64::MAX as u64) as i64,
-                limit.min(i64::MAX as usize) as i64
-            ],
+            params![dir.0 as i64, after.min(i64::MAX as u64) as i64],
             |r| {
                 let i = row_inode(r)?;
                 let e = DirEntry {
@@ -631,7 +630,7 @@ impl Tx for SqlTx<'_, '_> {
                 Ok((e, i))
             },
         )?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        Ok(rows.take(limit).collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     fn next(&mut self, counter: &'static str) -> Result<u64> {
