@@ -263,7 +263,10 @@ impl FuseFs {
     /// per directory listed), keeps each directory's listing in its page
     /// cache (dropped when a change through this mount touches the
     /// directory), and `READDIR`s carry handle 0, so each checks the
-    /// caller's read permission itself.
+    /// caller's read permission itself. A listing the kernel cached is
+    /// served without asking, as cached entries are looked up: a mount
+    /// that users other than its owner can reach needs the kernel's
+    /// `default_permissions` (which `slicefs mount` adds then).
     pub fn with_other_writers(mut self, on: bool) -> FuseFs {
         if on {
             self.ttl = SHARED_TTL;
