@@ -451,6 +451,12 @@ impl SnapBytes {
         *self = grown;
     }
 
+    /// Bytes of the buffer behind this range (its length and the room
+    /// reserved after it).
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
     /// The bytes as a [`bytes::Bytes`], without a copy; the buffer goes
     /// back to the pool when that is dropped.
     pub fn into_bytes(self) -> bytes::Bytes {

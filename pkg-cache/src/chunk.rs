@@ -613,12 +613,26 @@ impl Chunk {
         budget: &mut usize,
         pool: &Arc<Pool>,
     ) -> Vec<BlockSnapshot> {
-        // Pending bytes per block, to choose blocks before copying anything.
+        // Pending bytes per block, to choose blocks before copying
+        // anything, and the length of each run of adjacent pending bytes
+        // within a block (by its start), to size each range's buffer once.
         let mut pending = [0u64; BLOCKS_PER_CHUNK as usize];
+        let mut runs: Vec<(u32, usize)> = Vec::new();
+        let mut run_end = None;
         for (&s, e) in &self.extents {
-            if e.state == State::Pending {
-                pending[block_of(s) as usize] += e.bytes().len() as u64;
+            if e.state != State::Pending {
+                run_end = None;
+                continue;
             }
+            let n = e.bytes().len();
+            pending[block_of(s) as usize] += n as u64;
+            match runs.last_mut() {
+                Some((start, len)) if run_end == Some(s) && block_of(*start) == block_of(s) => {
+                    *len += n;
+                }
+                _ => runs.push((s, n)),
+            }
+            run_end = Some(s + n as u32);
         }
         let mut chosen = [false; BLOCKS_PER_CHUNK as usize];
         for (b, &n) in pending.iter().enumerate() {
@@ -649,17 +663,18 @@ impl Chunk {
             }
             let snap = out.last_mut().expect("pushed above");
             snap.lsn = snap.lsn.max(e.lsn);
-            let left = &mut pending[block as usize];
             match snap.ranges.last_mut() {
                 Some((o, b)) if *o + b.len() as u32 == s => b.extend(pool, e.bytes()),
-                // Room for every pending byte of the block not copied
-                // yet (a bound on this range), so the range never grows
-                // by copying.
-                _ => snap
-                    .ranges
-                    .push((s, SnapBytes::copy_of(pool, *left as usize, e.bytes()))),
+                // Room for the whole run that starts here, so the range
+                // never grows by copying.
+                _ => {
+                    let run = runs
+                        .binary_search_by_key(&s, |&(start, _)| start)
+                        .map_or(0, |i| runs[i].1);
+                    snap.ranges
+                        .push((s, SnapBytes::copy_of(pool, run, e.bytes())));
+                }
             }
-            *left = left.saturating_sub(e.bytes().len() as u64);
             if e.buf.check(e.bytes()).is_err() {
                 // The only copy of these pending bytes is a log page the
                 // disk could not read: never upload the zeros read in its

@@ -799,3 +799,36 @@ fn eviction_queue_follows_clean_chunks_not_files_written() {
         c.debug_lru_len()
     );
 }
+
+/// A snapshot's buffers follow the bytes it holds: each range is sized
+/// for its own run of adjacent pending bytes, so a block written at every
+/// other page (512 ranges) takes about its 2 MiB, not a buffer per range
+/// sized for the rest of the block (700 MiB once). Adjacent writes still
+/// land in one range with room for all of them.
+#[test]
+fn snapshot_buffers_are_sized_by_their_runs() {
+    let c = cache_with(1 << 30, 1 << 30, Duration::from_secs(5));
+    for i in 0..512u64 {
+        put(&c, F, i * 8192, &[i as u8; 4096], i + 1);
+    }
+    let snaps = c.dirty_blocks(F);
+    assert_eq!(snaps.len(), 1);
+    let s = &snaps[0];
+    assert_eq!(s.ranges.len(), 512);
+    let held: usize = s.ranges.iter().map(|(_, b)| b.capacity()).sum();
+    assert_eq!(held, 512 * 4096, "each range exactly its 4 KiB");
+    assert!(s.ranges.iter().all(|(o, b)| b[0] == (o / 8192) as u8));
+    c.abort_snapshot(s);
+
+    let g = FileId(2);
+    for i in 0..4u64 {
+        put(&c, g, i * MIB, &vec![7u8; MIB as usize], i + 1);
+    }
+    let snaps = c.dirty_blocks(g);
+    assert_eq!(snaps[0].ranges.len(), 1);
+    let (_, b) = &snaps[0].ranges[0];
+    assert_eq!(
+        (b.len(), b.capacity()),
+        (4 * MIB as usize, 4 * MIB as usize)
+    );
+}

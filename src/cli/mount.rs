@@ -135,8 +135,16 @@ pub struct MountArgs {
     /// file (it asks for `security.selinux`) and so does the first write
     /// of each file (`security.capability`). Default: on when the file
     /// system holds an extended attribute already, or is shared; off for
-    /// a new one (`--xattr` to turn them on).
-    #[arg(long, env = "SLICEFS_XATTR", num_args = 0..=1, default_missing_value = "true")]
+    /// a new one (`--xattr` or `--xattr=true` to turn them on,
+    /// `--xattr=false` off).
+    #[arg(
+        long,
+        env = "SLICEFS_XATTR",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub xattr: Option<bool>,
     /// Mount over a directory that is not empty (its entries are hidden
     /// while mounted). Without it such a mountpoint is refused.

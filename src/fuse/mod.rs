@@ -539,6 +539,13 @@ impl Filesystem for FuseFs {
                 tracing::debug!(?missing, "the kernel lacks a FUSE capability");
             }
         }
+        // Before Linux 5.1 an ENOSYS to OPENDIR fails the open instead.
+        if !self.dir_handles
+            && let Err(missing) = config.add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+        {
+            tracing::debug!(?missing, "the kernel needs directory handles");
+            self.dir_handles = true;
+        }
         if self.writeback_cache
             && let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
         {
