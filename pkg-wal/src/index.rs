@@ -129,6 +129,11 @@ impl LiveIndex {
         self.seg_live.range(..boundary).map(|(_, v)| v).sum()
     }
 
+    /// Live bytes of the segment keyed `seg`.
+    pub(crate) fn live_bytes_in(&self, seg: u64) -> u64 {
+        self.seg_live.get(&seg).copied().unwrap_or(0)
+    }
+
     fn drop_bytes(seg_live: &mut BTreeMap<u64, u64>, seg: u64, n: u64) {
         if let Some(v) = seg_live.get_mut(&seg) {
             *v -= n.min(*v);

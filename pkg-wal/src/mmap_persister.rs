@@ -175,6 +175,8 @@ struct Shared<S: Storage> {
     syncer_idle: AtomicBool,
     reclaim_lock: Mutex<()>,
     reclaim_barrier: Mutex<Option<Arc<crate::ReclaimBarrier>>>,
+    /// Live bytes compactions copied since open.
+    copied: AtomicU64,
 }
 
 /// The log on segment files: appended with `pwritev`, read (recovery,
@@ -504,6 +506,7 @@ impl<S: Storage> MmapPersister<S> {
             bg_cv: Condvar::new(),
             reclaim_lock: Mutex::new(()),
             reclaim_barrier: Mutex::new(None),
+            copied: AtomicU64::new(0),
             config,
         });
         let mut threads = Vec::new();
@@ -551,6 +554,24 @@ impl<S: Storage> MmapPersister<S> {
     /// Slice bytes not yet flushed (what reclaim must keep).
     pub fn live_bytes(&self) -> u64 {
         lock(&self.shared.inner).index.live_bytes()
+    }
+
+    /// Live slice bytes that compactions copied into new files since
+    /// open: the log's write amplification from reclaim, in bytes.
+    pub fn compaction_copied_bytes(&self) -> u64 {
+        self.shared.copied.load(Ordering::Relaxed)
+    }
+
+    /// What background reclaim does when a segment fills
+    /// (`auto_reclaim`): compacts the sealed segments only where that pays
+    /// for itself, and drops a leading run of wholly flushed segments
+    /// without copying a byte (see `doc/DESIGN.md`, "Reclaim").
+    /// [`Persister::reclaim`] compacts every sealed segment.
+    ///
+    /// # Errors
+    /// As [`Persister::reclaim`].
+    pub fn reclaim_auto(&self) -> Result<ReclaimStats> {
+        self.shared.reclaim(false)
     }
 
     /// The storage under the log.
@@ -793,20 +814,48 @@ impl<S: Storage> Shared<S> {
     }
 
     fn maybe_request_reclaim(&self, inner: &Inner<S::File>) {
-        if !self.config.auto_reclaim {
-            return;
-        }
-        let boundary = inner.active.header.first_lsn.0;
-        let sealed: u64 = inner
-            .segments
-            .range(..boundary)
-            .map(|(_, s)| s.file.published())
-            .sum();
-        let live = inner.index.live_bytes_below(boundary);
-        let dead = sealed.saturating_sub(live);
-        if dead >= live.max(self.config.segment_bytes) {
+        if self.config.auto_reclaim && self.auto_boundary(inner).is_some() {
             lock(&self.bg).reclaim_requested = true;
             self.bg_cv.notify_all();
+        }
+    }
+
+    /// Where an automatic reclaim ends (the LSN below which it rewrites
+    /// the sealed segments), or `None` when it would gain too little:
+    /// - all sealed segments, when rewriting them pays for itself: the
+    ///   dead bytes among them (outside a leading run of wholly dead
+    ///   segments) are at least their live bytes and one segment;
+    /// - else the leading run of sealed segments that hold no live byte
+    ///   (unless it is only a compacted segment of a header alone): those
+    ///   go without a byte copied (such a header-only segment takes their
+    ///   place). Uploads finish roughly in the order bytes were written,
+    ///   so under a steady stream of writes this is the usual case, and
+    ///   the log is not rewritten while uploads catch up.
+    fn auto_boundary(&self, inner: &Inner<S::File>) -> Option<u64> {
+        let sealed_end = inner.active.header.first_lsn.0;
+        let mut sealed = 0;
+        let mut prefix = 0;
+        let mut prefix_end = None;
+        for (&key, s) in inner.segments.range(..sealed_end) {
+            let bytes = s.file.published();
+            sealed += bytes;
+            if prefix_end.is_none() {
+                if inner.index.live_bytes_in(key) == 0 {
+                    prefix += bytes;
+                } else {
+                    prefix_end = Some(key);
+                }
+            }
+        }
+        let live = inner.index.live_bytes_below(sealed_end);
+        let dead_rest = sealed.saturating_sub(live).saturating_sub(prefix);
+        let segment = self.config.segment_bytes;
+        if dead_rest >= live.max(segment) {
+            Some(sealed_end)
+        } else if prefix > HEADER_LEN as u64 {
+            Some(prefix_end.unwrap_or(sealed_end))
+        } else {
+            None
         }
     }
 
@@ -942,7 +991,7 @@ impl<S: Storage> Shared<S> {
                 }
                 bg.reclaim_requested = false;
             }
-            match self.reclaim() {
+            match self.reclaim(false) {
                 Ok(s) => tracing::debug!(?s, "log compacted"),
                 Err(e) => tracing::warn!(error = %e, "log compaction failed; will retry"),
             }
@@ -975,14 +1024,23 @@ impl<S: Storage> Shared<S> {
         Ok(())
     }
 
-    /// Compacts all sealed segments into one file holding only live
-    /// slice bytes. See `doc/DESIGN.md`, "Reclaim".
-    fn reclaim(&self) -> Result<ReclaimStats> {
+    /// Compacts the sealed segments (all of them with `whole`, else
+    /// those [`Shared::auto_boundary`] picks) into one file holding only
+    /// their live slice bytes. See `doc/DESIGN.md`, "Reclaim".
+    fn reclaim(&self, whole: bool) -> Result<ReclaimStats> {
         let _one = lock(&self.reclaim_lock);
         self.check_usable()?;
         let (group, boundary, parts, total, snapshot_lsn) = {
             let inner = lock(&self.inner);
-            let boundary = inner.active.header.first_lsn.0;
+            let sealed_end = inner.active.header.first_lsn.0;
+            let boundary = if whole {
+                sealed_end
+            } else {
+                match self.auto_boundary(&inner) {
+                    Some(b) => b,
+                    None => return Ok(ReclaimStats::default()),
+                }
+            };
             let group: Vec<Arc<Segment<S::File>>> = inner
                 .segments
                 .range(..boundary)
@@ -1123,6 +1181,7 @@ impl<S: Storage> Shared<S> {
             }
         }
         lock(&self.inner).dir_dirty = true;
+        self.copied.fetch_add(live_bytes, Ordering::Relaxed);
         Ok(ReclaimStats {
             segments_compacted: group.len() as u64,
             bytes_before,
@@ -1205,7 +1264,7 @@ impl<S: Storage> Persister for MmapPersister<S> {
     }
 
     fn reclaim(&self) -> Result<ReclaimStats> {
-        self.shared.reclaim()
+        self.shared.reclaim(true)
     }
 
     fn reclaim_all(&self) -> Result<ReclaimStats> {
@@ -1213,7 +1272,7 @@ impl<S: Storage> Persister for MmapPersister<S> {
         if let Err(e) = self.shared.seal() {
             tracing::debug!(error = %e, "sealing the active segment failed");
         }
-        self.shared.reclaim()
+        self.shared.reclaim(true)
     }
 
     fn close(&self) -> Result<()> {
