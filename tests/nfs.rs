@@ -673,6 +673,14 @@ fn concurrent_clients_lose_nothing() {
         (n, seen.len()),
         ((clients * per) as usize, (clients * per) as usize)
     );
+    // The handles the VFS kept for those calls go about a second after
+    // the last one (`KEEP_IDLE`), with no call to make them.
+    assert!(s.vfs.kept_handles() > 0, "handles kept between calls");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.vfs.kept_handles() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.vfs.kept_handles(), 0, "idle handles released");
     s.close();
 }
 

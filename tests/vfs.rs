@@ -1623,6 +1623,52 @@ fn io_by_inode_checks_each_call_and_reports_eof() {
     });
 }
 
+/// I/O by inode keeps one handle per file and direction between calls:
+/// released when idle (their size then in metadata) or at the file's last
+/// unlink; a crash before either loses no size (it is in the log).
+#[test]
+fn handles_kept_for_io_by_inode_go_when_idle_or_unlinked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Creds::root();
+    let (ino, other) = {
+        let fs = open_fs(Some(dir.path()));
+        let v = &fs.vfs;
+        let ino = write_file(&fs, &root, Ino::ROOT, "f", b"");
+        for i in 0..3u64 {
+            v.write_at(&root, ino, i * 4, b"abcd", Stability::Unstable)
+                .unwrap();
+        }
+        assert_eq!(v.kept_handles(), 1, "one handle for the writes");
+        v.read_at(&root, ino, 0, 4).unwrap();
+        assert_eq!(v.kept_handles(), 2, "and one for reading");
+        v.release_idle(Duration::from_secs(3600)).unwrap();
+        assert_eq!(v.kept_handles(), 2, "not idle for an hour yet");
+        v.release_idle(Duration::ZERO).unwrap();
+        assert_eq!(v.kept_handles(), 0);
+        assert_eq!(v.getattr(ino).unwrap().size, 12);
+        // Unlinked: its kept handle goes, and the file is freed.
+        let gone = write_file(&fs, &root, Ino::ROOT, "g", b"");
+        v.write_at(&root, gone, 0, b"x", Stability::Unstable)
+            .unwrap();
+        assert_eq!(v.kept_handles(), 1);
+        v.unlink(&root, Ino::ROOT, b"g").unwrap();
+        assert_eq!(v.kept_handles(), 0);
+        v.syncfs().unwrap();
+        assert_eq!(errno(v.read_at(&root, gone, 0, 1)), libc::ENOENT);
+        // Written and still kept at the crash.
+        let other = write_file(&fs, &root, Ino::ROOT, "h", b"");
+        v.write_at(&root, other, 0, b"kept at the crash", Stability::Unstable)
+            .unwrap();
+        assert_eq!(v.kept_handles(), 1);
+        fs.crash();
+        (ino, other)
+    };
+    let fs = open_fs(Some(dir.path()));
+    assert_eq!(read_all(&fs, ino), b"abcdabcdabcd");
+    assert_eq!(read_all(&fs, other), b"kept at the crash");
+    fs.unmount();
+}
+
 /// A stable write, and unstable writes followed by a commit, are in the
 /// file after a crash, size included.
 #[test]

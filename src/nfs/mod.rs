@@ -85,6 +85,10 @@ const RECORD_SLACK: usize = 64 << 10;
 /// How long [`Server::serve`] waits, after its shutdown future resolved,
 /// for the calls in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a file handle the VFS keeps open for READ, WRITE and COMMIT
+/// stays open with no call on it ([`Vfs::release_idle`]), and how often
+/// idle ones are released.
+pub const KEEP_IDLE: Duration = Duration::from_secs(1);
 /// The smallest and largest `max_io` (bytes).
 const MAX_IO_RANGE: (u32, u32) = (4096, 16 << 20);
 
@@ -188,9 +192,12 @@ impl Server {
         let stop = CancellationToken::new();
         let mut conns = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut sweep = tokio::time::interval(KEEP_IDLE);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                _ = sweep.tick() => release_idle(&shared, KEEP_IDLE).await,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         if let Err(e) = stream.set_nodelay(true) {
@@ -226,7 +233,20 @@ impl Server {
             );
             conns.shutdown().await;
         }
+        release_idle(&shared, Duration::ZERO).await;
         Ok(())
+    }
+}
+
+/// Releases the file handles the VFS kept for calls that have been idle
+/// for `idle` (on the blocking pool: a release writes metadata). A
+/// failure is logged; the handles are gone all the same.
+async fn release_idle(shared: &Arc<Shared>, idle: Duration) {
+    let vfs = shared.vfs.clone();
+    match tokio::task::spawn_blocking(move || vfs.release_idle(idle)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "releasing idle NFS file handles"),
+        Err(e) => tracing::warn!(error = %e, "releasing idle NFS file handles panicked"),
     }
 }
 

@@ -291,6 +291,9 @@ pub struct Vfs {
     nodes: Arc<Mutex<HashMap<Ino, Arc<Node>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Handles that stateless calls keep open between calls
+    /// ([`stateless`]).
+    kept: Mutex<stateless::Kept>,
     /// Whether any inode may have an extended attribute (false only
     /// while none ever had one: see [`Vfs::getxattr`]).
     xattrs_exist: AtomicBool,
@@ -360,6 +363,7 @@ impl Vfs {
             nodes,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            kept: Mutex::new(stateless::Kept::default()),
             xattrs_exist,
         };
         let rec = vfs.recover(report)?;
@@ -1493,9 +1497,15 @@ impl Vfs {
                 .unlink_as(parent, name, Timespec::now(), &policy(creds))
         })?;
         if let Some(n) = self.node(a.ino) {
-            let mut st = lock(&n.state);
-            st.attr.nlink = a.nlink;
-            st.attr.ctime = a.ctime;
+            {
+                let mut st = lock(&n.state);
+                st.attr.nlink = a.nlink;
+                st.attr.ctime = a.ctime;
+            }
+            if a.nlink == 0 {
+                // Its last handle may be one a stateless call kept.
+                self.drop_kept(a.ino)?;
+            }
             return Ok(());
         }
         if a.nlink == 0 {
@@ -1548,6 +1558,9 @@ impl Vfs {
         if let Some(old) = replaced {
             if let Some(n) = self.node(old.ino) {
                 lock(&n.state).attr.nlink = old.nlink;
+                if old.nlink == 0 {
+                    self.drop_kept(old.ino)?;
+                }
             } else if old.nlink == 0 {
                 self.orphaned(old.ino)?;
             }

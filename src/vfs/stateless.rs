@@ -12,12 +12,20 @@
 //! number names one file for the life of the file system; a freed inode
 //! answers `ENOENT`, which an NFS server turns into `NFS3ERR_STALE`.
 //!
-//! A call opens a transient handle around the existing handle path, so
-//! size, times and set-id rules are those of `write(2)`; the size and
-//! times reach metadata when the call ends (one metadata transaction per
-//! write call; a size is recovered from the log after a crash anyway).
+//! Calls go through an ordinary handle, so size, times and set-id rules
+//! are those of `write(2)`. As knfsd's file cache does, the handle is kept
+//! open between calls (one for reading, one for writing, per inode) and
+//! released once idle ([`Vfs::release_idle`], which the front end calls
+//! about every second): a stream of WRITEs then costs no metadata
+//! transaction each (the size and times reach metadata at COMMIT, at a
+//! stable write, or when the handle is released; a size is recovered from
+//! the log after a crash anyway). The last unlink of a file drops its
+//! kept handles, so it is freed as if no handle had been kept.
 
-use super::{Access, Creds, FileKind, FsError, Ino, OpenFlags, Result, Vfs, perm};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::{Access, Creds, FileKind, FsError, Ino, OpenFlags, Result, Vfs, lock, perm};
 
 /// How much of a write must be durable before [`Vfs::write_at`] returns:
 /// NFSv3's `stable_how` (RFC 1813, WRITE3args).
@@ -33,10 +41,28 @@ pub enum Stability {
     FileSync,
 }
 
+/// The handles stateless calls keep, by inode and whether it writes.
+#[derive(Default)]
+pub(super) struct Kept {
+    handles: HashMap<(Ino, bool), KeptHandle>,
+}
+
+struct KeptHandle {
+    fh: u64,
+    /// Calls running on it: it is released only when none is.
+    busy: u32,
+    /// When the last call on it ended.
+    used: Instant,
+    /// The file lost its last link while a call ran on it: released
+    /// when that call ends.
+    doomed: bool,
+}
+
 impl Vfs {
-    /// A transient handle on regular file `ino` for `creds`, checked for
-    /// `mask` (the owner passes), run through `f`, then released.
-    fn with_transient<T>(
+    /// A handle on regular file `ino` for `creds`, checked for `flags`
+    /// (the owner passes), run through `f`: the one kept for `ino` (for
+    /// writing, if `flags` write), or a new one, kept afterwards.
+    fn with_kept<T>(
         &self,
         creds: &Creds,
         ino: Ino,
@@ -45,12 +71,120 @@ impl Vfs {
     ) -> Result<T> {
         let a = self.attr(ino)?;
         check_io(creds, &a, flags)?;
-        let fh = self.open_node(&a, flags)?;
+        let key = (ino, flags.write);
+        let fh = {
+            let mut kept = lock(&self.kept);
+            match kept.handles.get_mut(&key) {
+                Some(k) => {
+                    k.busy += 1;
+                    k.fh
+                }
+                None => {
+                    let fh = self.open_node(
+                        &a,
+                        OpenFlags {
+                            read: true,
+                            write: flags.write,
+                            ..OpenFlags::default()
+                        },
+                    )?;
+                    kept.handles.insert(
+                        key,
+                        KeptHandle {
+                            fh,
+                            busy: 1,
+                            used: Instant::now(),
+                            doomed: false,
+                        },
+                    );
+                    fh
+                }
+            }
+        };
         let r = f(fh);
-        let released = self.release(fh);
-        let out = r?;
-        released?;
-        Ok(out)
+        let release = {
+            let mut kept = lock(&self.kept);
+            let k = kept.handles.get_mut(&key);
+            match k {
+                Some(k) => {
+                    k.busy -= 1;
+                    k.used = Instant::now();
+                    if k.doomed && k.busy == 0 {
+                        kept.handles.remove(&key).map(|k| k.fh)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        if let Some(fh) = release {
+            self.release(fh)?;
+        }
+        r
+    }
+
+    /// Releases the handles stateless calls kept that no call has used for
+    /// `idle` (all that no call is using, for `Duration::ZERO`): their
+    /// sizes and times go to metadata, and a file unlinked meanwhile is
+    /// freed. A front end calls this about every second, and with
+    /// `Duration::ZERO` when it stops.
+    ///
+    /// # Errors
+    /// The first failure to release one (`EIO` from metadata); the others
+    /// are released all the same.
+    pub fn release_idle(&self, idle: Duration) -> Result<()> {
+        let now = Instant::now();
+        let gone: Vec<u64> = {
+            let mut kept = lock(&self.kept);
+            let mut gone = Vec::new();
+            kept.handles.retain(|_, k| {
+                let keep = k.busy > 0 || now.duration_since(k.used) < idle;
+                if !keep {
+                    gone.push(k.fh);
+                }
+                keep
+            });
+            gone
+        };
+        let mut first = Ok(());
+        for fh in gone {
+            if let Err(e) = self.release(fh)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
+    /// Handles stateless calls keep open now.
+    pub fn kept_handles(&self) -> usize {
+        lock(&self.kept).handles.len()
+    }
+
+    /// `ino` lost its last link: its kept handles go now (or, if a call
+    /// runs on one, when that call ends), so that it is freed as if none
+    /// had been kept.
+    pub(super) fn drop_kept(&self, ino: Ino) -> Result<()> {
+        let gone: Vec<u64> = {
+            let mut kept = lock(&self.kept);
+            let mut gone = Vec::new();
+            for w in [false, true] {
+                if let Some(k) = kept.handles.get_mut(&(ino, w)) {
+                    if k.busy > 0 {
+                        k.doomed = true;
+                    } else if let Some(k) = kept.handles.remove(&(ino, w)) {
+                        gone.push(k.fh);
+                    }
+                }
+            }
+            gone
+        };
+        for fh in gone {
+            self.release(fh)?;
+        }
+        Ok(())
     }
 
     /// Reads up to `len` bytes of regular file `ino` at `offset` without
@@ -71,7 +205,7 @@ impl Vfs {
             read: true,
             ..OpenFlags::default()
         };
-        self.with_transient(creds, ino, flags, |fh| {
+        self.with_kept(creds, ino, flags, |fh| {
             let data = self.read(fh, offset, len)?;
             let size = self.attr(ino)?.size;
             let eof = offset.saturating_add(data.len() as u64) >= size;
@@ -141,7 +275,7 @@ impl Vfs {
             write: true,
             ..OpenFlags::default()
         };
-        self.with_transient(creds, ino, flags, |fh| {
+        self.with_kept(creds, ino, flags, |fh| {
             let n = self.write_kill_suidgid(fh, offset, data, creds.uid != 0)?;
             match stability {
                 Stability::Unstable => {}
@@ -159,7 +293,7 @@ impl Vfs {
     /// # Errors
     /// `ENOENT`, `EISDIR`, `EINVAL`, and as [`Vfs::fsync`].
     pub fn commit(&self, ino: Ino) -> Result<()> {
-        self.with_transient(&Creds::root(), ino, OpenFlags::default(), |fh| {
+        self.with_kept(&Creds::root(), ino, OpenFlags::default(), |fh| {
             self.fsync(fh, false)
         })
     }
