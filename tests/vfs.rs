@@ -1653,6 +1653,9 @@ fn handles_kept_for_io_by_inode_go_when_idle_or_unlinked() {
         assert_eq!(v.kept_handles(), 1);
         v.unlink(&root, Ino::ROOT, b"g").unwrap();
         assert_eq!(v.kept_handles(), 0);
+        // An orphan no handle holds is gone for I/O by inode at once.
+        assert_eq!(errno(v.read_at(&root, gone, 0, 1)), libc::ENOENT);
+        assert_eq!(v.kept_handles(), 0);
         v.syncfs().unwrap();
         assert_eq!(errno(v.read_at(&root, gone, 0, 1)), libc::ENOENT);
         // Written and still kept at the crash.

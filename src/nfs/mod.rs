@@ -197,7 +197,11 @@ impl Server {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                _ = sweep.tick() => release_idle(&shared, KEEP_IDLE).await,
+                // On a task of its own: a release writes metadata, and
+                // accepting must not wait for it.
+                _ = sweep.tick() => {
+                    tokio::spawn(release_idle(shared.clone(), KEEP_IDLE));
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         if let Err(e) = stream.set_nodelay(true) {
@@ -233,7 +237,7 @@ impl Server {
             );
             conns.shutdown().await;
         }
-        release_idle(&shared, Duration::ZERO).await;
+        release_idle(shared, Duration::ZERO).await;
         Ok(())
     }
 }
@@ -241,7 +245,7 @@ impl Server {
 /// Releases the file handles the VFS kept for calls that have been idle
 /// for `idle` (on the blocking pool: a release writes metadata). A
 /// failure is logged; the handles are gone all the same.
-async fn release_idle(shared: &Arc<Shared>, idle: Duration) {
+async fn release_idle(shared: Arc<Shared>, idle: Duration) {
     let vfs = shared.vfs.clone();
     match tokio::task::spawn_blocking(move || vfs.release_idle(idle)).await {
         Ok(Ok(())) => {}

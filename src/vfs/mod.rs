@@ -1504,7 +1504,7 @@ impl Vfs {
             }
             if a.nlink == 0 {
                 // Its last handle may be one a stateless call kept.
-                self.drop_kept(a.ino)?;
+                self.drop_kept(a.ino);
             }
             return Ok(());
         }
@@ -1559,7 +1559,7 @@ impl Vfs {
             if let Some(n) = self.node(old.ino) {
                 lock(&n.state).attr.nlink = old.nlink;
                 if old.nlink == 0 {
-                    self.drop_kept(old.ino)?;
+                    self.drop_kept(old.ino);
                 }
             } else if old.nlink == 0 {
                 self.orphaned(old.ino)?;

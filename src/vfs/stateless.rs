@@ -20,7 +20,8 @@
 //! transaction each (the size and times reach metadata at COMMIT, at a
 //! stable write, or when the handle is released; a size is recovered from
 //! the log after a crash anyway). The last unlink of a file drops its
-//! kept handles, so it is freed as if no handle had been kept.
+//! kept handles, so it is freed as if no handle had been kept; calls on
+//! an unlinked file that no open handle holds answer `ENOENT`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -71,6 +72,12 @@ impl Vfs {
     ) -> Result<T> {
         let a = self.attr(ino)?;
         check_io(creds, &a, flags)?;
+        if a.nlink == 0 && self.node(ino).is_none() {
+            // Unlinked and held by no handle: an orphan about to be freed
+            // (an NFS client renames a file it still has open instead of
+            // removing it), not to be kept alive by calls.
+            return Err(FsError::NotFound);
+        }
         let key = (ino, flags.write);
         let fh = {
             let mut kept = lock(&self.kept);
@@ -88,6 +95,20 @@ impl Vfs {
                             ..OpenFlags::default()
                         },
                     )?;
+                    // `a` may predate an unlink that found no node (and
+                    // queued an orphan the reaper now skips while this
+                    // node lives): the node takes the link count from
+                    // metadata, so its last release frees the file.
+                    if !self.config.shared {
+                        match self.meta.getattr(ino) {
+                            Ok(now) => self.set_nlink(fh, now.nlink),
+                            Err(e) => {
+                                drop(kept);
+                                let _ = self.release(fh);
+                                return Err(e);
+                            }
+                        }
+                    }
                     kept.handles.insert(
                         key,
                         KeptHandle {
@@ -158,6 +179,13 @@ impl Vfs {
         first
     }
 
+    /// Sets the link count of the node handle `fh` is on.
+    fn set_nlink(&self, fh: u64, nlink: u32) {
+        if let Ok((node, _)) = self.handle(fh) {
+            lock(&node.state).attr.nlink = nlink;
+        }
+    }
+
     /// Handles stateless calls keep open now.
     pub fn kept_handles(&self) -> usize {
         lock(&self.kept).handles.len()
@@ -165,8 +193,10 @@ impl Vfs {
 
     /// `ino` lost its last link: its kept handles go now (or, if a call
     /// runs on one, when that call ends), so that it is freed as if none
-    /// had been kept.
-    pub(super) fn drop_kept(&self, ino: Ino) -> Result<()> {
+    /// had been kept. The unlink that calls this is done: a failure to
+    /// release (metadata full or failing) is logged, not returned, and
+    /// the file is then freed at the next start.
+    pub(super) fn drop_kept(&self, ino: Ino) {
         let gone: Vec<u64> = {
             let mut kept = lock(&self.kept);
             let mut gone = Vec::new();
@@ -182,9 +212,10 @@ impl Vfs {
             gone
         };
         for fh in gone {
-            self.release(fh)?;
+            if let Err(e) = self.release(fh) {
+                tracing::warn!(ino = ino.0, error = %e, "releasing a kept handle of an unlinked file");
+            }
         }
-        Ok(())
     }
 
     /// Reads up to `len` bytes of regular file `ino` at `offset` without
