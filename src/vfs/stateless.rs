@@ -123,26 +123,29 @@ impl Vfs {
             }
         };
         let r = f(fh);
-        let release = {
+        let doomed = {
             let mut kept = lock(&self.kept);
-            let k = kept.handles.get_mut(&key);
-            match k {
-                Some(k) => {
-                    k.busy -= 1;
-                    k.used = Instant::now();
-                    if k.doomed && k.busy == 0 {
-                        kept.handles.remove(&key).map(|k| k.fh)
-                    } else {
-                        None
-                    }
-                }
-                None => None,
-            }
+            let done = kept.handles.get_mut(&key).is_some_and(|k| {
+                k.busy -= 1;
+                k.used = Instant::now();
+                k.doomed && k.busy == 0
+            });
+            done.then(|| kept.handles.remove(&key)).flatten()
         };
-        if let Some(fh) = release {
-            self.release(fh)?;
-        }
+        self.release_unlinked(ino, doomed.map(|k| k.fh));
         r
+    }
+
+    /// Releases the kept handles `fhs` of `ino`, which lost its last link.
+    /// The unlink is done: a failure to release (metadata full or
+    /// failing) is logged, not returned, and the file is then freed at
+    /// the next start.
+    fn release_unlinked(&self, ino: Ino, fhs: impl IntoIterator<Item = u64>) {
+        for fh in fhs {
+            if let Err(e) = self.release(fh) {
+                tracing::warn!(ino = ino.0, error = %e, "releasing a kept handle of an unlinked file");
+            }
+        }
     }
 
     /// Releases the handles stateless calls kept that no call has used for
@@ -193,9 +196,7 @@ impl Vfs {
 
     /// `ino` lost its last link: its kept handles go now (or, if a call
     /// runs on one, when that call ends), so that it is freed as if none
-    /// had been kept. The unlink that calls this is done: a failure to
-    /// release (metadata full or failing) is logged, not returned, and
-    /// the file is then freed at the next start.
+    /// had been kept ([`Vfs::release_unlinked`]).
     pub(super) fn drop_kept(&self, ino: Ino) {
         let gone: Vec<u64> = {
             let mut kept = lock(&self.kept);
@@ -211,11 +212,7 @@ impl Vfs {
             }
             gone
         };
-        for fh in gone {
-            if let Err(e) = self.release(fh) {
-                tracing::warn!(ino = ino.0, error = %e, "releasing a kept handle of an unlinked file");
-            }
-        }
+        self.release_unlinked(ino, gone);
     }
 
     /// Reads up to `len` bytes of regular file `ino` at `offset` without
